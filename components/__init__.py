@@ -1,0 +1,1 @@
+"""One module per pipeline stage, plus the artifact formats and model families they share."""

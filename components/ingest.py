@@ -1,0 +1,161 @@
+"""Ingest (TFX's ExampleGen): a TFDS image dataset into train/eval/test example shards.
+
+Reads through TFDS's own builders from a local data_dir and never downloads: a dataset that
+is not prepared is built from its manual_dir (see `dae data prepare`) or refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from components.artifacts import (
+    SCHEMA_FILE,
+    StageContext,
+    StageError,
+    write_json,
+    write_shards,
+)
+
+INPUTS: tuple[str, ...] = ()
+OUTPUTS = ("examples",)
+# The source split that train and eval are carved from, and the one that becomes test.
+SOURCE_SPLITS = {"train": "train", "test": "test"}
+
+
+# ---- pure core -------------------------------------------------------------------------
+
+
+def split_indices(
+    n: int, validation_fraction: float, seed: int, cap: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation of the source train split, cut into (train, eval) indices."""
+    order = np.random.default_rng(seed).permutation(n)
+    if cap is not None:
+        order = order[:cap]
+    n_eval = max(1, round(len(order) * validation_fraction))
+    if n_eval >= len(order):
+        raise StageError(f"too few examples ({len(order)}) to hold out a validation split")
+    return order[n_eval:], order[:n_eval]
+
+
+def fingerprint(name: str, version: str, splits: dict[str, int], files: list[Path]) -> dict:
+    """What identifies the data a run saw: dataset, version, split sizes, file checksums."""
+    checksums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+    digest = hashlib.sha256(
+        repr((name, version, sorted(splits.items()), sorted(checksums.items()))).encode()
+    ).hexdigest()
+    return {
+        "dataset": name,
+        "version": version,
+        "splits": splits,
+        "files": checksums,
+        "sha256": digest,
+    }
+
+
+# ---- TFDS ------------------------------------------------------------------------------
+
+
+def _expand(path: str) -> Path:
+    return Path(path).expanduser()
+
+
+def _builder(cfg):
+    import tensorflow_datasets as tfds
+
+    name = cfg.data.dataset
+    try:
+        builder = tfds.builder(name, data_dir=str(_expand(cfg.data.data_dir)))
+    except tfds.core.registered.DatasetNotFoundError:
+        raise StageError(f"unknown TFDS dataset '{name}'") from None
+    features = builder.info.features
+    if cfg.data.image_key not in features:
+        raise StageError(f"dataset '{name}' has no image feature '{cfg.data.image_key}'")
+    return builder
+
+
+def _check_splits(builder) -> None:
+    for split in SOURCE_SPLITS.values():
+        if split not in builder.info.splits:
+            known = ", ".join(builder.info.splits) or "none"
+            raise StageError(f"dataset '{builder.name}' has no '{split}' split (it has: {known})")
+
+
+def _ensure_prepared(builder, cfg) -> None:
+    import tensorflow_datasets as tfds
+
+    if builder.is_prepared():
+        _check_splits(builder)
+        return
+    name = cfg.data.dataset
+    manual = _expand(cfg.data.manual_dir) / name
+    if not manual.is_dir() or not any(manual.iterdir()):
+        raise StageError(
+            f"dataset '{name}' is not prepared in {_expand(cfg.data.data_dir)} and {manual} "
+            f"is empty: run `dae data prepare {name}` (or `make data`)"
+        )
+    download_dir = _expand(cfg.data.data_dir) / "downloads" / name
+    builder.download_and_prepare(
+        download_dir=str(download_dir),
+        download_config=tfds.download.DownloadConfig(manual_dir=str(manual)),
+    )
+    _check_splits(builder)
+
+
+def preflight(cfg) -> None:
+    """Fail before a run directory exists: unknown dataset or no local data."""
+    builder = _builder(cfg)
+    if not builder.is_prepared():
+        manual = _expand(cfg.data.manual_dir) / cfg.data.dataset
+        if not manual.is_dir() or not any(manual.iterdir()):
+            _ensure_prepared(builder, cfg)  # raises the one-line StageError
+
+
+def _load(builder, split: str, cfg) -> tuple[np.ndarray, np.ndarray]:
+    import tensorflow_datasets as tfds
+
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    images = np.asarray(data[cfg.data.image_key])
+    if images.ndim == 3:
+        images = images[..., None]
+    labels = data.get(cfg.data.label_key)
+    labels = np.full(len(images), -1) if labels is None else np.asarray(labels).astype(np.int64)
+    return images, labels
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    cfg = ctx.config
+    out = ctx.outputs["examples"]
+    builder = _builder(cfg)
+    _ensure_prepared(builder, cfg)
+    images, labels = _load(builder, SOURCE_SPLITS["train"], cfg)
+    train_idx, eval_idx = split_indices(
+        len(images), cfg.data.validation_fraction, cfg.seed, cfg.data.max_train_examples
+    )
+    test_images, test_labels = _load(builder, SOURCE_SPLITS["test"], cfg)
+    test_images = test_images[: cfg.data.max_test_examples]
+    test_labels = test_labels[: cfg.data.max_test_examples]
+    splits = {
+        "train": (images[train_idx], labels[train_idx]),
+        "eval": (images[eval_idx], labels[eval_idx]),
+        "test": (test_images, test_labels),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for split, (x, y) in splits.items():
+        write_shards(out, split, x, y, shards=max(1, min(cfg.beam.num_shards, len(x) // 1000)))
+    sizes = {split: len(x) for split, (x, _) in splits.items()}
+    info = fingerprint(
+        builder.info.name,
+        str(builder.info.version),
+        sizes,
+        [p for p in Path(builder.data_dir).iterdir() if p.is_file()],
+    )
+    schema = {"shape": list(images.shape[1:]), "dtype": str(images.dtype), "splits": sizes}
+    write_json(out / SCHEMA_FILE, schema)
+    write_json(out / "fingerprint.json", info)
+    ctx.log(f"ingest: {info['dataset']} {info['version']} {sizes} shape={images.shape[1:]}")
+    return {"dataset_fingerprint": info["sha256"]}

@@ -1,0 +1,79 @@
+"""Train (TFX's Trainer): the best hyperparameters on the whole training split.
+
+EarlyStopping on the eval split, ModelCheckpoint keeping the best weights, TensorBoard logs
+in the model_run artifact. The output is a Keras `.keras` file; the pusher exports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from components.artifacts import StageContext, read_json, read_split, write_json
+from components.models import build_model, hyperparameters
+
+INPUTS = ("transformed_examples", "transform_graph", "best_hyperparameters")
+OUTPUTS = ("model", "model_run")
+MODEL_FILE = "model.keras"
+
+
+# ---- pure core -------------------------------------------------------------------------
+
+
+def fit(model, train, valid, epochs: int, batch_size: int, patience: int, checkpoint, logs=None):
+    """Fit on (noisy, clean) arrays; returns the history with the best weights restored."""
+    import keras
+
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=patience, restore_best_weights=True
+        ),
+        keras.callbacks.ModelCheckpoint(
+            str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
+        ),
+    ]
+    if logs is not None:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs)))
+    history = model.fit(
+        train[0], train[1], validation_data=valid, epochs=epochs, batch_size=batch_size,
+        callbacks=callbacks, verbose=0,
+    )  # fmt: skip
+    model.load_weights(str(checkpoint))
+    return history.history
+
+
+# ---- artifact I/O ----------------------------------------------------------------------
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import keras
+
+    cfg = ctx.config
+    examples = ctx.inputs["transformed_examples"]
+    moments = read_json(ctx.inputs["transform_graph"] / "transform.json")
+    best = read_json(ctx.inputs["best_hyperparameters"] / "best_hyperparameters.json")
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(
+        hyperparameters(best["config"]), best["family"], moments["shape"],
+        moments["mean"], moments["std"],
+    )  # fmt: skip
+    train = read_split(examples, "train", ("noisy", "clean"))
+    valid = read_split(examples, "eval", ("noisy", "clean"))
+    out, run_dir = ctx.outputs["model"], ctx.outputs["model_run"]
+    out.mkdir(parents=True, exist_ok=True)
+    history = fit(
+        model,
+        (train["noisy"], train["clean"]),
+        (valid["noisy"], valid["clean"]),
+        cfg.train.epochs,
+        cfg.train.batch_size,
+        cfg.train.patience,
+        checkpoint=out / "best.weights.h5",
+        logs=run_dir / "logs",
+    )
+    model.save(out / MODEL_FILE)
+    history = {k: [float(v) for v in vs] for k, vs in history.items()}
+    write_json(run_dir / "history.json", history)
+    write_json(out / "model.json", {"family": best["family"], "hyperparameters": best["values"]})
+    best_val = min(history["val_loss"])
+    ctx.log(f"train: {len(history['loss'])} epochs, best val_loss={best_val:.4f}")
+    return {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}

@@ -1,0 +1,139 @@
+"""Transform (TFX's Transform, on Apache Beam): normalize, add noise, emit (noisy, clean) pairs.
+
+Noise is drawn from a generator seeded by (seed, split, example id), so the output is the
+same whichever runner, worker count or shard order produced it. The dataset's pixel mean
+and std are computed by a Beam combiner (an analyzer, in TFT's words) for the trainer to
+bake into the model, so serving normalizes exactly as training did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from components.artifacts import (
+    SCHEMA_FILE,
+    SPLITS,
+    StageContext,
+    decode_example,
+    encode_example,
+    read_json,
+    read_schema,
+    shard_prefix,
+    write_json,
+)
+
+INPUTS = ("examples", "statistics")
+OUTPUTS = ("transformed_examples", "transform_graph")
+
+
+# ---- pure core -------------------------------------------------------------------------
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 pixels to float32 in [0, 1]."""
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def example_rng(seed: int, split: str, example_id: int) -> np.random.Generator:
+    return np.random.default_rng([seed, SPLITS.index(split), int(example_id)])
+
+
+def add_noise(clean: np.ndarray, noise, rng: np.random.Generator) -> np.ndarray:
+    """Corrupt a [0, 1] image the configured way; the result is clipped to [0, 1]."""
+    if noise.kind == "gaussian":
+        noisy = clean + rng.normal(0.0, noise.stddev, clean.shape)
+    elif noise.kind == "salt_pepper":
+        hit = rng.random(clean.shape) < noise.salt_pepper
+        salt = rng.random(clean.shape) < 0.5
+        noisy = np.where(hit, salt.astype(np.float32), clean)
+    elif noise.kind == "mask":
+        noisy = np.where(rng.random(clean.shape) < noise.mask_fraction, 0.0, clean)
+    else:
+        raise ValueError(f"unknown noise kind {noise.kind!r}")
+    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def transform_example(record: bytes, split: str, shape, seed: int, noise) -> bytes:
+    ex = decode_example(record, shape, "image")
+    clean = normalize(ex["image"])
+    noisy = add_noise(clean, noise, example_rng(seed, split, ex["id"]))
+    return encode_example(ex["id"], ex["label"], noisy=to_uint8(noisy), clean=ex["image"])
+
+
+# ---- Beam ------------------------------------------------------------------------------
+
+
+def _moments(record: bytes, shape) -> np.ndarray:
+    x = normalize(decode_example(record, shape, "image")["image"]).astype(np.float64)
+    return np.array([x.size, x.sum(), np.square(x).sum()])
+
+
+def build_pipeline(p, examples_dir, out_dir, graph_dir, shape, splits, seed, noise, shards):
+    """Wire the transform into Beam pipeline `p`; one read, one write per split."""
+    import apache_beam as beam
+
+    for split in splits:
+        records = p | f"Read{split}" >> beam.io.ReadFromTFRecord(
+            f"{shard_prefix(examples_dir, split)}-*.tfrecord"
+        )
+        _ = (
+            records
+            | f"Noise{split}" >> beam.Map(transform_example, split, shape, seed, noise)
+            | f"Write{split}"
+            >> beam.io.WriteToTFRecord(
+                shard_prefix(out_dir, split), file_name_suffix=".tfrecord", num_shards=shards
+            )
+        )
+        if split == "train":
+            _ = (
+                records
+                | "Moments" >> beam.Map(_moments, shape)
+                | "Sum" >> beam.CombineGlobally(sum)
+                | "WriteStats" >> beam.Map(_write_moments, graph_dir)
+            )
+
+
+def _write_moments(total: np.ndarray, graph_dir) -> None:
+    n, s, sq = total
+    mean = s / n
+    std = float(np.sqrt(max(sq / n - mean * mean, 0.0)))
+    write_json(graph_dir / "moments.json", {"mean": float(mean), "std": std})
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    cfg = ctx.config
+    examples, out, graph = (
+        ctx.inputs["examples"],
+        ctx.outputs["transformed_examples"],
+        ctx.outputs["transform_graph"],
+    )
+    schema = read_schema(examples)
+    shape = tuple(schema["shape"])
+    splits = [s for s in SPLITS if schema["splits"].get(s)]
+    out.mkdir(parents=True, exist_ok=True)
+    graph.mkdir(parents=True, exist_ok=True)
+    options = PipelineOptions(flags=list(cfg.beam.options), runner=cfg.beam.runner)
+    with beam.Pipeline(options=options) as p:
+        build_pipeline(
+            p, examples, out, graph, shape, splits, cfg.seed, cfg.noise, cfg.beam.num_shards
+        )
+    write_json(
+        out / SCHEMA_FILE, {"shape": list(shape), "dtype": "uint8", "splits": schema["splits"]}
+    )
+    moments = read_json(graph / "moments.json")
+    write_json(
+        graph / "transform.json", {**moments, "shape": list(shape), "noise": cfg.noise.model_dump()}
+    )
+    ctx.log(
+        f"transform: {cfg.noise.kind} noise, mean={moments['mean']:.4f} std={moments['std']:.4f}"
+    )
+    return {"pixel_mean": moments["mean"], "pixel_std": moments["std"]}

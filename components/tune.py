@@ -1,0 +1,90 @@
+"""Tune (TFX's Tuner): Keras Tuner searches layer sizes and learning rate on a subset.
+
+The search directory lives in the stage's output with overwrite=False, so an interrupted
+search picks up its finished trials instead of starting over.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+from components.artifacts import StageContext, read_json, read_split, write_json
+from components.models import build_model
+
+INPUTS = ("transformed_examples", "transform_graph")
+OUTPUTS = ("best_hyperparameters", "tuner_results")
+OBJECTIVE = "val_loss"
+
+
+# ---- pure core -------------------------------------------------------------------------
+
+
+def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_cfg):
+    """One of Keras Tuner's own oracles, chosen by name."""
+    import keras_tuner as kt
+
+    common = dict(
+        objective=OBJECTIVE, directory=str(directory), project_name=project, seed=seed,
+        overwrite=False,
+    )  # fmt: skip
+    if kind == "hyperband":
+        return kt.Hyperband(
+            hypermodel, max_epochs=tune_cfg.max_epochs, factor=tune_cfg.hyperband_factor,
+            **common,
+        )  # fmt: skip
+    if kind == "random":
+        return kt.RandomSearch(hypermodel, max_trials=tune_cfg.max_trials, **common)
+    if kind == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=tune_cfg.max_trials, **common)
+    raise ValueError(f"unknown tuner {kind!r}")
+
+
+def search(tuner, train, valid, epochs: int, batch_size: int):
+    """Run the search on (noisy, clean) arrays; returns the best HyperParameters."""
+    kwargs = {} if tuner.oracle.__class__.__name__ == "HyperbandOracle" else {"epochs": epochs}
+    tuner.search(
+        train[0], train[1], validation_data=valid, batch_size=batch_size, verbose=0, **kwargs
+    )
+    return tuner.get_best_hyperparameters(1)[0]
+
+
+# ---- artifact I/O ----------------------------------------------------------------------
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    import keras
+
+    cfg = ctx.config
+    examples = ctx.inputs["transformed_examples"]
+    moments = read_json(ctx.inputs["transform_graph"] / "transform.json")
+    keras.utils.set_random_seed(cfg.seed)
+    train = read_split(examples, "train", ("noisy", "clean"), cfg.tune.train_examples)
+    valid = read_split(examples, "eval", ("noisy", "clean"), cfg.tune.eval_examples)
+    hypermodel = partial(
+        build_model,
+        family=cfg.model.family,
+        shape=moments["shape"],
+        mean=moments["mean"],
+        std=moments["std"],
+    )
+    tuner = make_tuner(
+        cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"], "search", cfg.seed, cfg.tune
+    )
+    best = search(
+        tuner,
+        (train["noisy"], train["clean"]),
+        (valid["noisy"], valid["clean"]),
+        cfg.tune.max_epochs,
+        cfg.tune.batch_size,
+    )
+    trials = tuner.oracle.get_best_trials(1)
+    score = trials[0].score if trials else None
+    out = ctx.outputs["best_hyperparameters"]
+    write_json(
+        out / "best_hyperparameters.json",
+        {"family": cfg.model.family, "values": best.values, "config": best.get_config()},
+    )
+    n_trials = len(tuner.oracle.trials)
+    ctx.log(f"tune: {n_trials} trials, best {OBJECTIVE}={score:.4f} {best.values}")
+    return {"tune_trials": n_trials, "tune_best_score": score}

@@ -1,0 +1,1 @@
+"""dae's pipeline: config, DAG, runner and CLI."""

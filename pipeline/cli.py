@@ -1,0 +1,113 @@
+"""`dae`: run the pipeline, run one stage, prepare offline data.
+
+Every failure the user can fix ends as one line on stderr and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+EXIT_FAILED = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dae", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--root", default="./dae-root", help="pipeline root (default ./dae-root)")
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a config value, e.g. noise.stddev=0.3 (repeatable)",
+        )
+
+    run = sub.add_parser("run", help="run the whole pipeline")
+    run.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    run.add_argument("--profile", default="default", help="named profile: default, smoke")
+    common(run)
+
+    stage = sub.add_parser("stage", help="run one stage on an existing run's inputs")
+    stage.add_argument("name", help="ingest, validate, transform, tune, train, evaluate, push")
+    stage.add_argument("--run", required=True, dest="run_id", help="the run to work in")
+    common(stage)
+
+    data = sub.add_parser("data", help="prepare offline datasets (see `dae data prepare -h`)")
+    data.add_argument("action", choices=["prepare"])
+    data.add_argument("args", nargs=argparse.REMAINDER, help="NAME... [--data-dir D]")
+    return p
+
+
+def _summary(metrics: dict, root: Path, model_name: str) -> str:
+    lines = [f"run {metrics['run_id']}: {metrics['status']}"]
+    if metrics.get("pushed_version") is not None:
+        path = root / "serving" / model_name / str(metrics["pushed_version"])
+        lines.append(f"pushed: version {metrics['pushed_version']} at {path}")
+    else:
+        lines.append(f"not pushed: {metrics.get('blessing_reason') or 'run did not finish'}")
+    if metrics.get("psnr_denoised") is not None:
+        lines.append(
+            f"PSNR: noisy {metrics['psnr_noisy']:.2f} dB -> denoised "
+            f"{metrics['psnr_denoised']:.2f} dB; SSIM {metrics['ssim_noisy']:.3f} -> "
+            f"{metrics['ssim_denoised']:.3f}"
+        )
+    times = ", ".join(f"{k} {v:.1f}s" for k, v in metrics["stage_seconds"].items())
+    lines.append(f"stage times: {times} (total {sum(metrics['stage_seconds'].values()):.1f}s)")
+    lines.append(f"metrics: {root / 'runs' / metrics['run_id'] / 'metrics.json'}")
+    return "\n".join(lines)
+
+
+def _dispatch(args) -> int:
+    from components.artifacts import StageError
+    from pipeline import runner
+    from pipeline.config import apply_overrides, load_config
+
+    if args.command == "run":
+        root = Path(args.root).expanduser()
+        config = load_config(args.config, args.profile, args.overrides)
+        metrics = runner.run_pipeline(config, root)
+        print(_summary(metrics, root, config.push.model_name))
+        return 0
+    if args.command == "stage":
+        root = Path(args.root).expanduser()
+        if not runner.run_dir(root, args.run_id).is_dir():
+            raise StageError(f"no run '{args.run_id}' under {root / 'runs'}")
+        config = runner.load_run_config(root, args.run_id)
+        if args.overrides:
+            config = apply_overrides(config, args.overrides)
+        result = runner.run_stage(config, root, args.run_id, args.name)
+        print(f"{args.name}: done in {result['seconds']:.1f}s")
+        return 0
+    from pipeline import prepare_data
+
+    return prepare_data.main(args.args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = _parser().parse_args(argv)
+    from components.artifacts import StageError
+    from pipeline.config import ConfigError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as e:
+        print(f"dae: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except StageError as e:
+        print(f"dae: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("dae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

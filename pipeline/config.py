@@ -1,0 +1,189 @@
+"""One typed config for the whole pipeline: YAML file, then a named profile, then `--set`.
+
+Every section forbids unknown keys, so a typo in a YAML file or a `--set` fails loudly
+instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+class ConfigError(ValueError):
+    """A config problem the user can fix; its message is one line."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    dataset: str = "mnist"
+    data_dir: str = "~/tensorflow_datasets"
+    # TFDS's own convention; each dataset reads `<manual_dir>/<dataset>/`.
+    manual_dir: str = "~/tensorflow_datasets/downloads/manual"
+    image_key: str = "image"
+    label_key: str = "label"
+    validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    # Caps for quick runs; null means the whole split.
+    max_train_examples: int | None = Field(None, ge=1)
+    max_test_examples: int | None = Field(None, ge=1)
+
+
+class ValidateConfig(_Section):
+    min_examples_per_split: int = Field(1, ge=1)
+    # Reference mean of the training pixels in [0,1]; null skips the drift check.
+    expected_mean: float | None = None
+    mean_tolerance: float = Field(0.05, ge=0.0)
+
+
+class NoiseConfig(_Section):
+    kind: Literal["gaussian", "salt_pepper", "mask"] = "gaussian"
+    stddev: float = Field(0.5, ge=0.0)
+    salt_pepper: float = Field(0.2, ge=0.0, le=1.0)
+    mask_fraction: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class BeamConfig(_Section):
+    runner: str = "DirectRunner"
+    options: list[str] = Field(default_factory=list)
+    num_shards: int = Field(4, ge=1)
+
+
+class ModelConfig(_Section):
+    family: Literal["dense", "conv"] = "conv"
+
+
+class TuneConfig(_Section):
+    tuner: Literal["hyperband", "random", "bayesian"] = "hyperband"
+    max_trials: int = Field(6, ge=1)  # random / bayesian
+    max_epochs: int = Field(3, ge=1)  # hyperband's top rung; epochs per trial otherwise
+    hyperband_factor: int = Field(3, ge=2)
+    batch_size: int = Field(128, ge=1)
+    # Trials search on a subset: layer sizes rank the same on a few thousand images.
+    train_examples: int | None = Field(6000, ge=1)
+    eval_examples: int | None = Field(1000, ge=1)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(128, ge=1)
+    patience: int = Field(2, ge=1)
+
+
+class EvaluateConfig(_Section):
+    # Blessed only if denoising gains at least this much PSNR over the noisy input ...
+    min_psnr_gain_db: float = 3.0
+    # ... and is not worse than the served version by more than this, on the same test set.
+    max_regression_db: float = Field(0.5, ge=0.0)
+    batch_size: int = Field(512, ge=1)
+
+
+class PushConfig(_Section):
+    model_name: str = Field("denoiser", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class Config(_Section):
+    pipeline_name: str = "dae"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    beam: BeamConfig = Field(default_factory=BeamConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    push: PushConfig = Field(default_factory=PushConfig)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+def profiles() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}".splitlines()[0]) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set(item: str) -> dict[str, Any]:
+    """`a.b=value` -> {"a": {"b": value}}; the value is parsed as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"malformed --set {item!r}: expected key=value, e.g. noise.stddev=0.3")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"malformed --set {item!r}: value is not valid YAML") from e
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]).replace("validate_", "validate")
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{where}'"
+    return f"invalid config value for '{where}': {first['msg']}"
+
+
+def load_config(
+    path: str | Path | None = None, profile: str = "default", overrides: list[str] = ()
+) -> Config:
+    """Defaults, then the YAML file, then the profile, then each `--set`, in that order."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    profile_path = PROFILES_DIR / f"{profile}.yaml"
+    if not profile_path.is_file():
+        raise ConfigError(f"unknown profile '{profile}' (known: {', '.join(profiles())})")
+    return _validated(_merge(data, _read_yaml(profile_path)), overrides)
+
+
+def apply_overrides(config: Config, overrides: list[str]) -> Config:
+    """`--set` on top of an existing config (say, a run's recorded one)."""
+    return _validated(config.to_dict(), overrides)
+
+
+def _validated(data: dict[str, Any], overrides) -> Config:
+    for item in overrides:
+        data = _merge(data, parse_set(item))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_describe(e)) from e
+
+
+def dump_config(config: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -1,0 +1,60 @@
+"""The pipeline's DAG: each stage, its component, and which artifacts feed it.
+
+An input is bound as "producer_stage.output_name"; the runner resolves it to the folder
+`runs/<run_id>/<producer_stage>/<output_name>/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import ModuleType
+
+from components import evaluate, ingest, push, train, transform, tune, validate
+
+EXAMPLES = "transform.transformed_examples"
+GRAPH = "transform.transform_graph"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    component: ModuleType
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+DAG: tuple[Node, ...] = (
+    Node("ingest", ingest),
+    Node("validate", validate, {"examples": "ingest.examples"}),
+    Node(
+        "transform", transform, {"examples": "ingest.examples", "statistics": "validate.statistics"}
+    ),
+    Node("tune", tune, {"transformed_examples": EXAMPLES, "transform_graph": GRAPH}),
+    Node(
+        "train",
+        train,
+        {
+            "transformed_examples": EXAMPLES,
+            "transform_graph": GRAPH,
+            "best_hyperparameters": "tune.best_hyperparameters",
+        },
+    ),  # fmt: skip
+    Node("evaluate", evaluate, {"transformed_examples": EXAMPLES, "model": "train.model"}),
+    Node(
+        "push",
+        push,
+        {
+            "model": "train.model",
+            "blessing": "evaluate.blessing",
+            "evaluation": "evaluate.evaluation",
+        },
+    ),  # fmt: skip
+)
+
+STAGES = tuple(node.name for node in DAG)
+
+
+def node(name: str) -> Node:
+    for n in DAG:
+        if n.name == name:
+            return n
+    raise KeyError(name)

@@ -1,0 +1,132 @@
+"""Runs the DAG: one folder per run, one per stage, timings and a metrics.json at the end.
+
+A stage's outputs count only once `<stage>/_SUCCESS` exists; a stage that failed or was
+killed leaves no marker, so nothing downstream (and no later `dae stage`) can use them.
+Only the pusher writes outside the run folder, and it does so atomically.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.artifacts import StageContext, StageError, read_json, write_json
+from pipeline.config import Config, dump_config
+from pipeline.dag import DAG, STAGES, Node, node
+
+SUCCESS = "_SUCCESS"
+METRIC_KEYS = ("psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "mse_noisy",
+               "mse_denoised", "blessed", "blessing_reason", "pushed_version")  # fmt: skip
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def new_run_id() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def run_dir(root: Path, run_id: str) -> Path:
+    return Path(root) / "runs" / run_id
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _update_run(path: Path, **fields: Any) -> dict[str, Any]:
+    record = read_json(path / "run.json") if (path / "run.json").exists() else {}
+    record.update(fields)
+    write_json(path / "run.json", record)
+    return record
+
+
+def execute(n: Node, config: Config, rdir: Path, serving_dir: Path) -> dict[str, Any]:
+    """Run one stage of an existing run; its previous outputs, if any, are replaced."""
+    inputs = {}
+    for name, ref in n.inputs.items():
+        producer, output = ref.split(".")
+        if not (rdir / producer / SUCCESS).exists():
+            raise StageError(f"stage '{n.name}' needs '{producer}', which has not succeeded")
+        inputs[name] = rdir / producer / output
+    sdir = rdir / n.name
+    shutil.rmtree(sdir, ignore_errors=True)
+    outputs = {name: sdir / name for name in n.component.OUTPUTS}
+    for path in outputs.values():
+        path.mkdir(parents=True)
+    ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log)
+    start = time.perf_counter()
+    summary = n.component.run(ctx) or {}
+    seconds = round(time.perf_counter() - start, 2)
+    write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary})
+    (sdir / SUCCESS).touch()
+    return {"seconds": seconds, **summary}
+
+
+def preflight(config: Config) -> None:
+    """Problems found before a run folder exists leave nothing behind."""
+    for n in DAG:
+        check = getattr(n.component, "preflight", None)
+        if check is not None:
+            check(config)
+
+
+def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None = None):
+    merged: dict[str, Any] = {}
+    for summary in results.values():
+        merged.update(summary)
+    metrics = {k: merged.get(k) for k in METRIC_KEYS}
+    metrics |= {"run_id": rdir.name, "status": status,
+                "stage_seconds": {k: v["seconds"] for k, v in results.items()}}  # fmt: skip
+    if error:
+        metrics["error"] = error
+    write_json(rdir / "metrics.json", metrics)
+    _update_run(rdir, status=status, finished=_now(), error=error)
+    return metrics
+
+
+def run_pipeline(config: Config, root: Path, run_id: str | None = None) -> dict[str, Any]:
+    """The whole DAG in order; returns metrics.json's content. Raises on a failed stage."""
+    root = Path(root)
+    preflight(config)
+    run_id = run_id or new_run_id()
+    rdir = run_dir(root, run_id)
+    rdir.mkdir(parents=True, exist_ok=False)
+    dump_config(config, rdir / "config.yaml")
+    _update_run(rdir, run_id=run_id, status="running", started=_now(), stages=list(STAGES))
+    results: dict[str, dict] = {}
+    for n in DAG:
+        log(f"[{n.name}] ...")
+        try:
+            results[n.name] = execute(n, config, rdir, root / "serving")
+        except BaseException as e:  # noqa: BLE001 - record every way a run ends, then re-raise
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if not isinstance(e, StageError | KeyboardInterrupt):
+                traceback.print_exc(file=sys.stderr)
+            _finish(rdir, results, "failed", f"{n.name}: {message}")
+            raise
+        log(f"[{n.name}] done in {results[n.name]['seconds']:.1f} s")
+    return _finish(rdir, results, "succeeded")
+
+
+def load_run_config(root: Path, run_id: str) -> Config:
+    rdir = run_dir(root, run_id)
+    if not (rdir / "config.yaml").is_file():
+        raise StageError(f"no run '{run_id}' under {Path(root) / 'runs'}")
+    return Config.model_validate(yaml.safe_load((rdir / "config.yaml").read_text()))
+
+
+def run_stage(config: Config, root: Path, run_id: str, stage: str) -> dict[str, Any]:
+    if stage not in STAGES:
+        raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+    rdir = run_dir(root, run_id)
+    return execute(node(stage), config, rdir, Path(root) / "serving")

@@ -1,0 +1,1 @@
+"""Export to TF Serving's layout (and, later, the embedded server and clients)."""

@@ -1,0 +1,101 @@
+"""Export a Keras 3 denoiser as a TF Serving servable, and read TF Serving's layout.
+
+Layout: `<base>/<version>/` with integer versions; TF Serving ignores every other name,
+which is what makes the temporary-directory-then-rename push invisible until complete.
+
+Signature `serving_default`: input `images`, float32 [N, H, W, C] in [0, 1] (divide 8-bit
+pixels by 255); output `denoised`, float32 of the same shape in [0, 1]. The graph clips the
+input to [0, 1] and standardizes it with the training statistics (inside the model).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "images"
+OUTPUT_NAME = "denoised"
+
+
+def versions(base: Path) -> list[int]:
+    """The servable versions under `base`, ascending; temporary folders are not versions."""
+    base = Path(base)
+    if not base.is_dir():
+        return []
+    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def latest_version(base: Path) -> int | None:
+    found = versions(base)
+    return found[-1] if found else None
+
+
+def export_servable(model, path: Path) -> None:
+    """Write `model` as a SavedModel with the serving signature described above."""
+    import keras
+    import tensorflow as tf
+
+    shape = tuple(model.input_shape[1:])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        return {OUTPUT_NAME: model(tf.clip_by_value(images, 0.0, 1.0), training=False)}
+
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=serve,
+        input_signature=[tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)],
+    )
+    archive.write_out(str(path), verbose=False)
+
+
+def push(model, base: Path, extra_files: dict[str, bytes] | None = None) -> tuple[int, Path]:
+    """Export as the next version, atomically: build beside the target, then rename.
+
+    Two pushers racing for one version number cannot both win the rename; the loser takes
+    the next number.
+    """
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = base / f".tmp-{uuid.uuid4().hex}"
+    try:
+        export_servable(model, tmp)
+        for name, data in (extra_files or {}).items():
+            target = tmp / "assets.extra" / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        while True:
+            version = (latest_version(base) or 0) + 1
+            try:
+                os.rename(tmp, base / str(version))
+                return version, base / str(version)
+            except OSError:
+                if not (base / str(version)).exists():
+                    raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_servable(path: Path):
+    """numpy in, numpy out through the SavedModel's serving_default signature."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    signature = loaded.signatures[SIGNATURE]
+
+    def denoise(images, batch_size: int = 1024):
+        import numpy as np
+
+        parts = [
+            signature(**{INPUT_NAME: tf.constant(images[i : i + batch_size], tf.float32)})
+            for i in range(0, len(images), batch_size)
+        ]
+        return np.concatenate([p[OUTPUT_NAME].numpy() for p in parts])
+
+    denoise.loaded = loaded  # keeps the variables alive as long as the function
+    denoise.input_shape = tuple(signature.structured_input_signature[1][INPUT_NAME].shape)
+    return denoise

@@ -1,0 +1,49 @@
+"""Bad input: one clear line on stderr, a non-zero exit, nothing written under --root."""
+
+import pytest
+
+from pipeline.cli import main
+
+
+def _fails(argv, capsys, code):
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dae: error: ") and "\n" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--profile", "nope"], 2, "unknown profile 'nope'"),
+        (["--set", "noise.stddev"], 2, "malformed --set 'noise.stddev'"),
+        (["--set", "train.epoch=3"], 2, "unknown config key 'train.epoch'"),
+        (["--config", "/no/such.yaml"], 2, "cannot read config file"),
+        (["--set", "data.dataset=not_a_dataset"], 1, "unknown TFDS dataset 'not_a_dataset'"),
+    ],
+)
+def test_run_refuses_bad_input_before_writing(tmp_path, capsys, extra, code, message):
+    root = tmp_path / "root"
+    err = _fails(["run", "--root", str(root), *extra], capsys, code)
+    assert message in err
+    assert not root.exists()
+
+
+def test_missing_data_source(tmp_path, capsys):
+    root = tmp_path / "root"
+    sets = [f"data.data_dir={tmp_path / 'tfds'}", f"data.manual_dir={tmp_path / 'manual'}"]
+    argv = ["run", "--root", str(root)] + [a for s in sets for a in ("--set", s)]
+    err = _fails(argv, capsys, 1)
+    assert "is not prepared" in err and "dae data prepare mnist" in err
+    assert not root.exists()
+
+
+def test_stage_needs_an_existing_run(tmp_path, capsys):
+    err = _fails(["stage", "train", "--run", "nope", "--root", str(tmp_path)], capsys, 1)
+    assert "no run 'nope'" in err
+
+
+def test_unknown_data_prepare_name(tmp_path, capsys):
+    assert main(["data", "prepare", "cifar10", "--data-dir", str(tmp_path)]) == 2
+    assert "cifar10" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import Config, ConfigError, load_config, parse_set, profiles
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_shipped_default_config_is_the_built_in_default():
+    assert load_config(ROOT / "configs" / "default.yaml").to_dict() == Config().to_dict()
+
+
+def test_profiles_and_their_order():
+    assert {"default", "smoke"} <= set(profiles())
+    smoke = load_config(None, "smoke")
+    assert smoke.data.max_train_examples == 2000 and smoke.tune.tuner == "random"
+    # --set wins over the profile, which wins over the file.
+    cfg = load_config(None, "smoke", ["tune.tuner=bayesian", "noise.stddev=0.3"])
+    assert cfg.tune.tuner == "bayesian" and cfg.noise.stddev == 0.3
+
+
+def test_file_values_apply(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"data": {"dataset": "fashion_mnist"}, "seed": 7}))
+    cfg = load_config(path)
+    assert (cfg.data.dataset, cfg.seed, cfg.noise.kind) == ("fashion_mnist", 7, "gaussian")
+
+
+def test_set_values_are_yaml_typed():
+    assert parse_set("beam.options=[--direct_num_workers=2]") == {
+        "beam": {"options": ["--direct_num_workers=2"]}
+    }
+    assert parse_set("data.max_train_examples=null") == {"data": {"max_train_examples": None}}
+    assert parse_set("validate.expected_mean=0.13") == {"validate": {"expected_mean": 0.13}}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ({"overrides": ["noise.sigma=0.3"]}, "unknown config key 'noise.sigma'"),
+        ({"overrides": ["bogus=1"]}, "unknown config key 'bogus'"),
+        ({"overrides": ["noise.stddev"]}, "malformed --set 'noise.stddev'"),
+        ({"overrides": ["=3"]}, "malformed --set"),
+        ({"overrides": ["noise.kind=speckle"]}, "invalid config value for 'noise.kind'"),
+        ({"overrides": ["noise.stddev=-1"]}, "invalid config value for 'noise.stddev'"),
+        ({"profile": "huge"}, "unknown profile 'huge' (known: default, smoke)"),
+        ({"path": "/nonexistent/dae.yaml"}, "cannot read config file /nonexistent/dae.yaml"),
+    ],
+)
+def test_bad_config_is_one_clear_line(args, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(args.get("path"), args.get("profile", "default"), args.get("overrides", []))
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_non_mapping_yaml_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(path)

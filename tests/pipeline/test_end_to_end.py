@@ -1,0 +1,93 @@
+"""The real stages, end to end, on real MNIST (the smoke profile), through the console script."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.artifacts import read_split
+from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+
+DAE = str(Path(sys.executable).with_name("dae"))
+STAGES = ["ingest", "validate", "transform", "tune", "train", "evaluate", "push"]
+
+
+def dae(*args, check=True):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([DAE, *args], capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dae {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("root")
+    proc = dae("run", "--profile", "smoke", "--root", str(root))
+    (run_dir,) = (root / "runs").iterdir()
+    return root, run_dir, proc.stdout
+
+
+def test_smoke_run_denoises_and_pushes(smoke_run):
+    root, run_dir, stdout = smoke_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "succeeded"
+    assert metrics["psnr_denoised"] >= metrics["psnr_noisy"] + 3.0
+    assert metrics["ssim_denoised"] > metrics["ssim_noisy"]
+    assert metrics["blessed"] is True and metrics["pushed_version"] == 1
+    assert list(metrics["stage_seconds"]) == STAGES
+    assert all(v > 0 for v in metrics["stage_seconds"].values())
+    assert all((run_dir / s / "_SUCCESS").exists() for s in STAGES)
+    assert f"pushed: version 1 at {root / 'serving' / 'denoiser' / '1'}" in stdout
+    assert "PSNR: noisy" in stdout and "stage times: ingest" in stdout
+
+
+def test_pushed_servable_reloads_and_denoises(smoke_run):
+    import tensorflow as tf
+
+    root, run_dir, _ = smoke_run
+    version = root / "serving" / "denoiser" / "1"
+    assert sorted(p.name for p in version.iterdir()) == [
+        "assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables",
+    ]  # fmt: skip
+    fn = tf.saved_model.load(str(version)).signatures[SIGNATURE]
+    test = read_split(run_dir / "transform" / "transformed_examples", "test", ("noisy", "clean"))
+    out = fn(**{INPUT_NAME: tf.constant(test["noisy"])})[OUTPUT_NAME].numpy()
+    assert out.shape == test["noisy"].shape and out.dtype == np.float32
+    mse_noisy = np.mean((test["noisy"] - test["clean"]) ** 2)
+    mse_out = np.mean((out - test["clean"]) ** 2)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert mse_out < mse_noisy / 2
+    assert mse_out == pytest.approx(metrics["mse_denoised"], rel=1e-3)
+    provenance = json.loads((version / "assets.extra" / "dae_provenance.json").read_text())
+    assert provenance["run_id"] == run_dir.name
+
+
+def test_stage_reruns_one_stage_of_a_run(smoke_run):
+    root, run_dir, _ = smoke_run
+    before = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    proc = dae("stage", "evaluate", "--run", run_dir.name, "--root", str(root))
+    assert "evaluate: done in" in proc.stdout
+    after = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
+    # Same model, same test set; now version 1 is in service and is this very model.
+    assert after["psnr_denoised"] == pytest.approx(before["psnr_denoised"], abs=1e-4)
+    assert after["baseline_version"] == 1
+    assert after["baseline_psnr"] == pytest.approx(after["psnr_denoised"], abs=0.01)
+
+
+def test_failed_run_is_recorded_and_pushes_nothing(tmp_path):
+    proc = dae(
+        "run", "--profile", "smoke", "--root", str(tmp_path),
+        "--set", "validate.expected_mean=0.9", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith("dae: error: data anomaly: train pixel")
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"].startswith("validate: data anomaly")
+    assert not (run_dir / "validate" / "_SUCCESS").exists()
+    assert not (tmp_path / "serving").exists()

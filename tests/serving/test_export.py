@@ -1,0 +1,68 @@
+import os
+
+import numpy as np
+import pytest
+
+from components import models
+from serving import export
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.13, 0.31)
+
+
+def test_versions_ignore_everything_but_integers(tmp_path):
+    for name in ["3", "10", ".tmp-abc", "notes", "2x"]:
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert export.versions(tmp_path) == [3, 10]
+    assert export.latest_version(tmp_path) == 10
+    assert export.latest_version(tmp_path / "missing") is None
+
+
+def test_push_exports_servable_versions_in_order(model, tmp_path):
+    v1, p1 = export.push(model, tmp_path / "m", {"note.json": b"{}"})
+    v2, _ = export.push(model, tmp_path / "m")
+    assert (v1, v2) == (1, 2)
+    assert (p1 / "saved_model.pb").is_file() and (p1 / "assets.extra" / "note.json").is_file()
+    assert sorted(os.listdir(tmp_path / "m")) == ["1", "2"]  # no temporary folder left
+
+    denoise = export.load_servable(p1)
+    x = np.random.default_rng(0).random((5, 28, 28, 1)).astype(np.float32)
+    np.testing.assert_allclose(denoise(x), model.predict(x, verbose=0), atol=1e-5)
+    # The graph clips its input to [0, 1].
+    np.testing.assert_allclose(denoise(x + 5.0), denoise(np.ones_like(x)), atol=1e-6)
+    assert denoise.input_shape == (None, 28, 28, 1)
+
+
+def test_failed_export_leaves_no_version(model, tmp_path, monkeypatch):
+    export.push(model, tmp_path / "m")
+
+    def broken(model, path):
+        (path / "variables").mkdir(parents=True)
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(export, "export_servable", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.push(model, tmp_path / "m")
+    assert os.listdir(tmp_path / "m") == ["1"]
+
+
+def test_push_races_take_the_next_number(model, tmp_path, monkeypatch):
+    base = tmp_path / "m"
+    export.push(model, base)
+    real = export.latest_version
+    calls = []
+
+    def stale(b):  # the first look misses a version another pusher just renamed in
+        calls.append(1)
+        if len(calls) == 1:
+            (base / "2").mkdir()
+            (base / "2" / "saved_model.pb").write_bytes(b"x")
+            return 1
+        return real(b)
+
+    monkeypatch.setattr(export, "latest_version", stale)
+    version, _ = export.push(model, base)
+    assert version == 3
