@@ -14,6 +14,7 @@ from components.models import build_model
 
 INPUTS = ("transformed_examples", "transform_graph")
 OUTPUTS = ("best_hyperparameters", "tuner_results")
+RESUMABLE = ("tuner_results",)  # re-running the stage keeps finished trials
 OBJECTIVE = "val_loss"
 
 

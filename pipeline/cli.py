@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -90,8 +91,14 @@ def _dispatch(args) -> int:
     return prepare_data.main(args.args)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A Kubernetes Job is stopped with SIGTERM: record the run as failed, like Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     args = _parser().parse_args(argv)
     from components.artifacts import StageError
     from pipeline.config import ConfigError

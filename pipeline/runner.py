@@ -59,10 +59,15 @@ def execute(n: Node, config: Config, rdir: Path, serving_dir: Path) -> dict[str,
             raise StageError(f"stage '{n.name}' needs '{producer}', which has not succeeded")
         inputs[name] = rdir / producer / output
     sdir = rdir / n.name
-    shutil.rmtree(sdir, ignore_errors=True)
+    keep = getattr(n.component, "RESUMABLE", ())  # e.g. the tuner's finished trials
+    (sdir / SUCCESS).unlink(missing_ok=True)
+    if sdir.is_dir():
+        for child in sdir.iterdir():
+            if child.name not in keep:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
     outputs = {name: sdir / name for name in n.component.OUTPUTS}
     for path in outputs.values():
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log)
     start = time.perf_counter()
     summary = n.component.run(ctx) or {}
