@@ -67,14 +67,14 @@ class TuneConfig(_Section):
     hyperband_factor: int = Field(3, ge=2)
     batch_size: int = Field(128, ge=1)
     # Trials search on a subset: layer sizes rank the same on a few thousand images.
-    train_examples: int | None = Field(6000, ge=1)
-    eval_examples: int | None = Field(1000, ge=1)
+    train_examples: int | None = Field(12000, ge=1)
+    eval_examples: int | None = Field(2000, ge=1)
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(6, ge=1)
+    epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
-    patience: int = Field(2, ge=1)
+    patience: int = Field(3, ge=1)
 
 
 class EvaluateConfig(_Section):
