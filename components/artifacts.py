@@ -11,6 +11,7 @@ receives from an 8-bit image source.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -24,14 +25,29 @@ SPLITS = ("train", "eval", "test")
 SCHEMA_FILE = "schema.json"
 
 
+def _finite(obj: Any) -> Any:
+    """NaN and infinities as null: JSON has no such numbers."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_finite(obj), f, indent=2, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> Any:
@@ -105,9 +121,10 @@ def write_shards(artifact: Path, split: str, images, labels, shards: int = 1) ->
 
 
 def read_split(
-    artifact: Path, split: str, names: tuple[str, ...], limit: int | None = None
+    artifact: Path, split: str, names: tuple[str, ...], limit: int | None = None, raw=False
 ) -> dict[str, np.ndarray]:
-    """Load a split into memory as float32 (uint8 images scaled to [0, 1]), ordered by id."""
+    """Load a split into memory as float32 (uint8 images scaled to [0, 1]), ordered by id;
+    `raw` keeps the stored dtype."""
     import tensorflow as tf
 
     schema = read_schema(artifact)
@@ -122,8 +139,8 @@ def read_split(
     def parse(records):
         parsed = tf.io.parse_example(records, spec)
         for n in names:
-            raw = tf.io.decode_raw(parsed[n], dtype)
-            parsed[n] = tf.reshape(tf.cast(raw, tf.float32) / scale, (-1, *shape))
+            pixels = tf.reshape(tf.io.decode_raw(parsed[n], dtype), (-1, *shape))
+            parsed[n] = pixels if raw else tf.cast(pixels, tf.float32) / scale
         return parsed
 
     ds = tf.data.TFRecordDataset(shard_files(artifact, split)).batch(4096).map(parse)

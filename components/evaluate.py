@@ -47,6 +47,8 @@ def bless(
 ) -> tuple[bool, str]:
     """Blessed when denoising helps enough and is not worse than the model in service."""
     gain = metrics["psnr_denoised"] - metrics["psnr_noisy"]
+    if not np.isfinite(gain):
+        return False, "PSNR is not finite: the model's output is broken (NaN)"
     if gain < min_gain_db:
         return False, f"PSNR gain {gain:.2f} dB is below the required {min_gain_db} dB"
     if baseline_psnr is not None and metrics["psnr_denoised"] < baseline_psnr - max_regression_db:

@@ -72,9 +72,19 @@ def _builder(cfg):
         builder = tfds.builder(name, data_dir=str(_expand(cfg.data.data_dir)))
     except tfds.core.registered.DatasetNotFoundError:
         raise StageError(f"unknown TFDS dataset '{name}'") from None
+    except Exception as e:  # TFDS says a bad version or config in several ways
+        raise StageError(f"invalid TFDS dataset '{name}': {str(e).splitlines()[0]}") from None
     features = builder.info.features
-    if cfg.data.image_key not in features:
+    image = features[cfg.data.image_key] if cfg.data.image_key in features else None  # noqa: SIM401 (not a dict)
+    if image is None:
         raise StageError(f"dataset '{name}' has no image feature '{cfg.data.image_key}'")
+    if getattr(image, "shape", None) is None or None in image.shape:
+        raise StageError(f"dataset '{name}' has images of varying size {image.shape}")
+    if cfg.data.label_key and cfg.data.label_key not in features:
+        raise StageError(
+            f"dataset '{name}' has no label feature '{cfg.data.label_key}' "
+            "(set data.label_key=null for unlabelled data)"
+        )
     return builder
 
 
@@ -85,20 +95,35 @@ def _check_splits(builder) -> None:
             raise StageError(f"dataset '{builder.name}' has no '{split}' split (it has: {known})")
 
 
+def _manual_dir(cfg) -> Path | None:
+    """The dataset's manual_dir when it holds files TFDS can prepare from, else None."""
+    manual = _expand(cfg.data.manual_dir) / cfg.data.dataset
+    return manual if manual.is_dir() and any(manual.iterdir()) else None
+
+
+def _require_local_data(builder, cfg) -> Path | None:
+    """Prepared already (None), or preparable from its manual_dir (that dir), or refused."""
+    if builder.is_prepared():
+        _check_splits(builder)
+        return None
+    manual = _manual_dir(cfg)
+    if manual is None:
+        name = cfg.data.dataset
+        raise StageError(
+            f"dataset '{name}' is not prepared in {_expand(cfg.data.data_dir)} and "
+            f"{_expand(cfg.data.manual_dir) / name} is empty: run `dae data prepare {name}` "
+            "(or `make data`)"
+        )
+    return manual
+
+
 def _ensure_prepared(builder, cfg) -> None:
     import tensorflow_datasets as tfds
 
-    if builder.is_prepared():
-        _check_splits(builder)
+    manual = _require_local_data(builder, cfg)
+    if manual is None:
         return
-    name = cfg.data.dataset
-    manual = _expand(cfg.data.manual_dir) / name
-    if not manual.is_dir() or not any(manual.iterdir()):
-        raise StageError(
-            f"dataset '{name}' is not prepared in {_expand(cfg.data.data_dir)} and {manual} "
-            f"is empty: run `dae data prepare {name}` (or `make data`)"
-        )
-    download_dir = _expand(cfg.data.data_dir) / "downloads" / name
+    download_dir = _expand(cfg.data.data_dir) / "downloads" / cfg.data.dataset
     builder.download_and_prepare(
         download_dir=str(download_dir),
         download_config=tfds.download.DownloadConfig(manual_dir=str(manual)),
@@ -108,11 +133,7 @@ def _ensure_prepared(builder, cfg) -> None:
 
 def preflight(cfg) -> None:
     """Fail before a run directory exists: unknown dataset or no local data."""
-    builder = _builder(cfg)
-    if not builder.is_prepared():
-        manual = _expand(cfg.data.manual_dir) / cfg.data.dataset
-        if not manual.is_dir() or not any(manual.iterdir()):
-            _ensure_prepared(builder, cfg)  # raises the one-line StageError
+    _require_local_data(_builder(cfg), cfg)
 
 
 def _load(builder, split: str, cfg) -> tuple[np.ndarray, np.ndarray]:
@@ -122,8 +143,8 @@ def _load(builder, split: str, cfg) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(data[cfg.data.image_key])
     if images.ndim == 3:
         images = images[..., None]
-    labels = data.get(cfg.data.label_key)
-    labels = np.full(len(images), -1) if labels is None else np.asarray(labels).astype(np.int64)
+    labels = data[cfg.data.label_key] if cfg.data.label_key else np.full(len(images), -1)
+    labels = np.asarray(labels).astype(np.int64)
     return images, labels
 
 

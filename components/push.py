@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 from components.artifacts import StageContext, read_json, write_json
-from serving.export import push
+from serving.export import latest_version, push
+
+PROVENANCE = "dae_provenance.json"
 
 INPUTS = ("model", "blessing", "evaluation")
 OUTPUTS = ("pushed_model",)
+ATOMIC = True  # the runner holds SIGINT/SIGTERM while a push and its record are written
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -22,17 +26,29 @@ def run(ctx: StageContext) -> dict[str, Any]:
         write_json(out / "pushed.json", {"pushed": False, "reason": blessing["reason"]})
         ctx.log(f"push: skipped, model not blessed ({blessing['reason']})")
         return {"pushed_version": None}
-    model = keras.models.load_model(ctx.inputs["model"] / "model.keras", compile=False)
+    model_file = ctx.inputs["model"] / "model.keras"
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    base = ctx.serving_dir / cfg.push.model_name
+    latest = latest_version(base)
+    if latest is not None and _provenance(base / str(latest)).get("model_sha256") == digest:
+        path = base / str(latest)
+        write_json(out / "pushed.json", {"pushed": True, "version": latest, "path": str(path)})
+        ctx.log(f"push: this model is already version {latest}; nothing to do")
+        return {"pushed_version": latest, "pushed_path": str(path)}
+    model = keras.models.load_model(model_file, compile=False)
     # Recorded inside the version so a served model can be traced back to its run.
     provenance = {
         "run_id": ctx.run_id,
+        "model_sha256": digest,
         "metrics": read_json(ctx.inputs["evaluation"] / "metrics.json"),
         "model": read_json(ctx.inputs["model"] / "model.json"),
     }
-    base = ctx.serving_dir / cfg.push.model_name
-    version, path = push(
-        model, base, {"dae_provenance.json": json.dumps(provenance, indent=2).encode()}
-    )
+    version, path = push(model, base, {PROVENANCE: json.dumps(provenance, indent=2).encode()})
     write_json(out / "pushed.json", {"pushed": True, "version": version, "path": str(path)})
     ctx.log(f"push: version {version} at {path}")
     return {"pushed_version": version, "pushed_path": str(path)}
+
+
+def _provenance(version_dir) -> dict:
+    path = version_dir / "assets.extra" / PROVENANCE
+    return read_json(path) if path.is_file() else {}

@@ -6,9 +6,10 @@ in the model_run artifact. The output is a Keras `.keras` file; the pusher expor
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from components.artifacts import StageContext, read_json, read_split, write_json
+from components.artifacts import StageContext, StageError, read_json, read_split, write_json
 from components.models import build_model, hyperparameters
 
 INPUTS = ("transformed_examples", "transform_graph", "best_hyperparameters")
@@ -20,13 +21,11 @@ MODEL_FILE = "model.keras"
 
 
 def fit(model, train, valid, epochs: int, batch_size: int, patience: int, checkpoint, logs=None):
-    """Fit on (noisy, clean) arrays; returns the history with the best weights restored."""
+    """Fit on (noisy, clean) arrays; leaves the model with the best epoch's weights."""
     import keras
 
     callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=patience, restore_best_weights=True
-        ),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
         ),
@@ -37,7 +36,9 @@ def fit(model, train, valid, epochs: int, batch_size: int, patience: int, checkp
         train[0], train[1], validation_data=valid, epochs=epochs, batch_size=batch_size,
         callbacks=callbacks, verbose=0,
     )  # fmt: skip
-    model.load_weights(str(checkpoint))
+    if not Path(checkpoint).exists():
+        raise StageError("training diverged: val_loss was never finite, no weights were saved")
+    model.load_weights(str(checkpoint))  # the best epoch's, not the last one's
     return history.history
 
 

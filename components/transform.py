@@ -8,6 +8,7 @@ bake into the model, so serving normalizes exactly as training did.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from components.artifacts import (
     SCHEMA_FILE,
     SPLITS,
     StageContext,
+    StageError,
     decode_example,
     encode_example,
     read_json,
@@ -24,6 +26,7 @@ from components.artifacts import (
     write_json,
 )
 
+# Statistics gate the transform: it runs only on examples that passed validation.
 INPUTS = ("examples", "statistics")
 OUTPUTS = ("transformed_examples", "transform_graph")
 
@@ -95,20 +98,48 @@ def build_pipeline(p, examples_dir, out_dir, graph_dir, shape, splits, seed, noi
                 records
                 | "Moments" >> beam.Map(_moments, shape)
                 | "Sum" >> beam.CombineGlobally(sum)
-                | "WriteStats" >> beam.Map(_write_moments, graph_dir)
+                | "Format" >> beam.Map(lambda t: json.dumps([float(v) for v in t]))
+                # Through a sink, not a side effect: workers of a distributed runner
+                # don't share the driver's disk.
+                | "WriteStats"
+                >> beam.io.WriteToText(
+                    str(graph_dir / "moments"), file_name_suffix=".json", shard_name_template=""
+                )
             )
 
 
-def _write_moments(total: np.ndarray, graph_dir) -> None:
+def mean_std(total) -> tuple[float, float]:
+    """(count, sum, sum of squares) -> (mean, std)."""
     n, s, sq = total
     mean = s / n
-    std = float(np.sqrt(max(sq / n - mean * mean, 0.0)))
-    write_json(graph_dir / "moments.json", {"mean": float(mean), "std": std})
+    return float(mean), float(np.sqrt(max(sq / n - mean * mean, 0.0)))
+
+
+def pipeline_options(beam_cfg):
+    """Beam's options from the config; an unknown flag or runner is an error, not a
+    silently ignored typo."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import create_runner
+
+    options = PipelineOptions(flags=list(beam_cfg.options), runner=beam_cfg.runner)
+    known = options.get_all_options(drop_default=True)
+    unknown = set(options.get_all_options(drop_default=True, retain_unknown_options=True))
+    unknown -= set(known)
+    if unknown:
+        raise StageError(f"unknown Beam pipeline option(s): {', '.join(sorted(unknown))}")
+    try:
+        create_runner(beam_cfg.runner)
+    except ValueError:
+        raise StageError(f"unknown Beam runner '{beam_cfg.runner}'") from None
+    return options
+
+
+def preflight(cfg) -> None:
+    pipeline_options(cfg.beam)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     cfg = ctx.config
     examples, out, graph = (
@@ -119,17 +150,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     schema = read_schema(examples)
     shape = tuple(schema["shape"])
     splits = [s for s in SPLITS if schema["splits"].get(s)]
+    if "train" not in splits:
+        raise StageError("no training examples to transform (the 'train' split is empty)")
     out.mkdir(parents=True, exist_ok=True)
     graph.mkdir(parents=True, exist_ok=True)
-    options = PipelineOptions(flags=list(cfg.beam.options), runner=cfg.beam.runner)
-    with beam.Pipeline(options=options) as p:
+    with beam.Pipeline(options=pipeline_options(cfg.beam)) as p:
         build_pipeline(
             p, examples, out, graph, shape, splits, cfg.seed, cfg.noise, cfg.beam.num_shards
         )
     write_json(
         out / SCHEMA_FILE, {"shape": list(shape), "dtype": "uint8", "splits": schema["splits"]}
     )
-    moments = read_json(graph / "moments.json")
+    mean, std = mean_std(read_json(graph / "moments.json"))
+    moments = {"mean": mean, "std": std}
     write_json(
         graph / "transform.json", {**moments, "shape": list(shape), "noise": cfg.noise.model_dump()}
     )

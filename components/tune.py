@@ -6,6 +6,7 @@ search picks up its finished trials instead of starting over.
 
 from __future__ import annotations
 
+import hashlib
 from functools import partial
 from typing import Any
 
@@ -43,11 +44,23 @@ def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_c
 
 def search(tuner, train, valid, epochs: int, batch_size: int):
     """Run the search on (noisy, clean) arrays; returns the best HyperParameters."""
-    kwargs = {} if tuner.oracle.__class__.__name__ == "HyperbandOracle" else {"epochs": epochs}
+    import keras_tuner as kt
+
+    hyperband = isinstance(tuner.oracle, kt.oracles.HyperbandOracle)
+    kwargs = {} if hyperband else {"epochs": epochs}  # Hyperband schedules epochs itself
     tuner.search(
         train[0], train[1], validation_data=valid, batch_size=batch_size, verbose=0, **kwargs
     )
     return tuner.get_best_hyperparameters(1)[0]
+
+
+def search_id(cfg, moments: dict) -> str:
+    """Names the search by what defines it, so a resumed search is the same search (more
+    trials may be asked for) and a different one starts afresh beside it."""
+    t = cfg.tune
+    key = (cfg.model.family, t.tuner, t.max_epochs, t.hyperband_factor, t.batch_size,
+           t.train_examples, t.eval_examples, cfg.seed, moments["shape"])  # fmt: skip
+    return f"{cfg.model.family}-{t.tuner}-" + hashlib.sha256(repr(key).encode()).hexdigest()[:10]
 
 
 # ---- artifact I/O ----------------------------------------------------------------------
@@ -70,8 +83,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
         std=moments["std"],
     )
     tuner = make_tuner(
-        cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"], "search", cfg.seed, cfg.tune
-    )
+        cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"],
+        search_id(cfg, moments), cfg.seed, cfg.tune,
+    )  # fmt: skip
     best = search(
         tuner,
         (train["noisy"], train["clean"]),

@@ -22,6 +22,7 @@ from components.artifacts import (
 INPUTS = ("examples",)
 OUTPUTS = ("statistics",)
 IMAGE_DTYPES = ("uint8",)
+MIN_SIDE = 11  # SSIM's window
 
 
 # ---- pure core -------------------------------------------------------------------------
@@ -56,8 +57,10 @@ def find_anomalies(
         problems.append(f"images are {dtype}, not an image dtype ({', '.join(IMAGE_DTYPES)})")
     shapes = {tuple(s["shape"]) for s in statistics.values()}
     for shape in shapes:
-        if len(shape) != 3 or shape[2] not in (1, 3) or min(shape[:2]) < 8:
-            problems.append(f"image shape {list(shape)} is not [height>=8, width>=8, 1 or 3]")
+        if len(shape) != 3 or shape[2] not in (1, 3) or min(shape[:2]) < MIN_SIDE:
+            problems.append(
+                f"image shape {list(shape)} is not [height>={MIN_SIDE}, width>={MIN_SIDE}, 1 or 3]"
+            )
     if len(shapes) > 1:
         problems.append(f"splits disagree on image shape: {sorted(shapes)}")
     for split, s in statistics.items():
@@ -89,6 +92,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     examples = ctx.inputs["examples"]
     schema = read_schema(examples)
+    dtype = schema.get("dtype", "uint8")
+    if dtype not in IMAGE_DTYPES:  # before decoding pixels that are not pixels
+        raise StageError(f"data anomaly: {find_anomalies({}, dtype)[0]}")
     stats = {}
     for split in SPLITS:
         if schema["splits"].get(split, 0) == 0:
@@ -97,10 +103,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
         data = read_split(examples, split, ("image",))
         stats[split] = compute_statistics(data["image"], data["label"])
     out = ctx.outputs["statistics"]
-    write_json(out / "statistics.json", {"dtype": schema.get("dtype", "uint8"), "splits": stats})
+    write_json(out / "statistics.json", {"dtype": dtype, "splits": stats})
     anomalies = find_anomalies(
         stats,
-        schema.get("dtype", "uint8"),
+        dtype,
         cfg.validate_.min_examples_per_split,
         cfg.validate_.expected_mean,
         cfg.validate_.mean_tolerance,

@@ -9,6 +9,7 @@ import argparse
 import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -66,7 +67,6 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
 
 
 def _dispatch(args) -> int:
-    from components.artifacts import StageError
     from pipeline import runner
     from pipeline.config import apply_overrides, load_config
 
@@ -78,12 +78,8 @@ def _dispatch(args) -> int:
         return 0
     if args.command == "stage":
         root = Path(args.root).expanduser()
-        if not runner.run_dir(root, args.run_id).is_dir():
-            raise StageError(f"no run '{args.run_id}' under {root / 'runs'}")
-        config = runner.load_run_config(root, args.run_id)
-        if args.overrides:
-            config = apply_overrides(config, args.overrides)
-        result = runner.run_stage(config, root, args.run_id, args.name)
+        config = apply_overrides(runner.load_run_config(root, args.run_id), args.overrides)
+        result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
         print(f"{args.name}: done in {result['seconds']:.1f}s")
         return 0
     from pipeline import prepare_data
@@ -111,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     except StageError as e:
         print(f"dae: error: {e}", file=sys.stderr)
         return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("dae: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"dae: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug, not bad input: the traceback helps, the last line says
+        traceback.print_exc()
+        print(f"dae: error: internal: {type(e).__name__}: {e}".splitlines()[0], file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

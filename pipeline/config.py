@@ -29,7 +29,7 @@ class DataConfig(_Section):
     # TFDS's own convention; each dataset reads `<manual_dir>/<dataset>/`.
     manual_dir: str = "~/tensorflow_datasets/downloads/manual"
     image_key: str = "image"
-    label_key: str = "label"
+    label_key: str | None = "label"  # null: unlabelled images
     validation_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     # Caps for quick runs; null means the whole split.
     max_train_examples: int | None = Field(None, ge=1)
@@ -91,7 +91,7 @@ class PushConfig(_Section):
 
 class Config(_Section):
     pipeline_name: str = "dae"
-    seed: int = 42
+    seed: int = Field(42, ge=0)
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     noise: NoiseConfig = Field(default_factory=NoiseConfig)

@@ -7,12 +7,13 @@ Only the pusher writes outside the run folder, and it does so atomically.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import shutil
-import sys
+import signal
+import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from pipeline.config import Config, dump_config
 from pipeline.dag import DAG, STAGES, Node, node
 
 SUCCESS = "_SUCCESS"
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 METRIC_KEYS = ("psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "mse_noisy",
                "mse_denoised", "blessed", "blessing_reason", "pushed_version")  # fmt: skip
 
@@ -77,6 +79,26 @@ def execute(n: Node, config: Config, rdir: Path, serving_dir: Path) -> dict[str,
     return {"seconds": seconds, **summary}
 
 
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM until the block ends, so a push and its record happen together."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    saved = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in _DEFERRED}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
+
+
+_nothing = contextlib.nullcontext
+
+
 def preflight(config: Config) -> None:
     """Problems found before a run folder exists leave nothing behind."""
     for n in DAG:
@@ -90,6 +112,7 @@ def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None
     for summary in results.values():
         merged.update(summary)
     metrics = {k: merged.get(k) for k in METRIC_KEYS}
+    metrics["blessed"] = bool(metrics["blessed"])
     metrics |= {"run_id": rdir.name, "status": status,
                 "stage_seconds": {k: v["seconds"] for k, v in results.items()}}  # fmt: skip
     if error:
@@ -111,12 +134,12 @@ def run_pipeline(config: Config, root: Path, run_id: str | None = None) -> dict[
     results: dict[str, dict] = {}
     for n in DAG:
         log(f"[{n.name}] ...")
+        atomic = _signals_deferred() if n.component.__dict__.get("ATOMIC") else _nothing()
         try:
-            results[n.name] = execute(n, config, rdir, root / "serving")
+            with atomic:
+                results[n.name] = execute(n, config, rdir, root / "serving")
         except BaseException as e:  # noqa: BLE001 - record every way a run ends, then re-raise
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if not isinstance(e, StageError | KeyboardInterrupt):
-                traceback.print_exc(file=sys.stderr)
             _finish(rdir, results, "failed", f"{n.name}: {message}")
             raise
         log(f"[{n.name}] done in {results[n.name]['seconds']:.1f} s")
@@ -130,8 +153,29 @@ def load_run_config(root: Path, run_id: str) -> Config:
     return Config.model_validate(yaml.safe_load((rdir / "config.yaml").read_text()))
 
 
-def run_stage(config: Config, root: Path, run_id: str, stage: str) -> dict[str, Any]:
+def downstream(stage: str) -> list[str]:
+    """Every stage that reads, directly or not, what `stage` writes."""
+    affected, out = {stage}, []
+    for n in DAG:
+        if any(ref.split(".")[0] in affected for ref in n.inputs.values()):
+            affected.add(n.name)
+            out.append(n.name)
+    return out
+
+
+def run_stage(
+    config: Config, root: Path, run_id: str, stage: str, overrides: list[str] = ()
+) -> dict[str, Any]:
+    """Re-run one stage of a run. Stages downstream of it lose their _SUCCESS: they were
+    computed from outputs that no longer exist."""
     if stage not in STAGES:
         raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
     rdir = run_dir(root, run_id)
-    return execute(node(stage), config, rdir, Path(root) / "serving")
+    for later in downstream(stage):
+        (rdir / later / SUCCESS).unlink(missing_ok=True)
+    atomic = _signals_deferred() if node(stage).component.__dict__.get("ATOMIC") else _nothing()
+    with atomic:
+        result = execute(node(stage), config, rdir, Path(root) / "serving")
+    record = read_json(rdir / stage / "stage.json")
+    write_json(rdir / stage / "stage.json", {**record, "rerun": _now(), "overrides": overrides})
+    return result

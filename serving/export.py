@@ -10,8 +10,10 @@ input to [0, 1] and standardizes it with the training statistics (inside the mod
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -53,6 +55,20 @@ def export_servable(model, path: Path) -> None:
     archive.write_out(str(path), verbose=False)
 
 
+def _next_version(base: Path) -> int:
+    """One past every integer-named entry, files included (renaming onto one fails)."""
+    taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+    return max(taken, default=0) + 1
+
+
+def _prune_stale(base: Path, older_than_s: float = 3600) -> None:
+    """Temporary folders of pushers that were killed; a live push is never this old."""
+    now = time.time()
+    for p in base.glob(".tmp-*"):
+        if now - p.stat().st_mtime > older_than_s:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def push(model, base: Path, extra_files: dict[str, bytes] | None = None) -> tuple[int, Path]:
     """Export as the next version, atomically: build beside the target, then rename.
 
@@ -61,6 +77,7 @@ def push(model, base: Path, extra_files: dict[str, bytes] | None = None) -> tupl
     """
     base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
+    _prune_stale(base)
     tmp = base / f".tmp-{uuid.uuid4().hex}"
     try:
         export_servable(model, tmp)
@@ -68,14 +85,15 @@ def push(model, base: Path, extra_files: dict[str, bytes] | None = None) -> tupl
             target = tmp / "assets.extra" / name
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
-        while True:
-            version = (latest_version(base) or 0) + 1
+        for _ in range(100):
+            version = _next_version(base)
             try:
                 os.rename(tmp, base / str(version))
                 return version, base / str(version)
-            except OSError:
-                if not (base / str(version)).exists():
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
                     raise
+        raise RuntimeError(f"could not claim a version number under {base}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from components import evaluate
+from components.artifacts import read_json
 
 
 def test_metrics_of_perfect_and_noisy_reconstructions():
@@ -34,3 +35,73 @@ def test_batching_does_not_change_metrics():
 def test_blessing_rules(denoised, baseline, blessed, needle):
     ok, reason = evaluate.bless({"psnr_noisy": 10.0, "psnr_denoised": denoised}, baseline, 3.0, 0.5)
     assert ok is blessed and needle in reason
+
+
+def test_nan_output_is_never_blessed():
+    ok, reason = evaluate.bless({"psnr_noisy": 10.0, "psnr_denoised": float("nan")}, None, 3.0, 0.5)
+    assert not ok and "not finite" in reason
+
+
+def _pairs(tmp_path, shape=(28, 28, 1)):
+    from conftest import digit_like, write_examples
+
+    from components import transform
+    from components.artifacts import StageContext
+    from pipeline.config import load_config
+
+    cfg = load_config(None, "smoke")
+    images, labels = digit_like(40, shape)
+    splits = {"train": (images, labels), "test": (images, labels)}
+    raw = write_examples(tmp_path / f"raw{shape[0]}", splits)
+    outs = {"transformed_examples": tmp_path / f"t{shape[0]}", "transform_graph": tmp_path / "g"}
+    transform.run(StageContext(cfg, {"examples": raw}, outs, "r", tmp_path, tmp_path, print))
+    return cfg, outs["transformed_examples"]
+
+
+def _run_evaluate(tmp_path, cfg, examples, model_dir, name):
+    from components.artifacts import StageContext
+
+    outs = {"evaluation": tmp_path / name / "e", "blessing": tmp_path / name / "b"}
+    for p in outs.values():
+        p.mkdir(parents=True)
+    ctx = StageContext(
+        cfg, {"transformed_examples": examples, "model": model_dir}, outs, "r", tmp_path,
+        tmp_path / "serving", lambda m: None,
+    )  # fmt: skip
+    return evaluate.run(ctx), outs
+
+
+def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
+    from components import models
+    from serving.export import push
+
+    cfg, examples = _pairs(tmp_path)
+    model = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.1, 0.3)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+
+    first, outs = _run_evaluate(tmp_path, cfg, examples, model_dir, "first")
+    assert first["baseline_version"] is None and first["baseline_psnr"] is None
+    # An untrained model barely denoises: not blessed, and the blessing says why.
+    assert first["blessed"] is False and (outs["blessing"] / "NOT_BLESSED").exists()
+    assert read_json(outs["evaluation"] / "metrics.json")["psnr_noisy"] == first["psnr_noisy"]
+
+    push(model, tmp_path / "serving" / cfg.push.model_name)
+    second, _ = _run_evaluate(tmp_path, cfg, examples, model_dir, "second")
+    assert second["baseline_version"] == 1
+    assert second["baseline_psnr"] == pytest.approx(second["psnr_denoised"], abs=1e-3)
+
+
+def test_a_served_model_of_another_shape_is_not_a_baseline(tmp_path):
+    from components import models
+    from serving.export import push
+
+    cfg, examples = _pairs(tmp_path)
+    other = models.build_model(models.hyperparameters(), "dense", (32, 32, 1), 0.1, 0.3)
+    push(other, tmp_path / "serving" / cfg.push.model_name)
+    model = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.1, 0.3)
+    (tmp_path / "model").mkdir()
+    model.save(tmp_path / "model" / "model.keras")
+    result, _ = _run_evaluate(tmp_path, cfg, examples, tmp_path / "model", "x")
+    assert result["baseline_version"] == 1 and result["baseline_psnr"] is None

@@ -59,3 +59,57 @@ def test_unknown_dataset_and_missing_data_are_one_line_errors(config, tmp_path):
     config.data.manual_dir = str(tmp_path / "manual")
     with pytest.raises(ingest.StageError, match="is not prepared in .* run `dae data prepare"):
         ingest.preflight(config)
+
+
+def test_any_tfds_image_dataset_by_name(make_ctx, config, tmp_path):
+    """A TFDS builder of our own (RGB, 16x20, no network), prepared in a temp data_dir."""
+    import tensorflow_datasets as tfds
+
+    class DaeTinyImages(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+
+        def _info(self):
+            features = {"image": tfds.features.Image(shape=(16, 20, 3)),
+                        "label": tfds.features.ClassLabel(num_classes=3)}  # fmt: skip
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(30, 0), "test": self._generate_examples(10, 1)}
+
+        def _generate_examples(self, n, seed):
+            rng = np.random.default_rng(seed)
+            for i in range(n):
+                image = rng.integers(0, 256, (16, 20, 3), dtype=np.uint8)
+                yield i, {"image": image, "label": i % 3}
+
+    data_dir = tmp_path / "tfds"
+    DaeTinyImages(data_dir=str(data_dir)).download_and_prepare()
+    config.data.dataset = "dae_tiny_images"
+    config.data.data_dir = str(data_dir)
+    config.data.max_train_examples = None
+    ctx = make_ctx({}, ingest.OUTPUTS, config)
+    ingest.run(ctx)
+    schema = read_json(ctx.outputs["examples"] / "schema.json")
+    assert schema == {"shape": [16, 20, 3], "dtype": "uint8",
+                      "splits": {"train": 27, "eval": 3, "test": 10}}  # fmt: skip
+    labels = read_split(ctx.outputs["examples"], "test", ("image",))["label"]
+    assert sorted(labels) == sorted(i % 3 for i in range(10))
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [("mnist:9.9.9", "invalid TFDS dataset 'mnist:9.9.9'"), ("Bad Name!", "TFDS dataset")],
+)
+def test_malformed_dataset_names_are_one_line_errors(config, dataset, message):
+    config.data.dataset = dataset
+    with pytest.raises(ingest.StageError) as e:
+        ingest.preflight(config)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_missing_label_feature_is_named(config):
+    config.data.label_key = "labels"
+    with pytest.raises(ingest.StageError, match="no label feature 'labels'"):
+        ingest.preflight(config)

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
+from conftest import write_examples
 
 from components import transform
-from components.artifacts import read_json, read_split
+from components.artifacts import StageError, read_json, read_split
 from pipeline.config import NoiseConfig
 
 CLEAN = np.full((28, 28, 1), 0.5, np.float32)
@@ -34,6 +35,24 @@ def test_noise_amounts_match_the_config():
     assert np.mean(m == 0) == pytest.approx(0.3, abs=0.01)
 
 
+@pytest.mark.parametrize(
+    "beam, message",
+    [
+        ({"runner": "Bogus"}, "unknown Beam runner 'Bogus'"),
+        (
+            {"options": ["--direct_num_worker=2"]},
+            "unknown Beam pipeline option(s): direct_num_worker",
+        ),
+    ],
+)
+def test_bad_beam_settings_are_refused_up_front(config, beam, message):
+    for key, value in beam.items():
+        setattr(config.beam, key, value)
+    with pytest.raises(StageError) as e:
+        transform.preflight(config)
+    assert message in str(e.value)
+
+
 def test_beam_transform_writes_pairs_and_moments(tiny_examples, make_ctx, config):
     ctx = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
     summary = transform.run(ctx)
@@ -54,8 +73,14 @@ def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp
     transform.run(ctx)
     first = read_split(ctx.outputs["transformed_examples"], "test", ("noisy",))
     config.beam.num_shards = 3
+    resharded = write_examples(  # the same examples, in 4 input shards
+        tmp_path / "resharded",
+        {s: (lambda d: (d["image"], d["label"]))(read_split(tiny_examples, s, ("image",), raw=True))
+         for s in ("train", "eval", "test")},
+        shards=4,
+    )  # fmt: skip
     out2 = tmp_path / "again"
-    ctx2 = make_ctx({"examples": tiny_examples}, ())
+    ctx2 = make_ctx({"examples": resharded}, ())
     ctx2.outputs = {"transformed_examples": out2 / "t", "transform_graph": out2 / "g"}
     transform.run(ctx2)
     assert len(list((out2 / "t").glob("test-*.tfrecord"))) == 3

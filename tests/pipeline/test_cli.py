@@ -20,6 +20,10 @@ def _fails(argv, capsys, code):
         (["--set", "train.epoch=3"], 2, "unknown config key 'train.epoch'"),
         (["--config", "/no/such.yaml"], 2, "cannot read config file"),
         (["--set", "data.dataset=not_a_dataset"], 1, "unknown TFDS dataset 'not_a_dataset'"),
+        (["--set", "data.dataset=mnist:9.9.9"], 1, "invalid TFDS dataset 'mnist:9.9.9'"),
+        (["--set", "seed=-1"], 2, "invalid config value for 'seed'"),
+        (["--set", "beam.runner=Bogus"], 1, "unknown Beam runner 'Bogus'"),
+        (["--set", "beam.options=[--num_workerz=2]"], 1, "unknown Beam pipeline option(s)"),
     ],
 )
 def test_run_refuses_bad_input_before_writing(tmp_path, capsys, extra, code, message):
@@ -47,3 +51,15 @@ def test_unknown_data_prepare_name(tmp_path, capsys):
     assert main(["data", "prepare", "cifar10", "--data-dir", str(tmp_path)]) == 2
     assert "cifar10" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_stage_name_must_be_a_stage(tmp_path, capsys):
+    from pipeline.config import Config, dump_config
+
+    (tmp_path / "runs" / "r1").mkdir(parents=True)
+    dump_config(Config(), tmp_path / "runs" / "r1" / "config.yaml")
+    err = _fails(["stage", "trian", "--run", "r1", "--root", str(tmp_path)], capsys, 1)
+    assert "unknown stage 'trian'" in err
+    err = _fails(["stage", "train", "--run", "r1", "--root", str(tmp_path)], capsys, 1)
+    assert "stage 'train' needs 'transform', which has not succeeded" in err
+    assert sorted(p.name for p in (tmp_path / "runs" / "r1").iterdir()) == ["config.yaml"]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from components.artifacts import read_split
+from pipeline.runner import METRIC_KEYS
 from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 DAE = str(Path(sys.executable).with_name("dae"))
@@ -35,6 +36,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_denoises_and_pushes(smoke_run):
     root, run_dir, stdout = smoke_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(METRIC_KEYS) | {"stage_seconds", "status", "run_id"} <= set(metrics)
     assert metrics["status"] == "succeeded"
     assert metrics["psnr_denoised"] >= metrics["psnr_noisy"] + 3.0
     assert metrics["ssim_denoised"] > metrics["ssim_noisy"]

@@ -73,3 +73,45 @@ def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
     assert list(metrics["stage_seconds"]) == ["a"] and metrics["pushed_version"] is None
     run = json.loads((tmp_path / "runs" / "r1" / "run.json").read_text())
     assert run["status"] == "failed" and run["finished"]
+
+
+def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch):
+    assert runner.downstream("transform") == ["tune", "train", "evaluate", "push"]
+    assert runner.downstream("evaluate") == ["push"] and runner.downstream("push") == []
+    rdir = runner.run_dir(tmp_path, "r1")
+    for stage in ("ingest", "validate", "transform", "tune", "train", "evaluate", "push"):
+        (rdir / stage).mkdir(parents=True)
+        (rdir / stage / runner.SUCCESS).touch()
+    stand_in = Node("validate", component(outputs=("statistics",)), {"x": "ingest.examples"})
+    monkeypatch.setattr(runner, "node", lambda name: stand_in)
+    runner.run_stage(Config(), tmp_path, "r1", "validate", ["seed=1"])
+    assert sorted(p.parent.name for p in rdir.glob(f"*/{runner.SUCCESS}")) == [
+        "ingest", "validate",
+    ]  # fmt: skip
+    record = json.loads((rdir / "validate" / "stage.json").read_text())
+    assert record["overrides"] == ["seed=1"] and record["rerun"]
+
+
+def test_a_signal_during_an_atomic_stage_waits_for_it(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    def run(ctx):
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-push
+        (ctx.outputs["out"] / "version").write_text("complete")
+        return {"pushed_version": 7}
+
+    atomic = SimpleNamespace(INPUTS=(), OUTPUTS=("out",), ATOMIC=True, run=run)
+    monkeypatch.setattr(runner, "DAG", (Node("push", atomic),))
+    monkeypatch.setattr(runner, "STAGES", ("push",))
+    old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run_pipeline(Config(), tmp_path, run_id="r1")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    rdir = tmp_path / "runs" / "r1"
+    assert (rdir / "push" / "out" / "version").read_text() == "complete"
+    assert (rdir / "push" / runner.SUCCESS).exists()
+    metrics = json.loads((rdir / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["pushed_version"] == 7

@@ -52,7 +52,7 @@ def test_failed_export_leaves_no_version(model, tmp_path, monkeypatch):
 def test_push_races_take_the_next_number(model, tmp_path, monkeypatch):
     base = tmp_path / "m"
     export.push(model, base)
-    real = export.latest_version
+    real = export._next_version
     calls = []
 
     def stale(b):  # the first look misses a version another pusher just renamed in
@@ -60,9 +60,20 @@ def test_push_races_take_the_next_number(model, tmp_path, monkeypatch):
         if len(calls) == 1:
             (base / "2").mkdir()
             (base / "2" / "saved_model.pb").write_bytes(b"x")
-            return 1
+            return 2
         return real(b)
 
-    monkeypatch.setattr(export, "latest_version", stale)
+    monkeypatch.setattr(export, "_next_version", stale)
     version, _ = export.push(model, base)
-    assert version == 3
+    assert version == 3 and len(calls) == 2
+
+
+def test_a_stray_file_named_like_a_version_is_stepped_over(model, tmp_path):
+    base = tmp_path / "m"
+    base.mkdir()
+    (base / "1").write_text("not a servable")
+    old_tmp = base / ".tmp-killed"
+    old_tmp.mkdir()
+    os.utime(old_tmp, (0, 0))  # left by a pusher killed long ago
+    version, _ = export.push(model, base)
+    assert version == 2 and export.versions(base) == [2] and not old_tmp.exists()

@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from components import models, push
+from components.artifacts import write_json
+
+
+@pytest.fixture
+def trained(tmp_path):
+    model = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.1, 0.3)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    model.save(model_dir / "model.keras")
+    write_json(model_dir / "model.json", {"family": "dense", "hyperparameters": {}})
+    write_json(tmp_path / "evaluation" / "metrics.json", {"psnr_denoised": 20.0})
+    return model_dir
+
+
+def _ctx(make_ctx, tmp_path, model_dir, blessed):
+    write_json(tmp_path / "blessing" / "blessing.json", {"blessed": blessed, "reason": "r"})
+    inputs = {"model": model_dir, "blessing": tmp_path / "blessing",
+              "evaluation": tmp_path / "evaluation"}  # fmt: skip
+    return make_ctx(inputs, push.OUTPUTS)
+
+
+def test_an_unblessed_model_is_not_pushed(make_ctx, tmp_path, trained):
+    ctx = _ctx(make_ctx, tmp_path, trained, blessed=False)
+    assert push.run(ctx) == {"pushed_version": None}
+    assert not ctx.serving_dir.exists()
+    pushed = json.loads((ctx.outputs["pushed_model"] / "pushed.json").read_text())
+    assert pushed == {"pushed": False, "reason": "r"}
+
+
+def test_a_blessed_model_is_pushed_once_with_its_provenance(make_ctx, tmp_path, trained):
+    ctx = _ctx(make_ctx, tmp_path, trained, blessed=True)
+    first = push.run(ctx)
+    assert first["pushed_version"] == 1
+    version = ctx.serving_dir / "denoiser" / "1"
+    provenance = json.loads((version / "assets.extra" / push.PROVENANCE).read_text())
+    assert provenance["run_id"] == "test-run" and provenance["metrics"]["psnr_denoised"] == 20.0
+    # Pushing the same model again (say `dae stage push` twice) makes no second version.
+    assert push.run(ctx)["pushed_version"] == 1
+    assert sorted(p.name for p in version.parent.iterdir()) == ["1"]
