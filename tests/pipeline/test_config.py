@@ -15,7 +15,7 @@ def test_shipped_default_config_is_the_built_in_default():
 def test_profiles_and_their_order():
     assert {"default", "smoke"} <= set(profiles())
     smoke = load_config(None, "smoke")
-    assert smoke.data.max_train_examples == 2000 and smoke.tune.tuner == "random"
+    assert smoke.data.max_train_examples == 800 and smoke.tune.tuner == "random"
     # --set wins over the profile, which wins over the file.
     cfg = load_config(None, "smoke", ["tune.tuner=bayesian", "noise.stddev=0.3"])
     assert cfg.tune.tuner == "bayesian" and cfg.noise.stddev == 0.3
