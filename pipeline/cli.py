@@ -41,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--run", required=True, dest="run_id", help="the run to work in")
     common(stage)
 
+    from serving.server import add_arguments
+
+    add_arguments(sub.add_parser("serve", help="serve pushed versions over TF Serving's API"))
+    from serving import batch
+
+    batch.add_arguments(
+        sub.add_parser("denoise", help="denoise a batch of images", description=batch.__doc__)
+    )
+
     data = sub.add_parser("data", help="prepare offline datasets (see `dae data prepare -h`)")
     data.add_argument("action", choices=["prepare"])
     data.add_argument("args", nargs=argparse.REMAINDER, help="NAME... [--data-dir D]")
@@ -67,6 +76,7 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
 
 
 def _dispatch(args) -> int:
+    from components.artifacts import StageError
     from pipeline import runner
     from pipeline.config import apply_overrides, load_config
 
@@ -82,6 +92,20 @@ def _dispatch(args) -> int:
         result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
         print(f"{args.name}: done in {result['seconds']:.1f}s")
         return 0
+    if args.command == "serve":
+        from serving import server
+
+        try:
+            return server.main(args)
+        except server.ServeError as e:
+            raise StageError(str(e)) from None
+    if args.command == "denoise":
+        from serving import batch
+
+        try:
+            return batch.main(args)
+        except batch.BatchError as e:
+            raise StageError(str(e)) from None
     from pipeline import prepare_data
 
     return prepare_data.main(args.args)

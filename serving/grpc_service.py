@@ -1,0 +1,123 @@
+"""TF Serving's gRPC services on grpc.aio, with tensorflow-serving-api's generated stubs:
+PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus)."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from tensorflow_serving.apis import (
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+)
+
+from serving import status
+from serving.predict import Predictor
+from serving.servable import ServingError
+
+log = logging.getLogger("dae.serving.grpc")
+
+
+def _abort_code(code: str) -> grpc.StatusCode:
+    return getattr(grpc.StatusCode, code, grpc.StatusCode.INTERNAL)
+
+
+def _version(spec) -> int | None:
+    return spec.version.value if spec.HasField("version") else None
+
+
+class _Handler:
+    async def _guard(self, context, call):
+        try:
+            return await call()
+        except ServingError as e:
+            log.debug("gRPC -> %s %s", e.code, e)
+            await context.abort(_abort_code(e.code), str(e))
+        except Exception as e:  # a bug of ours: INTERNAL, and the server keeps answering
+            log.exception("internal error")
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+
+
+class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Handler):
+    def __init__(self, predictor: Predictor, max_message_bytes: int):
+        self.predictor = predictor
+        self.max_message_bytes = max_message_bytes
+
+    async def Predict(self, request, context):
+        async def call():
+            import tensorflow as tf
+
+            size = request.ByteSize()
+            if size > self.max_message_bytes:
+                raise ServingError(
+                    "INVALID_ARGUMENT",
+                    f"request of {size} bytes is over the {self.max_message_bytes} limit",
+                )
+            inputs = {}
+            for name, proto in request.inputs.items():
+                try:
+                    inputs[name] = tf.make_ndarray(proto)
+                except Exception as e:
+                    raise ServingError("INVALID_ARGUMENT", f"input '{name}': {e}") from None
+            spec = request.model_spec
+            servable, sig, outputs = await self.predictor.predict(
+                spec.name, _version(spec), spec.signature_name, inputs
+            )
+            wanted = list(request.output_filter) or list(outputs)
+            unknown = [k for k in wanted if k not in outputs]
+            if unknown:
+                raise ServingError("INVALID_ARGUMENT", f"unknown output_filter {unknown}")
+            response = predict_pb2.PredictResponse()
+            response.model_spec.name = servable.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = sig.name
+            for k in wanted:
+                response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k]))
+            return response
+
+        return await self._guard(context, call)
+
+    async def GetModelMetadata(self, request, context):
+        async def call():
+            bad = [f for f in request.metadata_field if f != "signature_def"]
+            if bad or not request.metadata_field:
+                raise ServingError("INVALID_ARGUMENT", "metadata_field must be ['signature_def']")
+            spec = request.model_spec
+            return status.metadata_response(self.predictor.servable(spec.name, _version(spec)))
+
+        return await self._guard(context, call)
+
+
+class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
+    def __init__(self, predictor: Predictor):
+        self.predictor = predictor
+
+    async def GetModelStatus(self, request, context):
+        async def call():
+            spec = request.model_spec
+            return status.status_response(self.predictor, spec.name, _version(spec))
+
+        return await self._guard(context, call)
+
+    async def HandleReloadConfigRequest(self, request, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "dae serves one model base path")
+
+
+def make_server(predictor: Predictor, address: str, max_message_bytes: int):
+    """A grpc.aio server bound to `address`; returns (server, bound port)."""
+    limit = 2 * max_message_bytes  # past our own check, gRPC itself refuses the message
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ]  # fmt: skip
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        PredictionServicer(predictor, max_message_bytes), server
+    )
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(predictor), server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"cannot bind gRPC to {address}")
+    return server, port
