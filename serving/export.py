@@ -11,6 +11,7 @@ input to [0, 1] and standardizes it with the training statistics (inside the mod
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import time
@@ -20,6 +21,8 @@ from pathlib import Path
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "denoised"
+WARMUP_FILE = "tf_serving_warmup_requests"
+SERVABLE_FILE = "dae_servable.json"  # the input range the graph expects, for validation
 
 
 def versions(base: Path) -> list[int]:
@@ -53,6 +56,32 @@ def export_servable(model, path: Path) -> None:
         input_signature=[tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)],
     )
     archive.write_out(str(path), verbose=False)
+    extra = Path(path) / "assets.extra"
+    extra.mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as w:
+        for record in warmup_records(shape):
+            w.write(record)
+    (extra / SERVABLE_FILE).write_text(json.dumps({"input_range": [0.0, 1.0]}))
+
+
+def warmup_records(shape, batch_sizes=(1, 64)) -> list[bytes]:
+    """PredictionLogs TF Serving replays at load, so the first real request is not the one
+    that pays for graph tracing and memory allocation."""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    records = []
+    for n in batch_sizes:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.signature_name = SIGNATURE
+        images = np.full((n, *shape), 0.5, np.float32)
+        request.inputs[INPUT_NAME].CopyFrom(tf.make_tensor_proto(images))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+        records.append(log.SerializeToString())
+    return records
 
 
 def _next_version(base: Path) -> int:

@@ -8,6 +8,7 @@ bad input is an INVALID_ARGUMENT that names the problem, never an internal error
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 
 import numpy as np
 
@@ -44,14 +45,14 @@ def validate_inputs(
         if name not in inputs:
             raise invalid(f"missing input '{name}'; signature '{sig.name}' takes: {expected}")
         value = _cast(name, np.asarray(inputs[name]), info.dtype)
+        if value.ndim == 0 or value.shape[0] == 0:
+            raise invalid(f"input '{name}' is an empty batch")
         if info.shape is not None:
             want = "[" + ", ".join("N" if d is None else str(d) for d in info.shape) + "]"
             if value.ndim != len(info.shape) or any(
                 d is not None and d != got for d, got in zip(info.shape, value.shape, strict=True)
             ):
                 raise invalid(f"input '{name}' has shape {list(value.shape)}, expected {want}")
-        if value.ndim == 0 or value.shape[0] == 0:
-            raise invalid(f"input '{name}' is an empty batch")
         if batch is not None and value.shape[0] != batch:
             raise invalid(f"inputs disagree on batch size ({batch} vs {value.shape[0]})")
         batch = value.shape[0]
@@ -74,6 +75,23 @@ class Predictor:
     def __init__(self, manager: ServableManager, batcher: Batcher | None = None):
         self.manager = manager
         self.batcher = batcher
+        self.counts: Counter[str] = Counter()  # Predict outcomes by status code name
+
+    def metrics(self) -> str:
+        """Prometheus text, in the spirit of TF Serving's /monitoring/prometheus/metrics."""
+        lines = ["# TYPE dae_serving_request_count counter"]
+        for code, n in sorted(self.counts.items()):
+            lines.append(
+                f'dae_serving_request_count{{model="{self.manager.name}",status="{code}"}} {n}'
+            )
+        if self.batcher is not None:
+            lines += [
+                "# TYPE dae_serving_batches_total counter",
+                f"dae_serving_batches_total {self.batcher.batches_run}",
+                "# TYPE dae_serving_batched_rows_total counter",
+                f"dae_serving_batched_rows_total {self.batcher.rows_run}",
+            ]
+        return "\n".join(lines) + "\n"
 
     def servable(self, model: str, version: int | None):
         if model != self.manager.name:
@@ -90,6 +108,18 @@ class Predictor:
     async def predict(
         self, model: str, version: int | None, signature: str | None, inputs: dict
     ) -> tuple[object, Signature, dict[str, np.ndarray]]:
+        try:
+            result = await self._predict(model, version, signature, inputs)
+        except ServingError as e:
+            self.counts[e.code] += 1
+            raise
+        except Exception:
+            self.counts["INTERNAL"] += 1
+            raise
+        self.counts["OK"] += 1
+        return result
+
+    async def _predict(self, model, version, signature, inputs):
         servable = self.servable(model, version)
         sig = self.signature(servable, signature)
         arrays = validate_inputs(sig, inputs, servable.input_range)

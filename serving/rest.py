@@ -28,6 +28,7 @@ PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
     r"(?P<verb>/metadata|:predict|:classify|:regress)?$"
 )
+METRICS_PATH = "/monitoring/prometheus/metrics"
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
                "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "UNIMPLEMENTED": 501,
                "INTERNAL": 500}  # fmt: skip
@@ -114,6 +115,8 @@ def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
         return _json(format_predict_response(outputs, row))
 
     async def dispatch(request: Request) -> Response:
+        if request.url.path == METRICS_PATH:
+            return Response(predictor.metrics(), media_type="text/plain; version=0.0.4")
         m = PATH.match(request.url.path)
         try:
             if not m:

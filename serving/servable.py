@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.export import versions
+from serving.export import SERVABLE_FILE, WARMUP_FILE, versions
 
 log = logging.getLogger("dae.serving")
 
@@ -65,6 +65,25 @@ class Servable:
         proto.ParseFromString((self.path / "saved_model.pb").read_bytes())
         self.signature_defs = proto.meta_graphs[0].signature_def
         self.input_range = _declared_range(self.path)
+        self.warmup()
+
+    def warmup(self) -> int:
+        """Replay assets.extra/tf_serving_warmup_requests, as TF Serving does at load."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        path = self.path / "assets.extra" / WARMUP_FILE
+        if not path.is_file():
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():
+            log_entry = prediction_log_pb2.PredictionLog.FromString(record)
+            request = log_entry.predict_log.request
+            sig = request.model_spec.signature_name or "serving_default"
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            self.run(sig, inputs)
+            count += 1
+        return count
 
     def run(self, signature: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import tensorflow as tf
@@ -78,7 +97,7 @@ def _declared_range(path: Path) -> tuple[float, float] | None:
     """dae's export records the input range its graph expects; other models declare none."""
     import json
 
-    meta = path / "assets.extra" / "dae_servable.json"
+    meta = path / "assets.extra" / SERVABLE_FILE
     if not meta.is_file():
         return None
     lo, hi = json.loads(meta.read_text())["input_range"]

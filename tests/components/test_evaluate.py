@@ -43,7 +43,7 @@ def test_nan_output_is_never_blessed():
 
 
 def _pairs(tmp_path, shape=(28, 28, 1)):
-    from conftest import digit_like, write_examples
+    from support import digit_like, write_examples
 
     from components import transform
     from components.artifacts import StageContext

@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from conftest import write_examples
+from support import write_examples
 
 from components import transform
 from components.artifacts import StageError, read_json, read_split

@@ -1,0 +1,109 @@
+"""Helpers shared by tests: tiny datasets, the console script, a real `dae serve`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from components.artifacts import SCHEMA_FILE, write_json, write_shards
+
+
+def digit_like(n: int, shape=(28, 28, 1), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images of bright bars on black, one bar position per label: learnable structure."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n)
+    images = np.zeros((n, *shape), np.uint8)
+    h, w = shape[:2]
+    for i, label in enumerate(labels):
+        col = 2 + int(label) * (w - 4) // 10
+        images[i, 3 : h - 3, col : col + 3] = rng.integers(180, 256)
+    return images, labels
+
+
+def write_examples(artifact: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]], shards=1):
+    """An examples artifact in ingest's format."""
+    artifact.mkdir(parents=True, exist_ok=True)
+    for split, (images, labels) in splits.items():
+        write_shards(artifact, split, images, labels, shards)
+    first = next(iter(splits.values()))[0]
+    schema = {
+        "shape": list(first.shape[1:]),
+        "dtype": str(first.dtype),
+        "splits": {k: len(v[0]) for k, v in splits.items()},
+    }
+    write_json(artifact / SCHEMA_FILE, schema)
+    return artifact
+
+
+DAE = str(Path(sys.executable).with_name("dae"))
+
+
+def dae(*args, check=True, timeout=600):
+    """The console script, as a user runs it."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run([DAE, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"dae {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`dae serve` in a subprocess; stopped (SIGTERM) when the test is done."""
+
+    def __init__(self, base: Path, *extra: str, name: str = "denoiser"):
+        self.base, self.name = base, name
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
+        self.rest = f"http://127.0.0.1:{self.rest_port}"
+        self.log = base.parent / f"serve-{self.rest_port}.log"
+        cmd = [DAE, "serve", "--model-base-path", str(base), "--model-name", name,
+               "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
+               "--file-system-poll-wait-seconds", "0.2", *extra]  # fmt: skip
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        with open(self.log, "w") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        self.http = httpx.Client(base_url=self.rest, timeout=30)
+        self._wait_ready()
+
+    def _wait_ready(self, seconds: float = 60) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"dae serve exited: {self.log.read_text()[-2000:]}")
+            try:
+                if self.http.get(f"/v1/models/{self.name}").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"dae serve not ready: {self.log.read_text()[-2000:]}")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None and self.http.get(f"/v1/models/{self.name}").is_success
+
+    def stop(self) -> int:
+        self.http.close()
+        self.proc.terminate()
+        return self.proc.wait(timeout=30)
+
+
+def copy_version(src: Path, base: Path, version: int) -> Path:
+    """Publish `src` as `version` the way a pusher does: copy aside, then rename in."""
+    tmp = base / f".tmp-copy-{version}"
+    shutil.copytree(src, tmp)
+    os.rename(tmp, base / str(version))
+    return base / str(version)
