@@ -4,6 +4,7 @@ PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus).
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 from tensorflow_serving.apis import (
@@ -29,10 +30,15 @@ def _version(spec) -> int | None:
 
 class _Handler:
     async def _guard(self, context, call):
+        start = time.perf_counter()
         try:
-            return await call()
+            response = await call()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("gRPC %s OK %.1f ms", call.__qualname__.split(".")[1],
+                          (time.perf_counter() - start) * 1e3)  # fmt: skip
+            return response
         except ServingError as e:
-            log.debug("gRPC -> %s %s", e.code, e)
+            log.debug("gRPC %s %s: %s", call.__qualname__.split(".")[1], e.code, e)
             await context.abort(_abort_code(e.code), str(e))
         except Exception as e:  # a bug of ours: INTERNAL, and the server keeps answering
             log.exception("internal error")

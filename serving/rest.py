@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import numpy as np
 import orjson
@@ -115,6 +116,16 @@ def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
         return _json(format_predict_response(outputs, row))
 
     async def dispatch(request: Request) -> Response:
+        start = time.perf_counter()
+        response = await route(request)
+        if log.isEnabledFor(logging.DEBUG):
+            ms = (time.perf_counter() - start) * 1e3
+            log.debug(
+                "%s %s %d %.1f ms", request.method, request.url.path, response.status_code, ms
+            )
+        return response
+
+    async def route(request: Request) -> Response:
         if request.url.path == METRICS_PATH:
             return Response(predictor.metrics(), media_type="text/plain; version=0.0.4")
         m = PATH.match(request.url.path)
@@ -138,7 +149,7 @@ def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
                 msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
             ))  # fmt: skip
         except ServingError as e:
-            log.debug("%s %s -> %s %s", request.method, request.url.path, e.code, e)
+            log.debug("%s: %s", e.code, e)
             return _error(e)
         except Exception as e:  # a bug of ours: 500, and the server keeps answering
             log.exception("internal error on %s", request.url.path)

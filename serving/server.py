@@ -114,6 +114,7 @@ async def serve(args, predictor, ready=None) -> None:
     await grpc_server.stop(grace=5)
     await rest_task
     manager.stop()
+    log.info("requests: %s", dict(predictor.counts) or "none")
     if predictor.batcher:
         b = predictor.batcher
         log.info("batching: %d rows in %d model calls", b.rows_run, b.batches_run)

@@ -1,0 +1,166 @@
+"""Serving throughput and latency, measured side by side in one run on this machine.
+
+  in-process SavedModel calls (the limit) vs gRPC and REST through `dae serve`,
+  at batch 1, 64 and 256; then 32 concurrent single-image gRPC clients without and with
+  dynamic batching.
+
+Targets (issue 3): gRPC >= 0.8x and REST >= 0.5x of in-process at batch 64; batching >= 4x
+the unbatched throughput for the 32 clients, with p99 <= 50 ms.
+
+  .venv/bin/python bench/serving.py [--model VERSION_DIR] [--seconds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+# This file is named like the `serving` package: keep its folder off the import path.
+HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent / "tests"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def build_model(root: Path) -> Path:
+    """The default pipeline's tuned architecture (conv 32/32, no dense bottleneck), untrained:
+    serving cost does not depend on the weights."""
+    from components.models import build_model, hyperparameters
+    from serving.export import push
+
+    hp = hyperparameters()
+    for name, value in {"filters_1": 32, "filters_2": 32, "latent_dim": 0}.items():
+        hp.Fixed(name, value)
+    model = build_model(hp, "conv", (28, 28, 1), 0.13, 0.31)
+    _, path = push(model, root / "denoiser")
+    return path
+
+
+def timed(call, seconds: float) -> tuple[int, list[float]]:
+    """Call repeatedly for `seconds`; returns (calls, latencies in s)."""
+    call()  # warm
+    lat, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        call()
+        lat.append(time.perf_counter() - t)
+    return len(lat), lat
+
+
+def row(label: str, batch: int, calls: int, lat: list[float], limit: float | None) -> float:
+    ips = batch * calls / sum(lat)
+    ratio = f"{ips / limit:5.2f}x" if limit else "  1.00x"
+    p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
+    print(f"{label:<12} batch {batch:>3}: {ips:>9.0f} img/s  {ratio}  p50 {p50:6.2f} ms  "
+          f"p99 {p99:6.2f} ms")  # fmt: skip
+    return ips
+
+
+async def concurrent_clients(target: str, n: int, seconds: float, image) -> tuple[float, list]:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    req = predict_pb2.PredictRequest()
+    req.model_spec.name = "denoiser"
+    req.inputs["images"].CopyFrom(tf.make_tensor_proto(image))
+    lat: list[float] = []
+
+    async def client(end):
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            await stub.Predict(req)
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                await stub.Predict(req)
+                lat.append(time.perf_counter() - t)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(start + seconds) for _ in range(n)))
+    return len(lat) / (time.perf_counter() - start), lat
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="a servable version dir (default: build one)")
+    p.add_argument("--seconds", type=float, default=4.0, help="per measurement")
+    p.add_argument("--clients", type=int, default=32)
+    args = p.parse_args()
+
+    from support import Server, copy_version
+
+    from serving.client import GrpcClient, RestClient
+    from serving.export import load_servable
+
+    work = Path(tempfile.mkdtemp(prefix="dae-bench-"))
+    model = Path(args.model) if args.model else build_model(work / "built")
+    denoise = load_servable(model)
+    rng = np.random.default_rng(0)
+    print(f"model {model}; {os.cpu_count()} cores; {args.seconds:.0f} s per measurement\n")
+
+    import gc
+
+    gc.freeze()  # this client process holds TensorFlow too; see serving.servable._settle_heap
+    base = work / "plain" / "denoiser"
+    base.mkdir(parents=True)
+    copy_version(model, base, 1)
+    plain = Server(base)
+    grpc_client, rest_client = (
+        GrpcClient(plain.grpc, "denoiser"),
+        RestClient(plain.rest, "denoiser"),
+    )
+    at64 = {}
+    for batch in (1, 64, 256):
+        x = rng.random((batch, 28, 28, 1)).astype(np.float32)
+        limit = row("in-process", batch, *timed(lambda x=x: denoise(x), args.seconds), None)
+        g = row("gRPC", batch, *timed(lambda x=x: grpc_client.predict(x), args.seconds), limit)
+        r = row("REST", batch, *timed(lambda x=x: rest_client.predict(x), args.seconds), limit)
+        if batch == 64:
+            at64 = {"grpc": g / limit, "rest": r / limit}
+        print()
+
+    one = rng.random((1, 28, 28, 1)).astype(np.float32)
+    unbatched, lat_u = asyncio.run(concurrent_clients(plain.grpc, args.clients, args.seconds, one))
+    plain.stop()
+    params = work / "batching.txt"
+    params.write_text(
+        f"max_batch_size {{ value: {args.clients} }}\nbatch_timeout_micros {{ value: 2000 }}\n"
+        "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n"
+    )
+    base_b = work / "batched" / "denoiser"
+    base_b.mkdir(parents=True)
+    copy_version(model, base_b, 1)
+    batched_server = Server(base_b, "--batching-parameters-file", str(params))
+    batched, lat_b = asyncio.run(
+        concurrent_clients(batched_server.grpc, args.clients, args.seconds, one)
+    )
+    metrics = batched_server.http.get("/monitoring/prometheus/metrics").text
+    batched_server.stop()
+    for label, ips, lat in (("unbatched", unbatched, lat_u), ("batched", batched, lat_b)):
+        print(f"{args.clients} clients, {label:<9}: {ips:>7.0f} img/s  p50 "
+              f"{statistics.median(lat) * 1e3:6.2f} ms  p99 {np.percentile(lat, 99) * 1e3:6.2f} ms")  # fmt: skip
+    counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")
+    rows, calls = (
+        int(counters["dae_serving_batched_rows_total"]),
+        int(counters["dae_serving_batches_total"]),
+    )
+    print(f"mean batch {rows / max(calls, 1):.1f} rows\n")
+    p99_b = np.percentile(lat_b, 99) * 1e3
+    print("targets:")
+    print(f"  gRPC / in-process at batch 64: {at64['grpc']:.2f}x (>= 0.8)")
+    print(f"  REST / in-process at batch 64: {at64['rest']:.2f}x (>= 0.5)")
+    print(f"  batched / unbatched, {args.clients} clients: {batched / unbatched:.2f}x (>= 4), "
+          f"p99 {p99_b:.1f} ms (<= 50)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
