@@ -6,6 +6,7 @@ in the model_run artifact. The output is a Keras `.keras` file; the pusher expor
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,18 +14,25 @@ from components.artifacts import StageContext, StageError, read_json, read_split
 from components.models import build_model, hyperparameters
 
 INPUTS = ("transformed_examples", "transform_graph", "best_hyperparameters")
-OUTPUTS = ("model", "model_run")
+OUTPUTS = ("model", "model_run", "checkpoints")
+RESUMABLE = ("checkpoints",)  # epoch backups: a re-run resumes instead of starting over
 MODEL_FILE = "model.keras"
 
 
 # ---- pure core -------------------------------------------------------------------------
 
 
-def fit(model, train, valid, epochs: int, batch_size: int, patience: int, checkpoint, logs=None):
-    """Fit on (noisy, clean) arrays; leaves the model with the best epoch's weights."""
+def fit(
+    model, train, valid, epochs: int, batch_size: int, patience: int, checkpoint,
+    logs=None, backup=None, callbacks=(),
+):  # fmt: skip
+    """Fit on (noisy, clean) arrays; leaves the model with the best epoch's weights.
+    With `backup`, an interrupted fit resumes from its last finished epoch."""
     import keras
 
-    callbacks = [
+    extra = list(callbacks)
+    callbacks = [] if backup is None else [keras.callbacks.BackupAndRestore(str(backup))]
+    callbacks += [
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
@@ -32,6 +40,7 @@ def fit(model, train, valid, epochs: int, batch_size: int, patience: int, checkp
     ]
     if logs is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs)))
+    callbacks += extra
     history = model.fit(
         train[0], train[1], validation_data=valid, epochs=epochs, batch_size=batch_size,
         callbacks=callbacks, verbose=0,
@@ -40,6 +49,12 @@ def fit(model, train, valid, epochs: int, batch_size: int, patience: int, checkp
         raise StageError("training diverged: val_loss was never finite, no weights were saved")
     model.load_weights(str(checkpoint))  # the best epoch's, not the last one's
     return history.history
+
+
+def _backup_key(best: dict, moments: dict, train_cfg) -> str:
+    """Backups are only restored into the very same training job."""
+    key = repr((best["family"], best["config"], moments, train_cfg.model_dump()))
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 # ---- artifact I/O ----------------------------------------------------------------------
@@ -70,6 +85,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         cfg.train.patience,
         checkpoint=out / "best.weights.h5",
         logs=run_dir / "logs",
+        backup=ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train),
     )
     model.save(out / MODEL_FILE)
     history = {k: [float(v) for v in vs] for k, vs in history.items()}

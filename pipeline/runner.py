@@ -67,7 +67,8 @@ def execute(n: Node, config: Config, rdir: Path, serving_dir: Path) -> dict[str,
         for child in sdir.iterdir():
             if child.name not in keep:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    outputs = {name: sdir / name for name in n.component.OUTPUTS}
+    # An output named like its stage is the stage folder itself (runs/<id>/report/...).
+    outputs = {name: sdir if name == n.name else sdir / name for name in n.component.OUTPUTS}
     for path in outputs.values():
         path.mkdir(parents=True, exist_ok=True)
     ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log)
@@ -112,6 +113,8 @@ def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None
     for summary in results.values():
         merged.update(summary)
     metrics = {k: merged.get(k) for k in METRIC_KEYS}
+    evaluation = {k: v for k, v in results.get("evaluate", {}).items() if k != "seconds"}
+    metrics |= evaluation  # every evaluator metric, not only the contract's
     metrics["blessed"] = bool(metrics["blessed"])
     metrics |= {"run_id": rdir.name, "status": status,
                 "stage_seconds": {k: v["seconds"] for k, v in results.items()}}  # fmt: skip

@@ -1,5 +1,6 @@
 """Tune and train on tiny transformed examples: real Keras Tuner, real fits."""
 
+import numpy as np
 import pytest
 
 from components import train, transform, tune
@@ -83,3 +84,28 @@ def test_train_fits_and_keeps_the_best_weights(transformed, make_ctx, small):
     # The saved model carries the best epoch's weights, not the last epoch's.
     loss = model.evaluate(valid["noisy"], valid["clean"], verbose=0)
     assert loss == pytest.approx(min(history["val_loss"]), rel=1e-3)
+
+
+def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
+    import keras
+
+    from components.models import build_model, hyperparameters
+
+    x = np.random.default_rng(0).random((64, 28, 28, 1)).astype(np.float32)
+
+    class Kill(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("killed")
+
+    def model():
+        keras.utils.set_random_seed(0)
+        return build_model(hyperparameters(), "dense", (28, 28, 1), 0.5, 0.3)
+
+    args = dict(train=(x, x), valid=(x, x), epochs=4, batch_size=32, patience=4,
+                checkpoint=tmp_path / "best.weights.h5", backup=tmp_path / "backup")  # fmt: skip
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(model(), callbacks=[Kill()], **args)
+    assert any((tmp_path / "backup").iterdir())
+    history = train.fit(model(), **args)
+    assert len(history["loss"]) == 2  # epochs 3 and 4 only
