@@ -92,6 +92,10 @@ class PushConfig(_Section):
 class Config(_Section):
     pipeline_name: str = "dae"
     seed: int = Field(42, ge=0)
+    # Skip a stage whose inputs, parameters and code match an earlier successful execution.
+    cache: bool = True
+    # Metadata store: a SQLAlchemy-style URL; null means sqlite:///<root>/metadata.sqlite.
+    metadata_url: str | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
