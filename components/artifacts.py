@@ -88,7 +88,9 @@ def encode_example(example_id: int, label: int, **images: np.ndarray) -> bytes:
     feature = {"id": _int(example_id), "label": _int(label)}
     for name, image in images.items():
         feature[name] = _bytes(np.ascontiguousarray(image).tobytes())
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # Deterministic map order: the same example is the same bytes, so the same fingerprint.
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_example(

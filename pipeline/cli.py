@@ -34,7 +34,18 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline")
     run.add_argument("--config", help="YAML config file (default: built-in defaults)")
     run.add_argument("--profile", default="default", help="named profile: default, smoke")
+    run.add_argument("--no-cache", action="store_true", help="run every stage (cache=false)")
     common(run)
+
+    runs = sub.add_parser("runs", help="run history from the metadata store")
+    runs.add_argument("action", choices=["list", "show"])
+    runs.add_argument("run_id", nargs="?", help="for show")
+    runs.add_argument("--root", default="./dae-root")
+    lineage = sub.add_parser("lineage", help="what produced a served version")
+    lineage.add_argument("name", help="model name, e.g. denoiser")
+    lineage.add_argument("version", type=int)
+    lineage.add_argument("--root", default="./dae-root")
+    lineage.add_argument("--json", action="store_true", help="print JSON")
 
     stage = sub.add_parser("stage", help="run one stage on an existing run's inputs")
     stage.add_argument("name", help="ingest, validate, transform, tune, train, evaluate, push")
@@ -69,7 +80,11 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
             f"{metrics['psnr_denoised']:.2f} dB; SSIM {metrics['ssim_noisy']:.3f} -> "
             f"{metrics['ssim_denoised']:.3f}"
         )
-    times = ", ".join(f"{k} {v:.1f}s" for k, v in metrics["stage_seconds"].items())
+    cached = set(metrics.get("cached_stages", []))
+    times = ", ".join(
+        f"{k} {v:.1f}s" + (" (cached)" if k in cached else "")
+        for k, v in metrics["stage_seconds"].items()
+    )
     lines.append(f"stage times: {times} (total {sum(metrics['stage_seconds'].values()):.1f}s)")
     lines.append(f"metrics: {root / 'runs' / metrics['run_id'] / 'metrics.json'}")
     return "\n".join(lines)
@@ -83,7 +98,7 @@ def _dispatch(args) -> int:
     if args.command == "run":
         root = Path(args.root).expanduser()
         config = load_config(args.config, args.profile, args.overrides)
-        metrics = runner.run_pipeline(config, root)
+        metrics = runner.run_pipeline(config, root, use_cache=False if args.no_cache else None)
         print(_summary(metrics, root, config.push.model_name))
         return 0
     if args.command == "stage":
@@ -92,6 +107,8 @@ def _dispatch(args) -> int:
         result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
         print(f"{args.name}: done in {result['seconds']:.1f}s")
         return 0
+    if args.command in ("runs", "lineage"):
+        return _history(args)
     if args.command == "serve":
         from serving import server
 
@@ -109,6 +126,29 @@ def _dispatch(args) -> int:
     from pipeline import prepare_data
 
     return prepare_data.main(args.args)
+
+
+def _history(args) -> int:
+    import json
+
+    from components.artifacts import StageError
+    from pipeline import history
+    from pipeline.metadata import MetadataStore, default_url
+
+    root = Path(args.root).expanduser()
+    if not (root / "metadata.sqlite").is_file():
+        raise StageError(f"no metadata store under {root} (has `dae run` used this --root?)")
+    store = MetadataStore(default_url(root))
+    if args.command == "lineage":
+        info = history.lineage(store, root, args.name, args.version)
+        print(json.dumps(info, indent=2) if args.json else history.lineage_text(info))
+    elif args.action == "list":
+        print(history.runs_list(store))
+    else:
+        if not args.run_id:
+            raise StageError("dae runs show needs a RUN_ID")
+        print(history.runs_show(store, args.run_id))
+    return 0
 
 
 def _interrupt(signum, frame):

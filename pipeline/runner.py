@@ -1,14 +1,19 @@
-"""Runs the DAG: one folder per run, one per stage, timings and a metrics.json at the end.
+"""Runs the DAG: one folder per run, one per stage, timings and a metrics.json at the end,
+every execution and artifact recorded in the metadata store, and cached stages skipped.
 
 A stage's outputs count only once `<stage>/_SUCCESS` exists; a stage that failed or was
-killed leaves no marker, so nothing downstream (and no later `dae stage`) can use them.
-Only the pusher writes outside the run folder, and it does so atomically.
+killed leaves no marker, so nothing downstream (and no later `dae stage`) can use them, and
+its execution is recorded failed, never a cache hit. Resumable working state (the tuner's
+trials, training backups) lives in `<root>/work/<stage>/<cache key>/`, so the next run with
+the same inputs picks it up. Only the pusher writes outside the run folder, atomically.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import os
 import secrets
 import shutil
 import signal
@@ -22,6 +27,7 @@ import yaml
 from components.artifacts import StageContext, StageError, read_json, write_json
 from pipeline.config import Config, dump_config
 from pipeline.dag import DAG, STAGES, Node, node
+from pipeline.tracking import Tracker, code_version, open_store
 
 SUCCESS = "_SUCCESS"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
@@ -52,52 +58,74 @@ def _update_run(path: Path, **fields: Any) -> dict[str, Any]:
     return record
 
 
-def execute(n: Node, config: Config, rdir: Path, serving_dir: Path) -> dict[str, Any]:
-    """Run one stage of an existing run; its previous outputs, if any, are replaced."""
+def output_uri(rdir: Path, producer: str, output: str) -> Path:
+    """Where a run's stage output lives: its own folder, or a cached execution's."""
+    record = rdir / producer / "stage.json"
+    if record.is_file():
+        uri = read_json(record).get("outputs", {}).get(output)
+        if uri:
+            return Path(uri)
+    return rdir / producer / output
+
+
+def resolve_inputs(n: Node, rdir: Path) -> dict[str, Path]:
     inputs = {}
     for name, ref in n.inputs.items():
         producer, output = ref.split(".")
         if not (rdir / producer / SUCCESS).exists():
             raise StageError(f"stage '{n.name}' needs '{producer}', which has not succeeded")
-        inputs[name] = rdir / producer / output
+        inputs[name] = output_uri(rdir, producer, output)
+    return inputs
+
+
+def execute(
+    n: Node, config: Config, rdir: Path, serving_dir: Path,
+    inputs: dict[str, Path] | None = None, work: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run one stage of an existing run; its previous outputs, if any, are replaced.
+    Resumable outputs go to `work` (kept across executions) when given."""
+    inputs = resolve_inputs(n, rdir) if inputs is None else inputs
     sdir = rdir / n.name
-    keep = getattr(n.component, "RESUMABLE", ())  # e.g. the tuner's finished trials
+    resumable = getattr(n.component, "RESUMABLE", ())
     (sdir / SUCCESS).unlink(missing_ok=True)
     if sdir.is_dir():
         for child in sdir.iterdir():
-            if child.name not in keep:
+            if work is not None or child.name not in resumable:
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
-    # An output named like its stage is the stage folder itself (runs/<id>/report/...).
-    outputs = {name: sdir if name == n.name else sdir / name for name in n.component.OUTPUTS}
-    for path in outputs.values():
-        path.mkdir(parents=True, exist_ok=True)
+    outputs = {}
+    for name in n.component.OUTPUTS:
+        if name in resumable and work is not None:
+            outputs[name] = work / name
+        else:  # an output named like its stage is the stage folder itself (runs/<id>/report/)
+            outputs[name] = sdir if name == n.name else sdir / name
+        outputs[name].mkdir(parents=True, exist_ok=True)
     ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log)
     start = time.perf_counter()
     summary = n.component.run(ctx) or {}
     seconds = round(time.perf_counter() - start, 2)
-    write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary})
+    uris = {k: str(v) for k, v in outputs.items()}
+    write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary, "outputs": uris})
     (sdir / SUCCESS).touch()
-    return {"seconds": seconds, **summary}
+    return {"seconds": seconds, **summary, "_outputs": outputs}
 
 
 @contextlib.contextmanager
 def _signals_deferred():
     """Hold SIGINT/SIGTERM until the block ends, so a push and its record happen together."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield []
         return
     caught: list[int] = []
     saved = {sig: signal.signal(sig, lambda s, _f: caught.append(s)) for sig in _DEFERRED}
     try:
-        yield
+        yield caught  # the caller re-raises once its record is written
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-    if caught:
-        raise KeyboardInterrupt(signal.Signals(caught[0]).name)
 
 
-_nothing = contextlib.nullcontext
+def _nothing():
+    return contextlib.nullcontext([])
 
 
 def preflight(config: Config) -> None:
@@ -113,11 +141,13 @@ def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None
     for summary in results.values():
         merged.update(summary)
     metrics = {k: merged.get(k) for k in METRIC_KEYS}
-    evaluation = {k: v for k, v in results.get("evaluate", {}).items() if k != "seconds"}
+    evaluation = {k: v for k, v in results.get("evaluate", {}).items()
+                  if k not in ("seconds", "cached")}  # fmt: skip
     metrics |= evaluation  # every evaluator metric, not only the contract's
     metrics["blessed"] = bool(metrics["blessed"])
     metrics |= {"run_id": rdir.name, "status": status,
-                "stage_seconds": {k: v["seconds"] for k, v in results.items()}}  # fmt: skip
+                "stage_seconds": {k: v["seconds"] for k, v in results.items()},
+                "cached_stages": [k for k, v in results.items() if v.get("cached")]}  # fmt: skip
     if error:
         metrics["error"] = error
     write_json(rdir / "metrics.json", metrics)
@@ -125,28 +155,111 @@ def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None
     return metrics
 
 
-def run_pipeline(config: Config, root: Path, run_id: str | None = None) -> dict[str, Any]:
+@contextlib.contextmanager
+def root_lock(root: Path, what: str):
+    """One pipeline process per root at a time; a second one is refused, not interleaved.
+    The kernel drops the lock when its holder dies, even by SIGKILL."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another dae process"
+            raise StageError(
+                f"{root} is in use by {holder}; wait for it to finish or use another --root"
+            ) from None
+        f.truncate(0)
+        f.write(f"{what} (pid {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _abandon_killed_runs(root: Path, store) -> None:
+    """Runs still marked running belong to a killed process (we hold the root's lock)."""
+    for record in store.runs():
+        if record["properties"].get("status") == "running":
+            run_id = record["name"]
+            store.abandon_running(run_id, "interrupted: the process was killed")
+            store.update_context(record["id"], status="failed", error="killed")
+            if (run_dir(root, run_id) / "run.json").exists():
+                _update_run(run_dir(root, run_id), status="failed", error="killed")
+
+
+def _run_node(n: Node, config: Config, rdir: Path, root: Path, tracker: Tracker) -> dict:
+    serving = root / "serving"
+    inputs = resolve_inputs(n, rdir)
+    arts = tracker.input_artifacts(n, inputs, rdir)
+    k = tracker.key(n, arts, serving)
+    start = time.perf_counter()
+    eid = tracker.start(n, k, arts)
+    hit = tracker.hit(n, k["key"])
+    if hit:
+        return tracker.reuse(eid, n, rdir, hit, start)
+    atomic = _signals_deferred() if n.component.__dict__.get("ATOMIC") else _nothing()
+    with atomic as caught:
+        try:
+            work = root / "work" / n.name / k["key"][:16]
+            if not tracker.use_cache and not tracker.resume:  # --no-cache: from scratch
+                shutil.rmtree(work, ignore_errors=True)
+            result = execute(n, config, rdir, serving, inputs, work)
+        except BaseException as e:  # noqa: BLE001 - record every way a stage ends, re-raise
+            message = str(e).splitlines()[0] if str(e) else type(e).__name__
+            tracker.failed(eid, round(time.perf_counter() - start, 2), message)
+            raise
+        tracker.succeeded(eid, n, result)
+    summary = {k: v for k, v in result.items() if k != "_outputs"}
+    if caught:  # a signal arrived while the stage had to finish: it is honoured now
+        summary["_interrupted"] = signal.Signals(caught[0]).name
+    return summary
+
+
+def run_pipeline(
+    config: Config, root: Path, run_id: str | None = None, use_cache: bool | None = None
+) -> dict[str, Any]:
     """The whole DAG in order; returns metrics.json's content. Raises on a failed stage."""
     root = Path(root)
     preflight(config)
     run_id = run_id or new_run_id()
-    rdir = run_dir(root, run_id)
-    rdir.mkdir(parents=True, exist_ok=False)
-    dump_config(config, rdir / "config.yaml")
-    _update_run(rdir, run_id=run_id, status="running", started=_now(), stages=list(STAGES))
-    results: dict[str, dict] = {}
-    for n in DAG:
-        log(f"[{n.name}] ...")
-        atomic = _signals_deferred() if n.component.__dict__.get("ATOMIC") else _nothing()
-        try:
-            with atomic:
-                results[n.name] = execute(n, config, rdir, root / "serving")
-        except BaseException as e:  # noqa: BLE001 - record every way a run ends, then re-raise
-            message = str(e).splitlines()[0] if str(e) else type(e).__name__
-            _finish(rdir, results, "failed", f"{n.name}: {message}")
-            raise
-        log(f"[{n.name}] done in {results[n.name]['seconds']:.1f} s")
-    return _finish(rdir, results, "succeeded")
+    use_cache = config.cache if use_cache is None else use_cache
+    with root_lock(root, f"dae run {run_id}"):
+        store = open_store(config, root)
+        _abandon_killed_runs(root, store)
+        rdir = run_dir(root, run_id)
+        rdir.mkdir(parents=True, exist_ok=False)
+        dump_config(config, rdir / "config.yaml")
+        started = _now()
+        _update_run(rdir, run_id=run_id, status="running", started=started, stages=list(STAGES))
+        tracker = Tracker(store, root, run_id, config, use_cache)
+        tracker.run_record(status="running", started=started, code_version=code_version())
+        results: dict[str, dict] = {}
+        for n in DAG:
+            log(f"[{n.name}] ...")
+            try:
+                results[n.name] = _run_node(n, config, rdir, root, tracker)
+                if "_interrupted" in results[n.name]:
+                    raise KeyboardInterrupt(results[n.name].pop("_interrupted"))
+            except BaseException as e:  # noqa: BLE001 - record every way a run ends
+                message = str(e).splitlines()[0] if str(e) else type(e).__name__
+                metrics = _finish(rdir, results, "failed", f"{n.name}: {message}")
+                tracker.run_record(**_run_fields(metrics))
+                raise
+            cached = " (cached)" if results[n.name].get("cached") else ""
+            log(f"[{n.name}] done in {results[n.name]['seconds']:.1f} s{cached}")
+        metrics = _finish(rdir, results, "succeeded")
+        tracker.run_record(**_run_fields(metrics))
+        return metrics
+
+
+def _run_fields(metrics: dict) -> dict:
+    keys = ("status", "error", "pushed_version", "psnr_denoised", "psnr_noisy", "blessed")
+    return {k: metrics.get(k) for k in keys} | {
+        "finished": _now(), "seconds": round(sum(metrics["stage_seconds"].values()), 2),
+    }  # fmt: skip
 
 
 def load_run_config(root: Path, run_id: str) -> Config:
@@ -169,16 +282,22 @@ def downstream(stage: str) -> list[str]:
 def run_stage(
     config: Config, root: Path, run_id: str, stage: str, overrides: list[str] = ()
 ) -> dict[str, Any]:
-    """Re-run one stage of a run. Stages downstream of it lose their _SUCCESS: they were
-    computed from outputs that no longer exist."""
+    """Re-run one stage of a run (never from cache: that is what it is asked for). Stages
+    downstream of it lose their _SUCCESS: they were computed from outputs now replaced."""
     if stage not in STAGES:
         raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+    root = Path(root)
     rdir = run_dir(root, run_id)
-    for later in downstream(stage):
-        (rdir / later / SUCCESS).unlink(missing_ok=True)
-    atomic = _signals_deferred() if node(stage).component.__dict__.get("ATOMIC") else _nothing()
-    with atomic:
-        result = execute(node(stage), config, rdir, Path(root) / "serving")
+    with root_lock(root, f"dae stage {stage} --run {run_id}"):
+        store = open_store(config, root)
+        tracker = Tracker(store, root, run_id, config, use_cache=False)
+        tracker.resume = True  # an explicit re-run picks up an interrupted one's state
+        for later in downstream(stage):
+            (rdir / later / SUCCESS).unlink(missing_ok=True)
+        result = _run_node(node(stage), config, rdir, root, tracker)
+    interrupted = result.pop("_interrupted", None)
     record = read_json(rdir / stage / "stage.json")
     write_json(rdir / stage / "stage.json", {**record, "rerun": _now(), "overrides": overrides})
+    if interrupted:
+        raise KeyboardInterrupt(interrupted)
     return result

@@ -1,0 +1,96 @@
+"""`dae runs list`, `dae runs show RUN_ID`, `dae lineage NAME VERSION`: what the metadata
+store knows, for people."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from components.artifacts import StageError, read_json
+from pipeline.metadata import MetadataStore
+
+
+def _fmt(value, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def runs_list(store: MetadataStore) -> str:
+    rows = [f"{'run':<24} {'started':<25} {'status':<10} {'seconds':>8} {'pushed':>6} "
+            f"{'PSNR dB':>8}"]  # fmt: skip
+    for r in store.runs():
+        p = r["properties"]
+        rows.append(
+            f"{r['name']:<24} {p.get('started', '-'):<25} {p.get('status', '-'):<10} "
+            f"{_fmt(p.get('seconds'), '.1f'):>8} {_fmt(p.get('pushed_version')):>6} "
+            f"{_fmt(p.get('psnr_denoised'), '.2f'):>8}"
+        )
+    return "\n".join(rows)
+
+
+def runs_show(store: MetadataStore, run_id: str) -> str:
+    runs = {r["name"]: r for r in store.runs()}
+    if run_id not in runs:
+        raise StageError(f"no run '{run_id}' in the metadata store")
+    p = runs[run_id]["properties"]
+    lines = [f"run {run_id}: {p.get('status')}, started {p.get('started')}, "
+             f"code {p.get('code_version', '-')}"]  # fmt: skip
+    if p.get("error"):
+        lines.append(f"error: {p['error']}")
+    for ex in store.executions_of_run(run_id):
+        origin = f" (from execution {ex['cached_from']})" if ex["cached_from"] else ""
+        lines.append(f"  {ex['component']:<10} {ex['status']:<9} {_fmt(ex['seconds'], '.2f'):>8} s"
+                     f"{origin}" + (f"  error: {ex['error']}" if ex["error"] else ""))  # fmt: skip
+        for name, art in store.artifacts_of(ex["id"]).items():
+            lines.append(f"      {name:<22} {art['fingerprint'][:12]:<12}  {art['uri']}")
+    return "\n".join(lines)
+
+
+def lineage(store: MetadataStore, root: Path, name: str, version: int) -> dict:
+    """Everything that produced a served version, traced back through the store."""
+    uri = str(Path(root).resolve() / "serving" / name / str(version))
+    found = store.artifacts_by_uri(uri)
+    if not found:
+        raise StageError(f"no record of {name} version {version} under {Path(root) / 'serving'}")
+    servable = found[0]
+    push = store.producer_of(servable["id"])
+    chain, frontier, out = {}, [push], {"servable": uri, "fingerprint": servable["fingerprint"]}
+    while frontier:
+        ex = frontier.pop()
+        chain[ex["component"]] = ex
+        for art in store.artifacts_of(ex["id"], "input").values():
+            producer = store.producer_of(art["id"])
+            if producer and producer["component"] not in chain:
+                frontier.append(producer)
+    out["run_id"] = push["run_id"]
+    out["executions"] = {c: {"run_id": e["run_id"], "id": e["id"], "code": e["code_fingerprint"]}
+                         for c, e in chain.items()}  # fmt: skip
+    run = {r["name"]: r["properties"] for r in store.runs()}.get(push["run_id"], {})
+    out["code_version"] = run.get("code_version")
+    if "ingest" in chain:
+        examples = store.artifacts_of(chain["ingest"]["id"])["examples"]
+        out["dataset"] = read_json(Path(examples["uri"]) / "fingerprint.json")
+    if "tune" in chain:
+        best = store.artifacts_of(chain["tune"]["id"])["best_hyperparameters"]
+        out["hyperparameters"] = read_json(Path(best["uri"]) / "best_hyperparameters.json")[
+            "values"
+        ]
+    config = Path(root) / "runs" / push["run_id"] / "config.yaml"
+    out["config"] = str(config) if config.is_file() else None
+    return out
+
+
+def lineage_text(info: dict) -> str:
+    ds = info.get("dataset", {})
+    lines = [
+        f"servable: {info['servable']} (model sha256 {str(info['fingerprint'])[:16]})",
+        f"run: {info['run_id']}  config: {info['config']}",
+        f"code version: {info['code_version']}",
+        f"dataset: {ds.get('dataset')} {ds.get('version')} splits {ds.get('splits')} "
+        f"fingerprint {str(ds.get('sha256'))[:16]}",
+        f"hyperparameters: {json.dumps(info.get('hyperparameters'))}",
+        "executions: "
+        + ", ".join(
+            f"{c} <- run {e['run_id']}" for c, e in info["executions"].items()
+        ),  # fmt: skip
+    ]
+    return "\n".join(lines)
