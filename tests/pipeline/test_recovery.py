@@ -1,0 +1,120 @@
+"""SIGKILL at each recovery point, then a re-run: resume, no partial artifacts, nothing
+half-written under serving/."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+from support import DAE, dae
+
+from components.artifacts import read_schema, read_split
+from pipeline.metadata import MetadataStore, default_url
+from serving.export import versions
+
+SMOKE = ["run", "--profile", "smoke"]
+
+
+def kill_when(args, condition, timeout=300):
+    """Start `dae ARGS`, SIGKILL it as soon as `condition()` holds; return what held."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([DAE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=env)  # fmt: skip
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            seen = condition()
+            if seen:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                return seen
+            if proc.poll() is not None:
+                pytest.fail(f"finished before the kill point: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.005)
+        pytest.fail("kill point never reached")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _executions(root, component):
+    store = MetadataStore(default_url(root))
+    return [e for r in store.runs() for e in store.executions_of_run(r["name"])
+            if e["component"] == component]  # fmt: skip
+
+
+def _metrics(stdout):
+    path = [
+        line.split("metrics: ")[1] for line in stdout.splitlines() if line.startswith("metrics:")
+    ]
+    return json.loads(open(path[0]).read())
+
+
+def test_killed_during_tune_keeps_finished_trials(tmp_path):
+    def trial_done():
+        for f in tmp_path.glob("work/tune/*/tuner_results/*/trial_*/trial.json"):
+            if json.loads(f.read_text() or "{}").get("status") == "COMPLETED":
+                return f, f.read_text()
+        return None
+
+    trial, before = kill_when([*SMOKE, "--root", str(tmp_path)], trial_done)
+    dae(*SMOKE, "--root", str(tmp_path))
+    assert trial.read_text() == before  # the finished trial was kept, not redone
+    assert len(list(trial.parent.parent.glob("trial_*"))) == 2  # max_trials, not 2 more
+    tunes = [e["status"] for e in _executions(tmp_path, "tune")]
+    assert tunes == ["failed", "succeeded"]
+
+
+def test_killed_during_train_resumes_from_the_last_epoch(tmp_path):
+    def epoch_saved():
+        for f in tmp_path.glob("work/train/*/checkpoints/*/training_metadata.json"):
+            epoch = json.loads(f.read_text() or "{}").get("epoch")
+            if epoch is not None and epoch >= 2:
+                return epoch
+        return None
+
+    args = [*SMOKE, "--root", str(tmp_path), "--set", "train.patience=100"]
+    epoch = kill_when(args, epoch_saved)
+    metrics = _metrics(dae(*args).stdout)
+    history = json.loads(
+        (tmp_path / "runs" / metrics["run_id"] / "train" / "model_run" / "history.json").read_text()
+    )
+    # 25 epochs from scratch; resumed, only those after the last backup.
+    assert 0 < len(history["loss"]) <= 25 - epoch
+    killed = [e for e in _executions(tmp_path, "train") if e["status"] == "failed"]
+    assert killed and "killed" in killed[0]["error"]
+
+
+def test_killed_during_transform_never_uses_partial_shards(tmp_path):
+    small = ["train.epochs=1", "tune.max_trials=1", "tune.max_epochs=1"]
+    args = [*SMOKE, "--root", str(tmp_path), "--set", "data.max_train_examples=30000"]
+    args += [a for s in small for a in ("--set", s)]
+
+    def writing():
+        return next(tmp_path.glob("runs/*/transform/transformed_examples/*"), None)
+
+    partial = kill_when(args, writing)
+    killed_run = partial.parents[2]
+    assert not (killed_run / "transform" / "_SUCCESS").exists()
+    metrics = _metrics(dae(*args).stdout)
+    assert "transform" not in metrics["cached_stages"]
+    assert metrics["cached_stages"] == ["ingest", "validate"]
+    out = tmp_path / "runs" / metrics["run_id"] / "transform" / "transformed_examples"
+    schema = read_schema(out)
+    assert len(read_split(out, "train", ("clean",))["id"]) == schema["splits"]["train"] == 27000
+
+
+def test_killed_during_push_leaves_the_served_version_alone(smoke_root, tmp_path):
+    shutil.copytree(smoke_root[0] / "serving", tmp_path / "serving")
+    base = tmp_path / "serving" / "denoiser"
+    v1 = sorted(p.name for p in (base / "1").rglob("*"))
+    args = [*SMOKE, "--root", str(tmp_path), "--set", "seed=3"]
+    kill_when(args, lambda: next(base.glob(".tmp-*"), None))
+    assert versions(base) == [1]  # no half-written version 2 is visible
+    assert sorted(p.name for p in (base / "1").rglob("*")) == v1
+    metrics = _metrics(dae(*args).stdout)
+    assert metrics["pushed_version"] == 2 and versions(base) == [1, 2]
+    assert (base / "2" / "saved_model.pb").is_file()
