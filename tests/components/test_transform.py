@@ -86,3 +86,21 @@ def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp
     assert len(list((out2 / "t").glob("test-*.tfrecord"))) == 3
     second = read_split(out2 / "t", "test", ("noisy",))
     assert np.array_equal(first["noisy"], second["noisy"])
+
+
+def test_two_beam_workers_make_the_same_examples(tiny_examples, make_ctx, config, tmp_path):
+    """The DirectRunner in multi_processing mode with 2 workers: same seeds, same output."""
+    ctx = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
+    one = transform.run(ctx)
+    config.beam.options = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+    ctx2 = make_ctx({"examples": tiny_examples}, ())
+    ctx2.outputs = {
+        "transformed_examples": tmp_path / "mp" / "t",
+        "transform_graph": tmp_path / "g",
+    }
+    two = transform.run(ctx2)
+    assert two == pytest.approx(one)
+    for split in ("train", "eval", "test"):
+        a = read_split(ctx.outputs["transformed_examples"], split, ("noisy", "clean"))
+        b = read_split(ctx2.outputs["transformed_examples"], split, ("noisy", "clean"))
+        assert all(np.array_equal(a[k], b[k]) for k in ("id", "label", "noisy", "clean"))
