@@ -104,8 +104,9 @@ def execute(
     summary = n.component.run(ctx) or {}
     seconds = round(time.perf_counter() - start, 2)
     uris = {k: str(v) for k, v in outputs.items()}
-    write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary, "outputs": uris})
-    (sdir / SUCCESS).touch()
+    if not summary.get("worker"):  # a distributed job's workers leave the record to its chief
+        write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary, "outputs": uris})
+        (sdir / SUCCESS).touch()
     return {"seconds": seconds, **summary, "_outputs": outputs}
 
 
@@ -156,26 +157,31 @@ def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None
 
 
 @contextlib.contextmanager
-def root_lock(root: Path, what: str):
-    """One pipeline process per root at a time; a second one is refused, not interleaved.
-    The kernel drops the lock when its holder dies, even by SIGKILL."""
+def root_lock(root: Path, what: str, shared: bool = False):
+    """One `dae run` per root at a time; a second one is refused, not interleaved. `dae
+    stage` processes share the root (a distributed tuning or training job is several of
+    them) but never with a run. The kernel drops the lock when its holder dies (SIGKILL)."""
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "a+") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another dae process"
+            if shared and holder == "another dae process":
+                holder = "a dae run"
             raise StageError(
                 f"{root} is in use by {holder}; wait for it to finish or use another --root"
             ) from None
-        f.truncate(0)
-        f.write(f"{what} (pid {os.getpid()})")
-        f.flush()
+        if not shared:
+            f.truncate(0)
+            f.write(f"{what} (pid {os.getpid()})")
+            f.flush()
         try:
             yield
         finally:
-            f.truncate(0)
+            if not shared:
+                f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -288,7 +294,7 @@ def run_stage(
         raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
     root = Path(root)
     rdir = run_dir(root, run_id)
-    with root_lock(root, f"dae stage {stage} --run {run_id}"):
+    with root_lock(root, f"dae stage {stage} --run {run_id}", shared=True):
         store = open_store(config, root)
         tracker = Tracker(store, root, run_id, config, use_cache=False)
         tracker.resume = True  # an explicit re-run picks up an interrupted one's state
@@ -296,8 +302,9 @@ def run_stage(
             (rdir / later / SUCCESS).unlink(missing_ok=True)
         result = _run_node(node(stage), config, rdir, root, tracker)
     interrupted = result.pop("_interrupted", None)
-    record = read_json(rdir / stage / "stage.json")
-    write_json(rdir / stage / "stage.json", {**record, "rerun": _now(), "overrides": overrides})
+    if (rdir / stage / "stage.json").is_file() and not result.get("worker"):
+        record = read_json(rdir / stage / "stage.json")
+        write_json(rdir / stage / "stage.json", {**record, "rerun": _now(), "overrides": overrides})
     if interrupted:
         raise KeyboardInterrupt(interrupted)
     return result

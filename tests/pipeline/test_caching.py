@@ -84,6 +84,16 @@ def test_one_root_one_process(tmp_path):
         runner.run_pipeline(Config(), tmp_path)
 
 
+def test_stage_processes_share_a_root_but_not_with_a_run(tmp_path):
+    stage_a = runner.root_lock(tmp_path, "stage a", shared=True)
+    stage_b = runner.root_lock(tmp_path, "stage b", shared=True)
+    with stage_a, stage_b, pytest.raises(StageError, match="in use by"):
+        runner.run_pipeline(Config(), tmp_path)
+    busy = pytest.raises(StageError, match=r"in use by dae run y")
+    with runner.root_lock(tmp_path, "dae run y"), busy:
+        runner.run_stage(Config(), tmp_path, "r1", "ingest")
+
+
 # ---- the real pipeline -----------------------------------------------------------------
 
 
