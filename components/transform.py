@@ -25,6 +25,7 @@ from components.artifacts import (
     shard_prefix,
     write_json,
 )
+from components.beam_setup import beam_options, import_beam, pipeline_runner
 
 # Statistics gate the transform: it runs only on examples that passed validation.
 INPUTS = ("examples", "statistics")
@@ -116,22 +117,10 @@ def mean_std(total) -> tuple[float, float]:
 
 
 def pipeline_options(beam_cfg):
-    """Beam's options from the config; an unknown flag or runner is an error, not a
-    silently ignored typo."""
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from apache_beam.runners.runner import create_runner
-
-    options = PipelineOptions(flags=list(beam_cfg.options), runner=beam_cfg.runner)
-    known = options.get_all_options(drop_default=True)
-    unknown = set(options.get_all_options(drop_default=True, retain_unknown_options=True))
-    unknown -= set(known)
-    if unknown:
-        raise StageError(f"unknown Beam pipeline option(s): {', '.join(sorted(unknown))}")
     try:
-        create_runner(beam_cfg.runner)
-    except ValueError:
-        raise StageError(f"unknown Beam runner '{beam_cfg.runner}'") from None
-    return options
+        return beam_options(beam_cfg.runner, list(beam_cfg.options))
+    except ValueError as e:
+        raise StageError(str(e)) from None
 
 
 def preflight(cfg) -> None:
@@ -139,8 +128,7 @@ def preflight(cfg) -> None:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    import apache_beam as beam
-
+    beam = import_beam()
     cfg = ctx.config
     examples, out, graph = (
         ctx.inputs["examples"],
@@ -154,7 +142,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         raise StageError("no training examples to transform (the 'train' split is empty)")
     out.mkdir(parents=True, exist_ok=True)
     graph.mkdir(parents=True, exist_ok=True)
-    with beam.Pipeline(options=pipeline_options(cfg.beam)) as p:
+    options = pipeline_options(cfg.beam)
+    with beam.Pipeline(runner=pipeline_runner(options), options=options) as p:
         build_pipeline(
             p, examples, out, graph, shape, splits, cfg.seed, cfg.noise, cfg.beam.num_shards
         )

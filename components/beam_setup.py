@@ -1,0 +1,68 @@
+"""Apache Beam set up the same way for every dae pipeline (transform, batch denoising):
+options checked up front, Beam's irrelevant warnings quiet, and no runner that downloads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+
+class _QuietBeam(logging.Filter):
+    """Two warnings of Beam's that don't apply here, on the root logger: importing Beam says
+    BigQuery's optional client is missing (we use no GCP); RunInference says it cannot read
+    memory use, because its `import resource` shares a try with a torch import (no torch)."""
+
+    NOISE = ("apitools not found", "Resource module is not available")
+
+    def filter(self, record):
+        return not record.getMessage().startswith(self.NOISE)
+
+
+def import_beam():
+    root = logging.getLogger()
+    if not any(isinstance(f, _QuietBeam) for f in root.filters):
+        root.addFilter(_QuietBeam())
+    import apache_beam
+
+    return apache_beam
+
+
+def beam_options(runner: str | None, flags: list[str]):
+    """PipelineOptions from a runner name and flags; an unknown flag or runner is a
+    ValueError, not a silently ignored typo."""
+    import_beam()
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.runners.runner import create_runner
+
+    options = PipelineOptions(flags=list(flags), **({"runner": runner} if runner else {}))
+    known = options.get_all_options(drop_default=True)
+    unknown = set(options.get_all_options(drop_default=True, retain_unknown_options=True))
+    if unknown - set(known):
+        raise ValueError(
+            f"unknown Beam pipeline option(s): {', '.join(sorted(unknown - set(known)))}"
+        )
+    name = known.get("runner") or "DirectRunner"
+    try:
+        create_runner(name)
+    except (ValueError, ImportError):
+        raise ValueError(f"unknown Beam runner '{name}' (or its package is missing)") from None
+    return options
+
+
+def pipeline_runner(options):
+    """The runner for `options`: the one named, or for DirectRunner (the default) what Beam's
+    DirectRunner runs a batch pipeline with, its in-process FnApiRunner, set up the way it does.
+    Not DirectRunner itself: in Beam 2.77 it first tries the Prism runner, which downloads a
+    binary from GitHub (offline: a failed attempt on every run, then the fallback)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    name = options.view_as(StandardOptions).runner
+    if name not in (None, "DirectRunner"):
+        return None  # beam.Pipeline creates it by name
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
+    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
