@@ -145,8 +145,9 @@ def main() -> int:
     metrics = batched_server.http.get("/monitoring/prometheus/metrics").text
     batched_server.stop()
     for label, ips, lat in (("unbatched", unbatched, lat_u), ("batched", batched, lat_b)):
-        print(f"{args.clients} clients, {label:<9}: {ips:>7.0f} img/s  p50 "
-              f"{statistics.median(lat) * 1e3:6.2f} ms  p99 {np.percentile(lat, 99) * 1e3:6.2f} ms")  # fmt: skip
+        p50, p99 = statistics.median(lat) * 1e3, np.percentile(lat, 99) * 1e3
+        print(f"{args.clients} clients, {label:<9}: {ips:>7.0f} img/s  p50 {p50:6.2f} ms  "
+              f"p99 {p99:6.2f} ms")  # fmt: skip
     counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")
     rows, calls = (
         int(counters["dae_serving_batched_rows_total"]),
