@@ -66,30 +66,40 @@ class Server:
 
     def __init__(self, base: Path, *extra: str, name: str = "denoiser"):
         self.base, self.name = base, name
+        for _attempt in range(3):  # a free port can be taken by another process before we bind
+            if self._start(extra):
+                return
+        raise RuntimeError(f"dae serve could not bind: {self.log.read_text()[-2000:]}")
+
+    def _start(self, extra) -> bool:
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.rest = f"http://127.0.0.1:{self.rest_port}"
-        self.log = base.parent / f"serve-{self.rest_port}.log"
-        cmd = [DAE, "serve", "--model-base-path", str(base), "--model-name", name,
+        self.log = self.base.parent / f"serve-{self.rest_port}.log"
+        cmd = [DAE, "serve", "--model-base-path", str(self.base), "--model-name", self.name,
                "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
                "--file-system-poll-wait-seconds", "0.2", *extra]  # fmt: skip
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
         self.http = httpx.Client(base_url=self.rest, timeout=30)
-        self._wait_ready()
+        return self._wait_ready()
 
-    def _wait_ready(self, seconds: float = 60) -> None:
+    def _wait_ready(self, seconds: float = 60) -> bool:
+        """Ready when our own process says it serves on our ports (not when something on
+        the port answers: that could be another server)."""
+        ready = f"REST 127.0.0.1:{self.rest_port}"
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            text = self.log.read_text()
             if self.proc.poll() is not None:
-                raise RuntimeError(f"dae serve exited: {self.log.read_text()[-2000:]}")
-            try:
-                if self.http.get(f"/v1/models/{self.name}").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+                if "address already in use" in text or "cannot bind" in text:
+                    self.http.close()
+                    return False
+                raise RuntimeError(f"dae serve exited: {text[-2000:]}")
+            if ready in text:
+                return True
+            time.sleep(0.1)
         raise TimeoutError(f"dae serve not ready: {self.log.read_text()[-2000:]}")
 
     def alive(self) -> bool:
