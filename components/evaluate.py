@@ -1,7 +1,11 @@
 """Evaluate (TFX's Evaluator): reconstruction quality on the test split, and the blessing.
 
-The model in service is re-scored on this run's own test examples, so the comparison is
-like for like even when the noise or the test set changed since it was pushed.
+Scored on the run's own noisy test images (the headline numbers), on clean inputs (does the
+model keep what needs no denoising?), per class, and under each configured corruption, made
+from the clean test images with a fixed seed so every run is scored on the same noise. VAEs
+also get the test -ELBO. The model in service is re-scored on this run's own test examples,
+so the comparison is like for like even when the noise or the test set changed since it was
+pushed.
 """
 
 from __future__ import annotations
@@ -11,32 +15,57 @@ from typing import Any
 import numpy as np
 
 from components.artifacts import StageContext, read_split, write_json
+from components.noise import corrupt
 from serving.export import latest_version, load_servable
 
 INPUTS = ("transformed_examples", "model")
 OUTPUTS = ("evaluation", "blessing")
+NOISE_SEED = 20240  # the extra corruptions: the same for every run, so runs compare
+PSNR_CAP = 100.0  # an exact reconstruction has infinite PSNR; cap it so means stay finite
+EPS = 1e-7  # Keras' clip for cross-entropy: a noisy pixel of exactly 0 or 1 stays finite
 
 
 # ---- pure core -------------------------------------------------------------------------
 
 
-def image_metrics(pred: np.ndarray, clean: np.ndarray, batch: int = 2048) -> dict[str, float]:
-    """Mean MSE, PSNR and SSIM over images, all in [0, 1] (tf.image's definitions)."""
+def per_image(pred: np.ndarray, clean: np.ndarray, batch: int = 2048) -> dict[str, np.ndarray]:
+    """MSE, binary cross-entropy (nats per pixel), PSNR and SSIM of each image, all images in
+    [0, 1] (tf.image's PSNR and SSIM)."""
     import tensorflow as tf
 
-    mse, psnr, ssim = [], [], []
+    out: dict[str, list] = {"mse": [], "bce": [], "psnr": [], "ssim": []}
     for i in range(0, len(clean), batch):
         p = tf.constant(pred[i : i + batch], tf.float32)
         c = tf.constant(clean[i : i + batch], tf.float32)
-        mse.append(tf.reduce_mean(tf.square(p - c), axis=[1, 2, 3]).numpy())
-        # An exact reconstruction has infinite PSNR; cap it so means stay finite.
-        psnr.append(np.minimum(tf.image.psnr(p, c, max_val=1.0).numpy(), 100.0))
-        ssim.append(tf.image.ssim(p, c, max_val=1.0).numpy())
-    return {
-        "mse": float(np.concatenate(mse).mean()),
-        "psnr": float(np.concatenate(psnr).mean()),
-        "ssim": float(np.concatenate(ssim).mean()),
-    }
+        q = tf.clip_by_value(p, EPS, 1.0 - EPS)
+        bce = -(c * tf.math.log(q) + (1.0 - c) * tf.math.log(1.0 - q))
+        out["mse"].append(tf.reduce_mean(tf.square(p - c), axis=[1, 2, 3]).numpy())
+        out["bce"].append(tf.reduce_mean(bce, axis=[1, 2, 3]).numpy())
+        out["psnr"].append(np.minimum(tf.image.psnr(p, c, max_val=1.0).numpy(), PSNR_CAP))
+        out["ssim"].append(tf.image.ssim(p, c, max_val=1.0).numpy())
+    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
+
+
+def image_metrics(pred: np.ndarray, clean: np.ndarray, batch: int = 2048) -> dict[str, float]:
+    """Means over images of `per_image`."""
+    return {k: float(v.mean()) for k, v in per_image(pred, clean, batch).items()}
+
+
+def per_class(values: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Mean of a per-image metric for each label; unlabelled images (label < 0) are left out."""
+    return {str(k): float(values[labels == k].mean()) for k in np.unique(labels[labels >= 0])}
+
+
+def noise_table(predict, clean: np.ndarray, kinds, seed: int = NOISE_SEED) -> dict[str, dict]:
+    """For each corruption {kind, level}: metrics of the noisy and the denoised images."""
+    table = {}
+    for spec in kinds:
+        noisy = corrupt(clean, spec.kind, spec.level, np.random.default_rng(seed))
+        row: dict[str, Any] = {"kind": spec.kind, "level": spec.level}
+        for name, images in (("noisy", noisy), ("denoised", predict(noisy))):
+            row |= {f"{k}_{name}": v for k, v in image_metrics(images, clean).items()}
+        table[f"{spec.kind}:{spec.level:g}"] = row
+    return table
 
 
 def bless(
@@ -44,13 +73,19 @@ def bless(
     baseline_psnr: float | None,
     min_gain_db: float,
     max_regression_db: float,
+    min_psnr_db: float | None = None,
 ) -> tuple[bool, str]:
-    """Blessed when denoising helps enough and is not worse than the model in service."""
+    """Blessed when denoising helps enough, reaches the absolute floor if one is set, and is
+    not worse than the model in service."""
     gain = metrics["psnr_denoised"] - metrics["psnr_noisy"]
     if not np.isfinite(gain):
         return False, "PSNR is not finite: the model's output is broken (NaN)"
     if gain < min_gain_db:
         return False, f"PSNR gain {gain:.2f} dB is below the required {min_gain_db} dB"
+    if min_psnr_db is not None and metrics["psnr_denoised"] < min_psnr_db:
+        return False, (
+            f"PSNR {metrics['psnr_denoised']:.2f} dB is below the required floor {min_psnr_db} dB"
+        )
     if baseline_psnr is not None and metrics["psnr_denoised"] < baseline_psnr - max_regression_db:
         return False, (
             f"PSNR {metrics['psnr_denoised']:.2f} dB is more than {max_regression_db} dB below "
@@ -61,10 +96,23 @@ def bless(
     )
 
 
+def score(predict, test: dict[str, np.ndarray], kinds=()) -> dict[str, Any]:
+    """Every metric of a denoiser (numpy in, numpy out) on a test split {noisy, clean, label}."""
+    clean = test["clean"]
+    denoised = per_image(predict(test["noisy"]), clean)
+    metrics = {f"{k}_noisy": v for k, v in image_metrics(test["noisy"], clean).items()}
+    metrics |= {f"{k}_denoised": float(v.mean()) for k, v in denoised.items()}
+    metrics |= {f"{k}_clean_input": v for k, v in image_metrics(predict(clean), clean).items()}
+    metrics["psnr_per_class"] = per_class(denoised["psnr"], test["label"])
+    metrics["noise_kinds"] = noise_table(predict, clean, kinds)
+    metrics["test_examples"] = len(clean)
+    return metrics
+
+
 # ---- artifact I/O ----------------------------------------------------------------------
 
 
-def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, float | None]:
+def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, dict | None]:
     version = latest_version(serving_base)
     if version is None:
         return None, None
@@ -72,34 +120,42 @@ def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, float | None
     if denoise.input_shape[1:] != noisy.shape[1:]:
         log(f"evaluate: served version {version} takes {denoise.input_shape}, not comparable")
         return version, None
-    return version, image_metrics(denoise(noisy), clean)["psnr"]
+    return version, image_metrics(denoise(noisy), clean)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import keras
 
+    from components import vae
+
     cfg = ctx.config
     test = read_split(ctx.inputs["transformed_examples"], "test", ("noisy", "clean"))
     model = keras.models.load_model(ctx.inputs["model"] / "model.keras", compile=False)
-    denoised = model.predict(test["noisy"], batch_size=cfg.evaluate.batch_size, verbose=0)
-    noisy_m = image_metrics(test["noisy"], test["clean"])
-    denoised_m = image_metrics(denoised, test["clean"])
-    metrics = {f"{k}_noisy": v for k, v in noisy_m.items()}
-    metrics |= {f"{k}_denoised": v for k, v in denoised_m.items()}
-    metrics["test_examples"] = len(test["clean"])
+
+    def predict(images):
+        return model.predict(images, batch_size=cfg.evaluate.batch_size, verbose=0)
+
+    metrics = score(predict, test, cfg.evaluate.noise_kinds)
+    if vae.parts(model) is not None:
+        metrics |= vae.elbo(model, test["noisy"], test["clean"], NOISE_SEED)
     base = ctx.serving_dir / cfg.push.model_name
-    version, baseline_psnr = _baseline(base, test["noisy"], test["clean"], ctx.log)
+    version, served = _baseline(base, test["noisy"], test["clean"], ctx.log)
+    baseline_psnr = served["psnr"] if served else None
     blessed, reason = bless(
-        metrics, baseline_psnr, cfg.evaluate.min_psnr_gain_db, cfg.evaluate.max_regression_db
-    )
+        metrics, baseline_psnr, cfg.evaluate.min_psnr_gain_db, cfg.evaluate.max_regression_db,
+        cfg.evaluate.min_psnr_db,
+    )  # fmt: skip
     metrics |= {"baseline_version": version, "baseline_psnr": baseline_psnr}
+    metrics["baseline_metrics"] = served  # the comparison table's other column
     write_json(ctx.outputs["evaluation"] / "metrics.json", metrics)
     blessing = ctx.outputs["blessing"]
     write_json(blessing / "blessing.json", {"blessed": blessed, "reason": reason})
     (blessing / ("BLESSED" if blessed else "NOT_BLESSED")).touch()
+    elbo = f", -ELBO {metrics['neg_elbo']:.1f} nats" if "neg_elbo" in metrics else ""
     ctx.log(
         f"evaluate: PSNR noisy {metrics['psnr_noisy']:.2f} dB -> denoised "
         f"{metrics['psnr_denoised']:.2f} dB, SSIM {metrics['ssim_noisy']:.3f} -> "
-        f"{metrics['ssim_denoised']:.3f}; {'blessed' if blessed else 'not blessed'}: {reason}"
+        f"{metrics['ssim_denoised']:.3f}{elbo}; {'blessed' if blessed else 'not blessed'}: "
+        f"{reason}"
     )
     return {**metrics, "blessed": blessed, "blessing_reason": reason}

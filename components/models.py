@@ -1,74 +1,246 @@
-"""Model families and their search spaces (shared by tune and train; not a stage).
+"""Model families, the seed articles' baselines, and their search spaces (shared by tune,
+train and the quality benchmark; not a stage).
 
 Every model takes noisy images in [0, 1] and returns denoised images in [0, 1] of the same
 shape. Its first layer standardizes with the mean and std that transform measured, so the
 exported graph carries the normalization: a served model cannot be fed differently from
 how it was trained.
+
+Families are searched by the tuner; a baseline is one fixed architecture from the seed
+articles (its shape; trained like every family, Adam on cross-entropy), the yardstick the
+quality benchmark compares against. VAE families train through `components.vae.VAE`.
 """
 
 from __future__ import annotations
 
 import math
 
-FAMILIES = ("dense", "conv")
+FAMILIES = ("dense", "conv", "vae", "conv_vae")
+BASELINES = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
+VAES = ("vae", "conv_vae", "seed_vae", "seed_vae_128")
+OBJECTIVE = "val_mse"  # what every family reports alike, so one search can span families
 
 
-def _dense(hp, x, shape):
+def _layers():
     import keras
 
-    flat = math.prod(shape)
-    units = [hp.Choice(f"units_{i}", [128, 256, 512]) for i in range(hp.Int("dense_layers", 1, 3))]
-    x = keras.layers.Flatten()(x)
+    return keras.layers
+
+
+def _pad(x, shape, k: int):
+    """Zero-pad height and width up to multiples of `k` (k = 2 ** stride-2 steps)."""
+    ph, pw = (-shape[0]) % k, (-shape[1]) % k
+    padded = (shape[0] + ph, shape[1] + pw)
+    if ph or pw:
+        x = _layers().ZeroPadding2D(((0, ph), (0, pw)))(x)
+    return x, padded, (ph, pw)
+
+
+def _crop(x, pads):
+    return _layers().Cropping2D(((0, pads[0]), (0, pads[1])))(x) if any(pads) else x
+
+
+def _conv(x, filters: int, strides: int = 1, activation="relu"):
+    return _layers().Conv2D(filters, 3, strides=strides, padding="same", activation=activation)(x)
+
+
+def _up(x, filters: int):
+    L = _layers()
+    return L.Conv2DTranspose(filters, 3, strides=2, padding="same", activation="relu")(x)
+
+
+def _mlp(x, units, activation="relu"):
     for u in units:
-        x = keras.layers.Dense(u, activation="relu")(x)
-    x = keras.layers.Dense(hp.Choice("latent_dim", [16, 32, 64, 128]), activation="relu")(x)
-    for u in reversed(units):
-        x = keras.layers.Dense(u, activation="relu")(x)
-    x = keras.layers.Dense(flat, activation="sigmoid")(x)
-    return keras.layers.Reshape(shape)(x)
-
-
-def _conv(hp, x, shape):
-    """Two strided convolutions down, an optional dense bottleneck, two transposed up."""
-    import keras
-
-    h, w, c = shape
-    ph, pw = (-h) % 4, (-w) % 4  # pad so two stride-2 steps divide evenly
-    f1 = hp.Choice("filters_1", [16, 32, 64])
-    f2 = hp.Choice("filters_2", [32, 64])
-    latent = hp.Choice("latent_dim", [0, 32, 64])  # 0: fully convolutional
-    if ph or pw:
-        x = keras.layers.ZeroPadding2D(((0, ph), (0, pw)))(x)
-    x = keras.layers.Conv2D(f1, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(f2, 3, strides=2, padding="same", activation="relu")(x)
-    if latent:
-        grid = ((h + ph) // 4, (w + pw) // 4, f2)
-        x = keras.layers.Flatten()(x)
-        x = keras.layers.Dense(latent, activation="relu")(x)
-        x = keras.layers.Dense(math.prod(grid), activation="relu")(x)
-        x = keras.layers.Reshape(grid)(x)
-    x = keras.layers.Conv2DTranspose(f2, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2DTranspose(f1, 3, strides=2, padding="same", activation="relu")(x)
-    x = keras.layers.Conv2D(c, 3, padding="same", activation="sigmoid")(x)
-    if ph or pw:
-        x = keras.layers.Cropping2D(((0, ph), (0, pw)))(x)
+        x = _layers().Dense(u, activation=activation)(x)
     return x
 
 
-def build_model(hp, family: str, shape, mean: float, std: float):
-    """A compiled denoiser of `family` with hyperparameters drawn from `hp`."""
+# ---- autoencoders: (hp, standardized input, shape) -> output in [0, 1] ---------------------
+
+
+def _dense(hp, x, shape):
+    L = _layers()
+    units = [hp.Choice(f"units_{i}", [128, 256, 512]) for i in range(hp.Int("dense_layers", 1, 3))]
+    x = _mlp(L.Flatten()(x), units)
+    x = L.Dense(hp.Choice("latent_dim", [16, 32, 64, 128]), activation="relu")(x)
+    x = L.Dense(math.prod(shape), activation="sigmoid")(_mlp(x, reversed(units)))
+    return L.Reshape(shape)(x)
+
+
+def _space_to_depth(x, c: int):
+    """[H, W, C] -> [H/2, W/2, 4C], lossless: the network starts at half resolution."""
+    L = _layers()
+    h, w = x.shape[1] // 2, x.shape[2] // 2
+    x = L.Permute((1, 3, 2, 4, 5))(L.Reshape((h, 2, w, 2, c))(x))
+    return L.Reshape((h, w, 4 * c))(x)
+
+
+def _depth_to_space(x, c: int):
+    """[H, W, 4C] -> [2H, 2W, C]: the output layer predicts each 2x2 block's pixels
+    (pixel shuffle), far cheaper than a convolution at full resolution."""
+    L = _layers()
+    h, w = x.shape[1], x.shape[2]
+    x = L.Permute((1, 3, 2, 4, 5))(L.Reshape((h, w, 2, 2, c))(x))
+    return L.Reshape((2 * h, 2 * w, c))(x)
+
+
+def _conv_ae(hp, x, shape):
+    """A small U-Net working at half and quarter resolution: space-to-depth in, `depth` 3x3
+    convolutions per level (plus `bottleneck` more at the lowest, a wider view of the
+    noise), the half-resolution features concatenated into the decoder so strokes survive,
+    depth-to-space out. Its latent size is the quarter-resolution grid times filters_2."""
+    L = _layers()
+    f1, f2 = hp.Choice("filters_1", [32, 24]), hp.Choice("filters_2", [64, 96])
+    depth, bottleneck = hp.Int("depth", 1, 2, default=2), hp.Choice("bottleneck", [2, 0])
+    c = shape[2]
+    x, _, pads = _pad(x, shape, 4)
+    half = _stack(_space_to_depth(x, c), f1, depth)
+    x = _stack(_stack(half, f2, depth, strides=2), f2, bottleneck)
+    x = _stack(L.Concatenate()([_up(x, f1), half]), f1, depth - 1)
+    x = _depth_to_space(_conv(x, 4 * c, activation=None), c)
+    return _crop(L.Activation("sigmoid")(x), pads)
+
+
+def _stack(x, filters: int, depth: int, strides: int = 1):
+    """`depth` 3x3 convolutions, the first one strided when `strides` > 1."""
+    for i in range(depth):
+        x = _conv(x, filters, strides if i == 0 else 1)
+    return x
+
+
+def _seed_mlp(hp, x, shape):
+    """Seed 001: 784-512-64-16-64-512-784, sigmoid everywhere."""
+    L = _layers()
+    x = _mlp(L.Flatten()(x), [512, 64, 16, 64, 512], activation="sigmoid")
+    return L.Reshape(shape)(L.Dense(math.prod(shape), activation="sigmoid")(x))
+
+
+def _seed_conv(hp, x, shape):
+    """Seed 004: 4x Conv2D(8) (strides 2/1/2/1) -> Dense(z=10) -> Dense(7*7*64) -> Conv(64)
+    -> UpSampling -> Conv(32) -> UpSampling -> Conv(sigmoid)."""
+    L = _layers()
+    x, (h, w), pads = _pad(x, shape, 4)
+    for strides in (2, 1, 2, 1):
+        x = _conv(x, 8, strides)
+    x = L.Dense(10)(L.Flatten()(x))
+    x = L.Reshape((h // 4, w // 4, 64))(L.Dense(h // 4 * w // 4 * 64, activation="relu")(x))
+    x = L.UpSampling2D()(_conv(x, 64))
+    x = L.UpSampling2D()(_conv(x, 32))
+    return _crop(_conv(x, shape[2], activation="sigmoid"), pads)
+
+
+# ---- VAEs: (hp, standardized input, shape) -> (z_mean, z_log_var, decoder(z) -> logits) ----
+
+
+def _gaussian(x, latent: int):
+    L = _layers()
+    return L.Dense(latent, name="z_mean")(x), L.Dense(latent, name="z_log_var")(x)
+
+
+def _mlp_vae(units, latent: int, activation="relu"):
+    def build(hp, x, shape):
+        L = _layers()
+        z_mean, z_log_var = _gaussian(_mlp(L.Flatten()(x), units, activation), latent)
+
+        def decoder(z):
+            out = L.Dense(math.prod(shape))(_mlp(z, reversed(units), activation))
+            return L.Reshape(shape)(out)
+
+        return z_mean, z_log_var, decoder
+
+    return build
+
+
+def _vae(hp, x, shape):
+    units = [hp.Choice(f"units_{i}", [256, 512]) for i in range(hp.Int("dense_layers", 1, 2))]
+    return _mlp_vae(units, hp.Choice("latent_dim", [8, 16, 32, 64]))(hp, x, shape)
+
+
+def _conv_vae(hp, x, shape):
+    """The conv family's encoder (no skip: everything passes through z), a dense layer, z;
+    mirrored back up to depth-to-space logits."""
+    L = _layers()
+    f1, f2 = hp.Choice("filters_1", [32, 24]), hp.Choice("filters_2", [64, 96])
+    depth = hp.Int("depth", 1, 2, default=2)
+    hidden, latent = hp.Choice("dense_units", [512, 256]), hp.Choice("latent_dim", [32, 16, 64])
+    c = shape[2]
+    x, (h, w), pads = _pad(x, shape, 4)
+    x = _stack(_stack(_space_to_depth(x, c), f1, depth), f2, depth, strides=2)
+    z_mean, z_log_var = _gaussian(L.Dense(hidden, activation="relu")(L.Flatten()(x)), latent)
+
+    def decoder(z):
+        grid = (h // 4, w // 4, f2)
+        y = L.Dense(math.prod(grid), activation="relu")(L.Dense(hidden, activation="relu")(z))
+        y = _stack(_up(_stack(L.Reshape(grid)(y), f2, depth - 1), f1), f1, depth - 1)
+        return _crop(_depth_to_space(_conv(y, 4 * c, activation=None), c), pads)
+
+    return z_mean, z_log_var, decoder
+
+
+AUTOENCODERS = {"dense": _dense, "conv": _conv_ae, "seed_mlp": _seed_mlp, "seed_conv": _seed_conv}
+VAE_BUILDERS = {
+    "vae": _vae,
+    "conv_vae": _conv_vae,
+    "seed_vae": _mlp_vae([512, 256], 128, activation="tanh"),  # seed 000 (MNIST)
+    "seed_vae_128": _mlp_vae([128], 10),  # seed 002 (Fashion-MNIST)
+}
+
+
+def build_model(hp, family, shape, mean: float, std: float, beta: float | None = 1.0):
+    """A compiled denoiser of `family` (a family or a baseline) with hyperparameters drawn
+    from `hp`. A list of families makes the family itself a hyperparameter ("family"), each
+    family's own hyperparameters active only when it is chosen. `beta` is the VAEs' KL
+    weight; None makes it a hyperparameter of the VAE families."""
+    families = [family] if isinstance(family, str) else list(family)
+    for f in families:
+        if f not in FAMILIES + BASELINES:
+            known = ", ".join(FAMILIES + BASELINES)
+            raise ValueError(f"unknown model family {f!r} (known: {known})")
+    if len(families) == 1:
+        return _build(hp, families[0], shape, mean, std, beta)
+    family = hp.Choice("family", families)
+    # Names scoped by family ("conv/latent_dim"): families never share a hyperparameter.
+    with hp.conditional_scope("family", [family]), hp.name_scope(family):
+        return _build(hp, family, shape, mean, std, beta)
+
+
+def _build(hp, family: str, shape, mean, std, beta):
     import keras
 
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
     shape = tuple(shape)
-    inputs = keras.Input(shape=shape, name="images")
-    x = keras.layers.Normalization(mean=mean, variance=std**2, name="standardize")(inputs)
-    outputs = (_dense if family == "dense" else _conv)(hp, x, shape)
-    model = keras.Model(inputs, outputs, name=f"{family}_denoiser")
-    lr = hp.Float("learning_rate", 3e-4, 3e-3, sampling="log")
-    model.compile(optimizer=keras.optimizers.Adam(lr), loss="binary_crossentropy", metrics=["mse"])
+    images = keras.Input(shape=shape, name="images")
+    x = keras.layers.Normalization(mean=mean, variance=std**2, name="standardize")(images)
+    tunable = family in FAMILIES
+    if tunable:
+        lr = hp.Float("learning_rate", 3e-4, 3e-3, sampling="log")
+    else:
+        lr = hp.Fixed("learning_rate", 1e-3)
+    optimizer = keras.optimizers.Adam(lr)
+    if family in AUTOENCODERS:
+        model = keras.Model(images, AUTOENCODERS[family](hp, x, shape), name=f"{family}_denoiser")
+        model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["mse"])
+        return model
+    from components import vae
+
+    if beta is None and tunable:
+        beta = hp.Float("beta", 0.1, 1.0, sampling="log")
+    else:
+        beta = hp.Fixed("beta", 1.0 if beta is None else float(beta))
+    z_mean, z_log_var, decoder = VAE_BUILDERS[family](hp, x, shape)
+    encoder = keras.Model(images, [z_mean, z_log_var], name=vae.ENCODER)
+    z = keras.Input(shape=(z_mean.shape[-1],), name="z")
+    decoder = keras.Model(z, decoder(z), name=vae.DECODER)
+    model = vae.VAE(encoder, decoder, beta=beta, name=f"{family}_vae")
+    model.compile(optimizer=optimizer)
     return model
+
+
+def deployable(model):
+    """What train saves and push exports: the model itself, or a VAE's deterministic
+    denoiser (plain Keras layers, so it reloads without custom objects)."""
+    from components import vae
+
+    return vae.denoiser(model) if isinstance(model, vae.VAE) else model
 
 
 def hyperparameters(config: dict | None = None):

@@ -1,17 +1,22 @@
 """Train (TFX's Trainer): the best hyperparameters on the whole training split.
 
-EarlyStopping on the eval split, ModelCheckpoint keeping the best weights, TensorBoard logs
-in the model_run artifact. The output is a Keras `.keras` file; the pusher exports it.
+The learning rate is annealed to near zero over the epoch budget (cosine), EarlyStopping
+watches the eval split, ModelCheckpoint keeps the best weights, TensorBoard logs
+and the loss curves (`history.json`) in the model_run artifact. The output is a Keras
+`.keras` file of the deployable model (for a VAE, its deterministic denoiser, which keeps
+the encoder and decoder as named parts); the pusher exports it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from components.artifacts import StageContext, StageError, read_json, read_split, write_json
-from components.models import build_model, hyperparameters
+from components.models import VAES, build_model, deployable, hyperparameters
 
 INPUTS = ("transformed_examples", "transform_graph", "best_hyperparameters")
 OUTPUTS = ("model", "model_run", "checkpoints")
@@ -32,7 +37,9 @@ def fit(
 
     extra = list(callbacks)
     callbacks = [] if backup is None else [keras.callbacks.BackupAndRestore(str(backup))]
+    lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
     callbacks += [
+        keras.callbacks.LearningRateScheduler(partial(cosine, lr=lr, epochs=epochs)),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience),
         keras.callbacks.ModelCheckpoint(
             str(checkpoint), monitor="val_loss", save_best_only=True, save_weights_only=True
@@ -51,9 +58,14 @@ def fit(
     return history.history
 
 
-def _backup_key(best: dict, moments: dict, train_cfg) -> str:
+def cosine(epoch: int, _current=None, *, lr: float, epochs: int) -> float:
+    """The learning rate for `epoch` (from 0): lr at the start, lr / 2 halfway, near 0 last."""
+    return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def _backup_key(best: dict, moments: dict, train_cfg, beta) -> str:
     """Backups are only restored into the very same training job."""
-    key = repr((best["family"], best["config"], moments, train_cfg.model_dump()))
+    key = repr((best["family"], best["config"], moments, train_cfg.model_dump(), beta))
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -68,9 +80,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     moments = read_json(ctx.inputs["transform_graph"] / "transform.json")
     best = read_json(ctx.inputs["best_hyperparameters"] / "best_hyperparameters.json")
     keras.utils.set_random_seed(cfg.seed)
+    hp = hyperparameters(best["config"])
     model = build_model(
-        hyperparameters(best["config"]), best["family"], moments["shape"],
-        moments["mean"], moments["std"],
+        hp, best.get("families", best["family"]),
+        moments["shape"], moments["mean"], moments["std"], beta=cfg.model.beta,
     )  # fmt: skip
     train = read_split(examples, "train", ("noisy", "clean"))
     valid = read_split(examples, "eval", ("noisy", "clean"))
@@ -85,12 +98,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         cfg.train.patience,
         checkpoint=out / "best.weights.h5",
         logs=run_dir / "logs",
-        backup=ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train),
+        backup=ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train, cfg.model.beta),
     )
-    model.save(out / MODEL_FILE)
+    deployable(model).save(out / MODEL_FILE)
     history = {k: [float(v) for v in vs] for k, vs in history.items()}
     write_json(run_dir / "history.json", history)
-    write_json(out / "model.json", {"family": best["family"], "hyperparameters": best["values"]})
+    write_json(
+        out / "model.json",
+        {"family": best["family"], "vae": best["family"] in VAES,
+         "hyperparameters": hp.values, "parameters": model.count_params()},
+    )  # fmt: skip
     best_val = min(history["val_loss"])
     ctx.log(f"train: {len(history['loss'])} epochs, best val_loss={best_val:.4f}")
     return {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}

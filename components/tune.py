@@ -1,7 +1,11 @@
-"""Tune (TFX's Tuner): Keras Tuner searches layer sizes and learning rate on a subset.
+"""Tune (TFX's Tuner): Keras Tuner searches a family's architecture, learning rate (and a
+VAE's beta) on a subset; with `tune.families` the family itself is searched too.
 
-The search directory lives in the stage's output with overwrite=False, so an interrupted
-search picks up its finished trials instead of starting over.
+Trials are ranked by validation MSE, which every family reports alike (a VAE's loss is in
+nats per image, an autoencoder's in nats per pixel). A `model.baseline` is a fixed seed
+architecture: nothing to search. The search directory lives in the stage's output with
+overwrite=False, so an interrupted search picks up its finished trials instead of starting
+over.
 """
 
 from __future__ import annotations
@@ -11,12 +15,11 @@ from functools import partial
 from typing import Any
 
 from components.artifacts import StageContext, read_json, read_split, write_json
-from components.models import build_model
+from components.models import OBJECTIVE, build_model, hyperparameters
 
 INPUTS = ("transformed_examples", "transform_graph")
 OUTPUTS = ("best_hyperparameters", "tuner_results")
 RESUMABLE = ("tuner_results",)  # re-running the stage keeps finished trials
-OBJECTIVE = "val_loss"
 
 
 # ---- pure core -------------------------------------------------------------------------
@@ -27,8 +30,8 @@ def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_c
     import keras_tuner as kt
 
     common = dict(
-        objective=OBJECTIVE, directory=str(directory), project_name=project, seed=seed,
-        overwrite=False,
+        objective=kt.Objective(OBJECTIVE, "min"), directory=str(directory),
+        project_name=project, seed=seed, overwrite=False,
     )  # fmt: skip
     if kind == "hyperband":
         return kt.Hyperband(
@@ -54,22 +57,38 @@ def search(tuner, train, valid, epochs: int, batch_size: int):
     return tuner.get_best_hyperparameters(1)[0]
 
 
+def families(cfg) -> list[str]:
+    return list(cfg.tune.families or [cfg.model.family])
+
+
 def search_id(cfg, moments: dict) -> str:
     """Names the search by what defines it, so a resumed search is the same search (more
     trials may be asked for) and a different one starts afresh beside it."""
     t = cfg.tune
-    key = (cfg.model.family, t.tuner, t.max_epochs, t.hyperband_factor, t.batch_size,
-           t.train_examples, t.eval_examples, cfg.seed, moments["shape"])  # fmt: skip
-    return f"{cfg.model.family}-{t.tuner}-" + hashlib.sha256(repr(key).encode()).hexdigest()[:10]
+    key = (families(cfg), cfg.model.beta, OBJECTIVE, t.tuner, t.max_epochs, t.hyperband_factor,
+           t.batch_size, t.train_examples, t.eval_examples, cfg.seed, moments["shape"])  # fmt: skip
+    name = "+".join(families(cfg))
+    return f"{name}-{t.tuner}-" + hashlib.sha256(repr(key).encode()).hexdigest()[:10]
 
 
 # ---- artifact I/O ----------------------------------------------------------------------
+
+
+def _write(ctx, family: str, searched: list[str], hp) -> None:
+    write_json(
+        ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json",
+        {"family": family, "families": searched, "values": hp.values, "config": hp.get_config()},
+    )
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     import keras
 
     cfg = ctx.config
+    if cfg.model.baseline:
+        _write(ctx, cfg.model.baseline, [cfg.model.baseline], hyperparameters())
+        ctx.log(f"tune: baseline {cfg.model.baseline} is a fixed architecture; no search")
+        return {"tune_trials": 0, "tune_best_score": None}
     examples = ctx.inputs["transformed_examples"]
     moments = read_json(ctx.inputs["transform_graph"] / "transform.json")
     keras.utils.set_random_seed(cfg.seed)
@@ -77,10 +96,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     valid = read_split(examples, "eval", ("noisy", "clean"), cfg.tune.eval_examples)
     hypermodel = partial(
         build_model,
-        family=cfg.model.family,
+        family=families(cfg),
         shape=moments["shape"],
         mean=moments["mean"],
         std=moments["std"],
+        beta=cfg.model.beta,
     )
     tuner = make_tuner(
         cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"],
@@ -95,11 +115,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )
     trials = tuner.oracle.get_best_trials(1)
     score = trials[0].score if trials else None
-    out = ctx.outputs["best_hyperparameters"]
-    write_json(
-        out / "best_hyperparameters.json",
-        {"family": cfg.model.family, "values": best.values, "config": best.get_config()},
-    )
+    _write(ctx, best.values.get("family", families(cfg)[0]), families(cfg), best)
     n_trials = len(tuner.oracle.trials)
     ctx.log(f"tune: {n_trials} trials, best {OBJECTIVE}={score:.4f} {best.values}")
     return {"tune_trials": n_trials, "tune_best_score": score}

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from components.models import BASELINES, FAMILIES
+
 PROFILES_DIR = Path(__file__).parent / "profiles"
 
 
@@ -56,8 +58,15 @@ class BeamConfig(_Section):
     num_shards: int = Field(4, ge=1)
 
 
+Family = Literal[FAMILIES]  # dense, conv, vae, conv_vae
+
+
 class ModelConfig(_Section):
-    family: Literal["dense", "conv"] = "conv"
+    family: Family = "conv"
+    # A seed article's fixed architecture instead of a tuned family (the search is skipped).
+    baseline: Literal[BASELINES] | None = None
+    # KL weight of the VAE families (1: the loss is the negative ELBO); null: tuned (0.1-1).
+    beta: float | None = Field(1.0, gt=0.0)
 
 
 class TuneConfig(_Section):
@@ -65,6 +74,8 @@ class TuneConfig(_Section):
     max_trials: int = Field(6, ge=1)  # random / bayesian
     max_epochs: int = Field(3, ge=1)  # hyperband's top rung; epochs per trial otherwise
     hyperband_factor: int = Field(3, ge=2)
+    # Families one search spans (the family becomes a hyperparameter); null: model.family.
+    families: list[Family] | None = Field(None, min_length=1)
     batch_size: int = Field(128, ge=1)
     # Trials search on a subset: layer sizes rank the same on a few thousand images.
     train_examples: int | None = Field(12000, ge=1)
@@ -77,12 +88,27 @@ class TrainConfig(_Section):
     patience: int = Field(3, ge=1)
 
 
+class NoiseSpec(_Section):
+    kind: Literal["gaussian", "salt_pepper", "mask"]
+    level: float = Field(ge=0.0, le=1.0)  # stddev; fraction of pixels hit; fraction masked
+
+
 class EvaluateConfig(_Section):
     # Blessed only if denoising gains at least this much PSNR over the noisy input ...
     min_psnr_gain_db: float = 3.0
+    # ... reaches this absolute PSNR (null: no floor) ...
+    min_psnr_db: float | None = None
     # ... and is not worse than the served version by more than this, on the same test set.
     max_regression_db: float = Field(0.5, ge=0.0)
     batch_size: int = Field(512, ge=1)
+    # Corruptions the model is also scored under (made from the clean test images).
+    noise_kinds: list[NoiseSpec] = Field(
+        default_factory=lambda: [
+            NoiseSpec(kind="gaussian", level=0.5),
+            NoiseSpec(kind="salt_pepper", level=0.2),
+            NoiseSpec(kind="mask", level=0.3),
+        ]
+    )
 
 
 class PushConfig(_Section):

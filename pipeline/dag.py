@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from components import evaluate, ingest, push, train, transform, tune, validate
+from components import evaluate, ingest, push, report, train, transform, tune, validate
 
 EXAMPLES = "transform.transformed_examples"
 GRAPH = "transform.transform_graph"
@@ -39,6 +39,17 @@ DAG: tuple[Node, ...] = (
         },
     ),  # fmt: skip
     Node("evaluate", evaluate, {"transformed_examples": EXAMPLES, "model": "train.model"}),
+    Node(
+        "report",
+        report,
+        {
+            "transformed_examples": EXAMPLES,
+            "model": "train.model",
+            "model_run": "train.model_run",
+            "evaluation": "evaluate.evaluation",
+            "blessing": "evaluate.blessing",
+        },
+    ),  # fmt: skip
     Node(
         "push",
         push,

@@ -6,6 +6,11 @@ which is what makes the temporary-directory-then-rename push invisible until com
 Signature `serving_default`: input `images`, float32 [N, H, W, C] in [0, 1] (divide 8-bit
 pixels by 255); output `denoised`, float32 of the same shape in [0, 1]. The graph clips the
 input to [0, 1] and standardizes it with the training statistics (inside the model).
+
+A VAE also gets `encode` (`images` -> `z_mean`, `z_log_var`, float32 [N, Z]) and `decode`
+(`z`, float32 [N, Z], any real values -> `images` in [0, 1]), so a client can sample from
+the prior N(0, I) or walk the latent space. `serving_default` stays deterministic: it
+decodes the z mean.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from pathlib import Path
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"
 OUTPUT_NAME = "denoised"
+ENCODE, DECODE = "encode", "decode"  # a VAE's extra signatures
+LATENT_NAME = "z"
 WARMUP_FILE = "tf_serving_warmup_requests"
 SERVABLE_FILE = "dae_servable.json"  # the input range the graph expects, for validation
 
@@ -50,18 +57,47 @@ def export_servable(model, path: Path) -> None:
     def serve(images):
         return {OUTPUT_NAME: model(tf.clip_by_value(images, 0.0, 1.0), training=False)}
 
-    archive.add_endpoint(
-        name=SIGNATURE,
-        fn=serve,
-        input_signature=[tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)],
-    )
+    images_spec = [tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)]
+    archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=images_spec)
+    ranges = {SIGNATURE: [0.0, 1.0]}
+    if _add_vae_endpoints(archive, model, images_spec):
+        ranges |= {ENCODE: [0.0, 1.0], DECODE: None}  # z is unbounded
     archive.write_out(str(path), verbose=False)
     extra = Path(path) / "assets.extra"
     extra.mkdir(exist_ok=True)
     with tf.io.TFRecordWriter(str(extra / WARMUP_FILE)) as w:
         for record in warmup_records(shape):
             w.write(record)
-    (extra / SERVABLE_FILE).write_text(json.dumps({"input_range": [0.0, 1.0]}))
+    servable = {"input_range": [0.0, 1.0], "signature_input_ranges": ranges}
+    (extra / SERVABLE_FILE).write_text(json.dumps(servable))
+
+
+def _add_vae_endpoints(archive, model, images_spec) -> bool:
+    """`encode` and `decode` for a VAE (found by its named parts); False for other models."""
+    import keras
+    import tensorflow as tf
+
+    from components.vae import parts
+
+    found = parts(model)
+    if found is None:
+        return False
+    encoder, decoder = found
+
+    def encode(images):
+        z_mean, z_log_var = encoder(tf.clip_by_value(images, 0.0, 1.0), training=False)
+        return {"z_mean": z_mean, "z_log_var": z_log_var}
+
+    def decode(z):
+        return {INPUT_NAME: keras.ops.sigmoid(decoder(z, training=False))}
+
+    latent = int(encoder.outputs[0].shape[-1])
+    archive.add_endpoint(name=ENCODE, fn=encode, input_signature=images_spec)
+    archive.add_endpoint(
+        name=DECODE, fn=decode,
+        input_signature=[tf.TensorSpec((None, latent), tf.float32, name=LATENT_NAME)],
+    )  # fmt: skip
+    return True
 
 
 def warmup_records(shape, batch_sizes=(1, 64)) -> list[bytes]:

@@ -9,12 +9,16 @@ def test_metrics_of_perfect_and_noisy_reconstructions():
     rng = np.random.default_rng(0)
     clean = rng.random((8, 28, 28, 1)).astype(np.float32)
     perfect = evaluate.image_metrics(clean, clean)
-    assert perfect == {"mse": 0.0, "psnr": 100.0, "ssim": pytest.approx(1.0)}
+    assert {k: perfect[k] for k in ("mse", "psnr")} == {"mse": 0.0, "psnr": 100.0}
+    assert perfect["ssim"] == pytest.approx(1.0)
+    # Cross-entropy of a perfect gray reconstruction is the pixels' own entropy, not 0.
+    entropy = -(clean * np.log(clean) + (1 - clean) * np.log(1 - clean)).mean()
+    assert perfect["bce"] == pytest.approx(entropy, rel=1e-3)
     noisy = np.clip(clean + rng.normal(0, 0.1, clean.shape), 0, 1).astype(np.float32)
     m = evaluate.image_metrics(noisy, clean)
     # PSNR = 10 log10(1 / MSE) per image; for near-equal MSEs the mean agrees closely.
     assert m["psnr"] == pytest.approx(10 * np.log10(1 / m["mse"]), abs=0.2)
-    assert 0 < m["ssim"] < 1
+    assert 0 < m["ssim"] < 1 and m["bce"] > perfect["bce"]
 
 
 def test_batching_does_not_change_metrics():
@@ -35,6 +39,40 @@ def test_batching_does_not_change_metrics():
 def test_blessing_rules(denoised, baseline, blessed, needle):
     ok, reason = evaluate.bless({"psnr_noisy": 10.0, "psnr_denoised": denoised}, baseline, 3.0, 0.5)
     assert ok is blessed and needle in reason
+
+
+def test_an_absolute_psnr_floor_can_be_required():
+    metrics = {"psnr_noisy": 10.0, "psnr_denoised": 18.0}
+    ok, reason = evaluate.bless(metrics, None, 3.0, 0.5, min_psnr_db=20.0)
+    assert not ok and "below the required floor 20.0 dB" in reason
+    assert evaluate.bless(metrics, None, 3.0, 0.5, min_psnr_db=17.5)[0]
+
+
+def test_per_class_means_leave_out_unlabelled_images():
+    values = np.array([1.0, 3.0, 10.0, 7.0])
+    assert evaluate.per_class(values, np.array([0, 0, 2, -1])) == {"0": 2.0, "2": 10.0}
+    assert evaluate.per_class(values, np.full(4, -1)) == {}
+
+
+def test_each_corruption_is_scored_on_the_same_noise_every_time():
+    from components.noise import corrupt
+    from pipeline.config import NoiseSpec
+
+    clean = (np.random.default_rng(0).random((6, 12, 12, 1)) < 0.3).astype(np.float32)
+    kinds = [NoiseSpec(kind="gaussian", level=0.5), NoiseSpec(kind="mask", level=0.3)]
+    table = evaluate.noise_table(lambda x: x, clean, kinds)
+    assert list(table) == ["gaussian:0.5", "mask:0.3"]
+    # An identity "denoiser" leaves the noise as it is; the draw is seeded.
+    row = table["gaussian:0.5"]
+    assert row["psnr_denoised"] == row["psnr_noisy"] < 12 and row["level"] == 0.5
+    assert evaluate.noise_table(lambda x: x, clean, kinds) == table
+    masked = corrupt(clean, "mask", 1.0, np.random.default_rng(0))
+    assert not masked.any()
+    gray = np.float32(100 / 255)  # 8-bit values survive the 8-bit rounding
+    sp = corrupt(np.full((1000,), gray), "salt_pepper", 0.2, np.random.default_rng(0))
+    assert set(np.unique(sp)) == {0.0, gray, 1.0} and 0.15 < np.mean(sp != gray) < 0.25
+    with pytest.raises(ValueError, match="unknown noise kind 'speckle'"):
+        corrupt(clean, "speckle", 0.1, np.random.default_rng(0))
 
 
 def test_nan_output_is_never_blessed():
@@ -83,6 +121,10 @@ def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
 
     first, outs = _run_evaluate(tmp_path, cfg, examples, model_dir, "first")
     assert first["baseline_version"] is None and first["baseline_psnr"] is None
+    assert first["baseline_metrics"] is None and "neg_elbo" not in first
+    assert set(first["noise_kinds"]) == {"gaussian:0.5", "salt_pepper:0.2", "mask:0.3"}
+    assert set(first["psnr_per_class"]) <= {str(k) for k in range(10)}
+    assert {"mse_clean_input", "bce_noisy", "bce_denoised", "ssim_clean_input"} <= set(first)
     # An untrained model barely denoises: not blessed, and the blessing says why.
     assert first["blessed"] is False and (outs["blessing"] / "NOT_BLESSED").exists()
     assert read_json(outs["evaluation"] / "metrics.json")["psnr_noisy"] == first["psnr_noisy"]
@@ -91,6 +133,22 @@ def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
     second, _ = _run_evaluate(tmp_path, cfg, examples, model_dir, "second")
     assert second["baseline_version"] == 1
     assert second["baseline_psnr"] == pytest.approx(second["psnr_denoised"], abs=1e-3)
+    # The comparison table: the served version scored on this run's test images.
+    assert second["baseline_metrics"]["ssim"] == pytest.approx(second["ssim_denoised"], abs=1e-4)
+
+
+def test_a_vae_is_scored_by_its_elbo(tmp_path):
+    from components import models
+
+    cfg, examples = _pairs(tmp_path)
+    model = models.build_model(models.hyperparameters(), "conv_vae", (28, 28, 1), 0.1, 0.3)
+    (tmp_path / "model").mkdir()
+    models.deployable(model).save(tmp_path / "model" / "model.keras")
+    result, outs = _run_evaluate(tmp_path, cfg, examples, tmp_path / "model", "vae")
+    assert result["neg_elbo"] == pytest.approx(result["reconstruction_nats"] + result["kl"])
+    # An untrained decoder outputs about 0.5 everywhere: about 784 ln 2 nats per image.
+    assert result["reconstruction_nats"] == pytest.approx(784 * np.log(2), rel=0.1)
+    assert read_json(outs["evaluation"] / "metrics.json")["neg_elbo"] == result["neg_elbo"]
 
 
 def test_a_served_model_of_another_shape_is_not_a_baseline(tmp_path):

@@ -71,6 +71,11 @@ def test_train_fits_and_keeps_the_best_weights(transformed, make_ctx, small):
     history = read_json(tctx.outputs["model_run"] / "history.json")
     assert len(history["loss"]) == summary["train_epochs"] == 3
     assert history["loss"][-1] < history["loss"][0]
+    # Annealed over the budget: cosine from the tuned rate down.
+    lr = read_json(ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json")["values"]
+    expected = [train.cosine(e, lr=lr["learning_rate"], epochs=3) for e in range(3)]
+    assert history["learning_rate"] == pytest.approx(expected, rel=1e-5)
+    assert train.cosine(5, lr=1.0, epochs=10) == pytest.approx(0.5)
     assert summary["train_best_val_loss"] == pytest.approx(min(history["val_loss"]))
     assert (tctx.outputs["model"] / "model.keras").is_file()
     assert (tctx.outputs["model"] / "best.weights.h5").is_file()
@@ -84,6 +89,60 @@ def test_train_fits_and_keeps_the_best_weights(transformed, make_ctx, small):
     # The saved model carries the best epoch's weights, not the last epoch's.
     loss = model.evaluate(valid["noisy"], valid["clean"], verbose=0)
     assert loss == pytest.approx(min(history["val_loss"]), rel=1e-3)
+
+
+def _tune_then_train(transformed, make_ctx, cfg):
+    ctx = make_ctx(dict(transformed), tune.OUTPUTS, cfg)
+    summary = tune.run(ctx)
+    inputs = {**transformed, "best_hyperparameters": ctx.outputs["best_hyperparameters"]}
+    tctx = make_ctx(inputs, train.OUTPUTS, cfg)
+    train.run(tctx)
+    best = read_json(ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json")
+    return summary, best, tctx.outputs
+
+
+def test_one_search_spans_families_and_train_rebuilds_the_winner(transformed, make_ctx, small):
+    import keras
+
+    from components import vae
+
+    small.tune.families = ["dense", "vae"]
+    small.tune.max_trials = 3
+    small.model.beta = None  # searched too
+    summary, best, out = _tune_then_train(transformed, make_ctx, small)
+    assert summary["tune_trials"] == 3 and best["families"] == ["dense", "vae"]
+    assert best["family"] == best["values"]["family"] in ("dense", "vae")
+    assert all(k == "family" or k.startswith(best["family"] + "/") for k in best["values"])
+    model = keras.models.load_model(out["model"] / "model.keras", compile=False)
+    assert (vae.parts(model) is not None) == (best["family"] == "vae")
+    info = read_json(out["model"] / "model.json")
+    assert info["family"] == best["family"] and info["hyperparameters"] == best["values"]
+
+
+def test_a_vae_trains_and_keeps_its_loss_terms(transformed, make_ctx, small):
+    import keras
+
+    from components import vae
+
+    small.model.family = "conv_vae"
+    small.tune.max_trials = 1
+    _, best, out = _tune_then_train(transformed, make_ctx, small)
+    history = read_json(out["model_run"] / "history.json")
+    assert {"kl", "reconstruction", "val_kl", "val_mse"} <= set(history)
+    assert history["loss"][-1] < history["loss"][0]
+    model = keras.models.load_model(out["model"] / "model.keras", compile=False)
+    assert vae.latent_dim(model) == best["values"]["latent_dim"]
+    assert read_json(out["model"] / "model.json")["vae"] is True
+
+
+def test_a_baseline_is_not_searched(transformed, make_ctx, small):
+    small.model.baseline = "seed_conv"
+    summary, best, out = _tune_then_train(transformed, make_ctx, small)
+    assert summary == {"tune_trials": 0, "tune_best_score": None}
+    assert not any(out["model"].parent.glob("tuner_results/*"))
+    assert best["family"] == "seed_conv"
+    info = read_json(out["model"] / "model.json")
+    assert info["family"] == "seed_conv" and info["hyperparameters"] == {"learning_rate": 1e-3}
 
 
 def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):

@@ -77,3 +77,47 @@ def test_a_stray_file_named_like_a_version_is_stepped_over(model, tmp_path):
     os.utime(old_tmp, (0, 0))  # left by a pusher killed long ago
     version, _ = export.push(model, base)
     assert version == 2 and export.versions(base) == [2] and not old_tmp.exists()
+
+
+def test_a_vae_also_exports_encode_and_decode(tmp_path):
+    import json
+
+    import keras
+    import tensorflow as tf
+
+    from components import vae
+
+    trainer = models.build_model(models.hyperparameters(), "conv_vae", (28, 28, 1), 0.13, 0.31)
+    models.deployable(trainer).save(tmp_path / "model.keras")
+    model = keras.models.load_model(tmp_path / "model.keras", compile=False)  # as push does
+    _, path = export.push(model, tmp_path / "m")
+    loaded = tf.saved_model.load(str(path))
+    sigs = loaded.signatures
+    assert set(sigs) == {export.SIGNATURE, export.ENCODE, export.DECODE}
+
+    x = np.random.default_rng(0).random((5, 28, 28, 1)).astype(np.float32)
+    codes = sigs[export.ENCODE](images=tf.constant(x))
+    z_dim = vae.latent_dim(model)
+    assert {k: tuple(v.shape) for k, v in codes.items()} == {
+        "z_mean": (5, z_dim), "z_log_var": (5, z_dim),
+    }  # fmt: skip
+    # serving_default is deterministic: the decoded z mean.
+    denoised = sigs[export.SIGNATURE](images=tf.constant(x))[export.OUTPUT_NAME].numpy()
+    decoded = sigs[export.DECODE](z=codes["z_mean"])[export.INPUT_NAME].numpy()
+    np.testing.assert_allclose(denoised, decoded, atol=1e-5)
+    np.testing.assert_allclose(denoised, model.predict(x, verbose=0), atol=1e-5)
+    # Generating: any z from the prior decodes to images in [0, 1].
+    prior = tf.random.stateless_normal((7, z_dim), seed=(1, 2)) * 3
+    samples = sigs[export.DECODE](z=prior)[export.INPUT_NAME].numpy()
+    assert samples.shape == (7, 28, 28, 1) and samples.min() >= 0 and samples.max() <= 1
+    servable = json.loads((path / "assets.extra" / export.SERVABLE_FILE).read_text())
+    assert servable["signature_input_ranges"][export.DECODE] is None
+    assert servable["input_range"] == [0.0, 1.0]
+    assert export.load_servable(path).input_shape == (None, 28, 28, 1)
+
+
+def test_an_autoencoder_has_only_the_serving_signature(model, tmp_path):
+    import tensorflow as tf
+
+    _, path = export.push(model, tmp_path / "m")
+    assert set(tf.saved_model.load(str(path)).signatures) == {export.SIGNATURE}

@@ -1,0 +1,208 @@
+"""Denoising quality: the seed articles' baselines against the tuned model, side by side.
+
+In one run and on the same epoch budget, trains the seed baselines (seed_mlp, seed_conv,
+seed_vae, seed_vae_128), the tuned model (the pipeline's own search: its tuner, its subset,
+its families) and a tuned VAE (a search over the VAE families, beta = 1), then scores them
+on the MNIST and Fashion-MNIST test splits with gaussian noise (sigma 0.5): PSNR, SSIM and,
+for VAEs, the test -ELBO in nats per image of the clean images given the noisy ones (the
+denoising bound, `neg_elbo` in metrics.json). The data are the prepared TFDS datasets
+(`dae data prepare`); noise is drawn from fixed seeds, so every model sees the same images.
+
+    .venv/bin/python bench/quality.py [--quick] [--epochs 20] [--batch-size 64]
+                                      [--datasets mnist fashion_mnist] [--json results.json]
+
+Targets (MNIST): tuned >= best seed baseline + 3.0 dB and >= 21 dB; a VAE at <= 95 nats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SEEDS = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
+TARGET_GAIN_DB, TARGET_PSNR_DB, TARGET_ELBO = 3.0, 21.0, 95.0
+
+
+def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None, sigma: float):
+    """{split: (noisy, clean, labels)}: train / eval as the pipeline splits them (90 / 10),
+    the official test split, each corrupted from its own fixed seed."""
+    import tensorflow_datasets as tfds
+
+    from components.noise import corrupt
+
+    def split(name, n):
+        ds = tfds.load(dataset, split=name, batch_size=-1, data_dir=os.path.expanduser(data_dir),
+                       download=False)  # fmt: skip
+        data = tfds.as_numpy(ds)
+        return data["image"][:n].astype(np.float32) / 255.0, data["label"][:n]
+
+    images, labels = split("train", limit)
+    n_eval = len(images) // 10
+    parts = {
+        "eval": (images[:n_eval], labels[:n_eval]),
+        "train": (images[n_eval:], labels[n_eval:]),
+        "test": split("test", test_limit),
+    }
+    out = {}
+    for i, (name, (clean, y)) in enumerate(parts.items()):
+        out[name] = (corrupt(clean, "gaussian", sigma, np.random.default_rng(1000 + i)), clean, y)
+    return out
+
+
+def tuned_hyperparameters(cfg, families, data, moments, work: Path, beta):
+    """The pipeline's tune stage, on the same subset sizes, in a scratch directory."""
+    from components import tune
+    from components.models import build_model
+
+    hypermodel = partial(build_model, family=families, beta=beta, **moments)
+    tuner = tune.make_tuner(cfg.tune.tuner, hypermodel, work, "+".join(families), cfg.seed,
+                            cfg.tune)  # fmt: skip
+    t, e = cfg.tune.train_examples, cfg.tune.eval_examples
+    train, valid = data["train"], data["eval"]
+    return tune.search(tuner, (train[0][:t], train[1][:t]), (valid[0][:e], valid[1][:e]),
+                       cfg.tune.max_epochs, cfg.tune.batch_size)  # fmt: skip
+
+
+def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0):
+    """Fit on the whole training split for `epochs` (EarlyStopping as the pipeline's), score
+    the deployable model on the test split."""
+    import keras
+
+    from components import evaluate, train, vae
+    from components.models import build_model, deployable
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(hp, family, beta=beta, **moments)
+    start = time.perf_counter()
+    history = train.fit(model, data["train"][:2], data["eval"][:2], epochs, cfg.train.batch_size,
+                        cfg.train.patience, checkpoint=work / f"{name}.weights.h5")  # fmt: skip
+    seconds = time.perf_counter() - start
+    served = deployable(model)
+    noisy, clean, _ = data["test"]
+    m = evaluate.image_metrics(served.predict(noisy, batch_size=512, verbose=0), clean)
+    row = {
+        "model": name,
+        "family": hp.values.get("family") or (family if isinstance(family, str) else family[0]),
+        "params": model.count_params(),
+        "epochs": len(history["loss"]),
+        "psnr": m["psnr"],
+        "ssim": m["ssim"],
+        "neg_elbo": None,
+        "train_seconds": round(seconds, 1),
+        "hyperparameters": hp.values,
+    }
+    if vae.parts(served) is not None:
+        row["neg_elbo"] = vae.elbo(served, noisy, clean)["neg_elbo"]
+    return row
+
+
+def bench_dataset(dataset, args, cfg) -> list[dict]:
+    from components import evaluate
+    from components.models import FAMILIES, VAES, hyperparameters
+
+    data = load(dataset, cfg.data.data_dir, args.limit, args.test_limit, 0.5)
+    clean = data["train"][1]
+    moments = {"shape": clean.shape[1:], "mean": float(clean.mean()), "std": float(clean.std())}
+    noisy = evaluate.image_metrics(data["test"][0], data["test"][1])
+    rows = [{"model": "noisy input", "family": "-", "psnr": noisy["psnr"], "ssim": noisy["ssim"]}]
+    print(_line(dataset, rows[0]), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for seed in SEEDS:
+            rows.append(train_and_score(seed, seed, hyperparameters(), data, moments, cfg,
+                                        args.epochs, work))  # fmt: skip
+            print(_line(dataset, rows[-1]), flush=True)
+        searches = {"tuned": (cfg.tune.families or [cfg.model.family], cfg.model.beta),
+                    "tuned VAE": ([f for f in FAMILIES if f in VAES], 1.0)}  # fmt: skip
+        for name, (families, beta) in searches.items():
+            start = time.perf_counter()
+            hp = tuned_hyperparameters(cfg, families, data, moments, work / name, beta)
+            tune_s = round(time.perf_counter() - start, 1)
+            row = train_and_score(name, families, hp, data, moments, cfg, args.epochs, work, beta)
+            rows.append(row | {"tune_seconds": tune_s})
+            print(_line(dataset, rows[-1]), flush=True)
+    return [r | {"dataset": dataset} for r in rows]
+
+
+def _fmt(v, spec: str, width: int):
+    return f"{'-':>{width}}" if v is None else f"{v:>{width}{spec}}"
+
+
+def _line(dataset, r) -> str:
+    return (
+        f"{dataset:<14} {r['model']:<13} {r['family']:<13} {_fmt(r.get('epochs'), '', 3)} "
+        f"{_fmt(r.get('params'), ',', 9)} {r['psnr']:7.2f} {r['ssim']:6.3f} "
+        f"{_fmt(r.get('neg_elbo'), '.1f', 8)} "
+        f"{_fmt(r.get('train_seconds'), '.1f', 7)}"
+    )
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """The issue's targets, on MNIST."""
+    mnist = {r["model"]: r for r in rows if r["dataset"] == "mnist"}
+    if "tuned" not in mnist:
+        return []
+    best_seed = max((mnist[s] for s in SEEDS if s in mnist), key=lambda r: r["psnr"])
+    gain = mnist["tuned"]["psnr"] - best_seed["psnr"]
+    elbos = [(r["neg_elbo"], r["model"]) for r in mnist.values() if r.get("neg_elbo")]
+    best = min(elbos, default=(float("nan"), "-"))
+
+    def ok(b):
+        return "PASS" if b else "FAIL"
+
+    return [
+        f"tuned vs best seed ({best_seed['model']}): {gain:+.2f} dB "
+        f"(target >= +{TARGET_GAIN_DB}): {ok(gain >= TARGET_GAIN_DB)}",
+        f"tuned PSNR {mnist['tuned']['psnr']:.2f} dB (target >= {TARGET_PSNR_DB}): "
+        f"{ok(mnist['tuned']['psnr'] >= TARGET_PSNR_DB)}",
+        f"best VAE -ELBO {best[0]:.1f} nats, {best[1]} (target <= {TARGET_ELBO}): "
+        f"{ok(best[0] <= TARGET_ELBO)}",
+    ]
+
+
+def main(argv=None) -> int:
+    from pipeline.config import load_config
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])
+    p.add_argument("--epochs", type=int, default=20, help="every model's budget")
+    p.add_argument("--batch-size", type=int, default=64, help="every model's batch size")
+    p.add_argument("--config", default=None, help="a dae config (tuner, families, budget)")
+    p.add_argument("--quick", action="store_true", help="a smoke check on a few thousand images")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+    overrides = []
+    args.limit = args.test_limit = None
+    if args.quick:  # every model, tiny: a check that the benchmark runs, not a measurement
+        args.limit, args.test_limit = 3000, 500
+        overrides = ["tune.tuner=random", "tune.max_trials=2", "tune.max_epochs=1",
+                     "tune.train_examples=1000", "tune.eval_examples=200"]  # fmt: skip
+    overrides.append(f"train.batch_size={args.batch_size}")
+    cfg = load_config(args.config, "default", overrides)
+    args.epochs = 2 if args.quick else args.epochs
+    print(f"{'dataset':<14} {'model':<13} {'family':<13} {'ep':>3} {'params':>9} {'PSNR':>7} "
+          f"{'SSIM':>6} {'-ELBO':>8} {'train s':>7}", flush=True)  # fmt: skip
+    rows = []
+    for dataset in args.datasets:
+        rows += bench_dataset(dataset, args, cfg)
+    print()
+    for line in verdicts(rows):
+        print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The report: its pure pieces, then the page a real (tiny) run makes for a VAE and a conv
+autoencoder: every file exists, every PNG decodes, every grid has the size it claims."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components import evaluate, models, report, transform
+from components.artifacts import write_json
+
+
+def grid_size(rows: int, cols: int, h: int = 28, w: int = 28) -> tuple[int, int]:
+    """(width, height) in pixels of a mosaic of rows x cols images."""
+    s, pad = report.SCALE, report.PAD
+    return ((w + pad) * cols + pad) * s, ((h + pad) * rows + pad) * s
+
+
+def png_size(path) -> tuple[int, int]:
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()  # decodes the whole file
+        return image.size
+
+
+def test_mosaic_places_every_image_in_its_cell():
+    rows = [np.full((3, 4, 5, 1), v, np.float32) for v in (0.0, 0.5)]
+    out = report.mosaic(rows)
+    s, pad = report.SCALE, report.PAD
+    assert out.shape == (((4 + pad) * 2 + pad) * s, ((5 + pad) * 3 + pad) * s)
+    assert out[pad * s, pad * s] == 0.0 and out[(pad + 4 + pad) * s, pad * s] == 0.5
+    assert out[0, 0] == 1.0  # white gaps
+    assert report.mosaic([np.zeros((2, 4, 4, 3))]).shape[-1] == 3  # colour stays colour
+
+
+def test_principal_plane_and_manifold_grid():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 1, (500, 5)) * [5, 1, 0.1, 0.1, 0.1]
+    mean, axes, std = report.pca_2d(z)
+    assert abs(axes[0][0]) == pytest.approx(1, abs=0.01) and std[0] == pytest.approx(5, rel=0.1)
+    grid = report.manifold_points(z, n=10)
+    assert grid.shape == (100, 5)
+    # First row walks axis 1 from -2 to +2 stddevs at axis 2 = -2 stddevs.
+    assert grid[9, 0] - grid[0, 0] == pytest.approx(4 * std[0] * axes[0][0], rel=1e-5)
+    assert report.manifold_points(rng.normal(0, 1, (50, 2)), n=3).shape == (9, 2)
+
+
+def test_tables_show_every_evaluator_table():
+    metrics = {f"{k}_{s}": 1.5 for k in ("mse", "bce", "psnr", "ssim")
+               for s in ("noisy", "denoised", "clean_input")}  # fmt: skip
+    metrics |= {"baseline_version": 3, "baseline_metrics": {"psnr": 20.25},
+                "noise_kinds": {"mask:0.3": {"psnr_noisy": 8.5}}, "psnr_per_class": {"7": 21.0},
+                "neg_elbo": 90.0, "reconstruction_nats": 80.0, "kl": 10.0}  # fmt: skip
+    tables = dict(report.metric_tables(metrics))
+    assert len(tables) == 4
+    (main,) = [t for title, t in tables.items() if "this run" in title]
+    assert "served version 3" in main and "20.25" in main
+    assert any("mask:0.3" in t for t in tables.values())
+    assert any("<th>7</th>" in t and "21" in t for t in tables.values())
+    assert any("-ELBO" in t and "90" in t for t in tables.values())
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """Transformed examples of a few digit-like images, in a module-wide temp dir."""
+    from support import digit_like, write_examples
+
+    from components.artifacts import StageContext
+    from pipeline.config import load_config
+
+    tmp = tmp_path_factory.mktemp("report")
+    cfg = load_config(None, "smoke")
+    images, labels = digit_like(40, seed=4)
+    raw = write_examples(tmp / "raw", {"train": (images, labels), "test": (images, labels)})
+    outs = {"transformed_examples": tmp / "t", "transform_graph": tmp / "g"}
+    transform.run(StageContext(cfg, {"examples": raw}, outs, "r", tmp, tmp, print))
+    return tmp, cfg, outs["transformed_examples"]
+
+
+def _report_for(family, tiny_run, name):
+    from components.artifacts import StageContext
+
+    tmp, cfg, examples = tiny_run
+    d = tmp / name
+    inputs = {k: d / k for k in report.INPUTS if k != "transformed_examples"}
+    inputs["transformed_examples"] = examples
+    for k in ("model", "model_run", "evaluation", "blessing"):
+        inputs[k].mkdir(parents=True)
+    model = models.build_model(models.hyperparameters(), family, (28, 28, 1), 0.1, 0.3)
+    models.deployable(model).save(inputs["model"] / "model.keras")
+    write_json(inputs["model"] / "model.json", {"family": family, "hyperparameters": {}})
+    history = {"loss": [0.3, 0.2], "val_loss": [0.31, 0.25], "mse": [0.1, 0.05]}
+    write_json(inputs["model_run"] / "history.json", history)
+    outs = {"evaluation": inputs["evaluation"], "blessing": inputs["blessing"]}
+    ctx = StageContext(cfg, inputs, outs, "r1", tmp, tmp / "serving", lambda m: None)
+    evaluate.run(ctx)
+    out = d / "report"
+    out.mkdir()
+    logged = []
+    ctx = StageContext(cfg, inputs, {"report": out}, "r1", tmp, tmp / "serving", logged.append)
+    summary = report.run(ctx)
+    assert summary == {"report": str(out / "index.html")} and logged == [
+        f"report: {out}/index.html"
+    ]
+    return out
+
+
+@pytest.mark.parametrize("family", ["vae", "conv_vae"])
+def test_a_vae_run_report_has_every_figure(tiny_run, family):
+    out = _report_for(family, tiny_run, family)
+    page = (out / "index.html").read_text()
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["corruptions.png", "denoising.png", "latent_manifold.png",
+                    "latent_scatter.png", "prior_samples.png", "training_curves.png"]  # fmt: skip
+    for name in pngs:
+        assert f"src='{name}'" in page
+        png_size(out / name)
+    assert "http" not in page  # self-contained
+    assert png_size(out / "denoising.png") == grid_size(3, report.EXAMPLES)
+    assert png_size(out / "corruptions.png") == grid_size(2 * 3, report.EXAMPLES)  # 3 kinds
+    assert png_size(out / "prior_samples.png") == grid_size(10, 10)
+    assert png_size(out / "latent_manifold.png") == grid_size(10, 10)
+    assert "-ELBO" in page and "blessed" in page
+
+
+@pytest.mark.parametrize("family", ["conv", "dense"])
+def test_an_autoencoder_report_has_no_latent_figures(tiny_run, family):
+    out = _report_for(family, tiny_run, family)
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["corruptions.png", "denoising.png", "training_curves.png"]
+    assert "-ELBO" not in (out / "index.html").read_text()
