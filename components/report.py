@@ -21,6 +21,7 @@ from components.artifacts import StageContext, read_json, read_split
 
 INPUTS = ("transformed_examples", "model", "model_run", "evaluation", "blessing")
 OUTPUTS = ("report",)  # the runner makes it the stage folder itself: runs/<id>/report/
+CACHEABLE = False  # a view of this run (its id, the served version now): always made anew
 PAD, SCALE = 2, 2
 EXAMPLES = 12  # test images in the denoising grids
 LATENT_POINTS = 2000  # test images in the latent scatter

@@ -26,6 +26,7 @@ from components.artifacts import (
     write_json,
 )
 from components.beam_setup import beam_options, import_beam, pipeline_runner
+from components.noise import corrupt
 
 # Statistics gate the transform: it runs only on examples that passed validation.
 INPUTS = ("examples", "statistics")
@@ -45,18 +46,11 @@ def example_rng(seed: int, split: str, example_id: int) -> np.random.Generator:
 
 
 def add_noise(clean: np.ndarray, noise, rng: np.random.Generator) -> np.ndarray:
-    """Corrupt a [0, 1] image the configured way; the result is clipped to [0, 1]."""
-    if noise.kind == "gaussian":
-        noisy = clean + rng.normal(0.0, noise.stddev, clean.shape)
-    elif noise.kind == "salt_pepper":
-        hit = rng.random(clean.shape) < noise.salt_pepper
-        salt = rng.random(clean.shape) < 0.5
-        noisy = np.where(hit, salt.astype(np.float32), clean)
-    elif noise.kind == "mask":
-        noisy = np.where(rng.random(clean.shape) < noise.mask_fraction, 0.0, clean)
-    else:
-        raise ValueError(f"unknown noise kind {noise.kind!r}")
-    return np.clip(noisy, 0.0, 1.0).astype(np.float32)
+    """Corrupt a [0, 1] image the configured way (components.noise: the evaluator scores
+    the same corruptions); the result is clipped to [0, 1] and on the 8-bit grid."""
+    level = {"gaussian": noise.stddev, "salt_pepper": noise.salt_pepper,
+             "mask": noise.mask_fraction}.get(noise.kind)  # fmt: skip
+    return corrupt(clean, noise.kind, level, rng)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -87,6 +87,8 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
     )
     lines.append(f"stage times: {times} (total {sum(metrics['stage_seconds'].values()):.1f}s)")
     lines.append(f"metrics: {root / 'runs' / metrics['run_id'] / 'metrics.json'}")
+    if metrics.get("report"):
+        lines.append(f"report: {metrics['report']}")
     return "\n".join(lines)
 
 

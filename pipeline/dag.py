@@ -1,7 +1,8 @@
 """The pipeline's DAG: each stage, its component, and which artifacts feed it.
 
 An input is bound as "producer_stage.output_name"; the runner resolves it to the folder
-`runs/<run_id>/<producer_stage>/<output_name>/`.
+`runs/<run_id>/<producer_stage>/<output_name>/`. The report comes last: it reads what
+the others wrote, and a report that fails never holds a push back.
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ DAG: tuple[Node, ...] = (
     ),  # fmt: skip
     Node("evaluate", evaluate, {"transformed_examples": EXAMPLES, "model": "train.model"}),
     Node(
+        "push",
+        push,
+        {
+            "model": "train.model",
+            "blessing": "evaluate.blessing",
+            "evaluation": "evaluate.evaluation",
+        },
+    ),  # fmt: skip
+    Node(
         "report",
         report,
         {
@@ -48,15 +58,6 @@ DAG: tuple[Node, ...] = (
             "model_run": "train.model_run",
             "evaluation": "evaluate.evaluation",
             "blessing": "evaluate.blessing",
-        },
-    ),  # fmt: skip
-    Node(
-        "push",
-        push,
-        {
-            "model": "train.model",
-            "blessing": "evaluate.blessing",
-            "evaluation": "evaluate.evaluation",
         },
     ),  # fmt: skip
 )

@@ -80,7 +80,7 @@ class Tracker:
                 "code": code}  # fmt: skip
 
     def hit(self, n: Node, key: str) -> tuple[dict, dict[str, dict]] | None:
-        if not self.use_cache:
+        if not self.use_cache or not getattr(n.component, "CACHEABLE", True):
             return None
         for execution in self.store.cache_candidates(n.name, key):
             outputs = self.store.artifacts_of(execution["id"])

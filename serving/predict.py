@@ -122,7 +122,7 @@ class Predictor:
     async def _predict(self, model, version, signature, inputs):
         servable = self.servable(model, version)
         sig = self.signature(servable, signature)
-        arrays = validate_inputs(sig, inputs, servable.input_range)
+        arrays = validate_inputs(sig, inputs, servable.input_ranges.get(sig.name))
         if self.batcher is not None and len(arrays) == 1:
             ((name, rows),) = arrays.items()
             key = (servable.version, id(servable), sig.name, rows.shape[1:], rows.dtype.str)

@@ -65,7 +65,7 @@ class Servable:
         proto = saved_model_pb2.SavedModel()
         proto.ParseFromString((self.path / "saved_model.pb").read_bytes())
         self.signature_defs = proto.meta_graphs[0].signature_def
-        self.input_range = _declared_range(self.path)
+        self.input_ranges = _declared_ranges(self.path)
         self.warmup()
 
     def warmup(self) -> int:
@@ -94,15 +94,17 @@ class Servable:
         return {k: v.numpy() for k, v in out.items()}
 
 
-def _declared_range(path: Path) -> tuple[float, float] | None:
-    """dae's export records the input range its graph expects; other models declare none."""
+def _declared_ranges(path: Path) -> dict[str, tuple[float, float] | None]:
+    """dae's export records the input range each signature's graph expects (a VAE's
+    `decode` takes unbounded z: null); other models declare none."""
     import json
 
     meta = path / "assets.extra" / SERVABLE_FILE
     if not meta.is_file():
-        return None
-    lo, hi = json.loads(meta.read_text())["input_range"]
-    return float(lo), float(hi)
+        return {}
+    declared = json.loads(meta.read_text())
+    ranges = declared.get("signature_input_ranges") or {"serving_default": declared["input_range"]}
+    return {k: None if v is None else (float(v[0]), float(v[1])) for k, v in ranges.items()}
 
 
 @dataclass

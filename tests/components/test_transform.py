@@ -25,7 +25,7 @@ def test_noise_is_clipped_and_deterministic(kind):
 
 def test_noise_amounts_match_the_config():
     rng = np.random.default_rng(0)
-    big = np.full((200, 200), 0.5, np.float32)
+    big = np.full((200, 200), 128 / 255, np.float32)  # a pixel of an 8-bit image
     g = transform.add_noise(big, _noise("gaussian", stddev=0.1), rng)
     assert np.std(g - big) == pytest.approx(0.1, rel=0.05)
     sp = transform.add_noise(big, _noise("salt_pepper", salt_pepper=0.2), rng)
@@ -33,6 +33,8 @@ def test_noise_amounts_match_the_config():
     assert set(np.unique(sp[sp != big])) == {0.0, 1.0}
     m = transform.add_noise(big, _noise("mask", mask_fraction=0.3), rng)
     assert np.mean(m == 0) == pytest.approx(0.3, abs=0.01)
+    # Noisy images stay on the 8-bit grid, as the examples store them.
+    np.testing.assert_array_equal(np.round(g * 255) / 255, g)
 
 
 @pytest.mark.parametrize(

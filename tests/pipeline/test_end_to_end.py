@@ -11,7 +11,7 @@ from components.artifacts import read_split
 from pipeline.runner import METRIC_KEYS
 from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
-STAGES = ["ingest", "validate", "transform", "tune", "train", "evaluate", "push"]
+STAGES = ["ingest", "validate", "transform", "tune", "train", "evaluate", "push", "report"]
 
 
 @pytest.fixture(scope="module")

@@ -76,8 +76,8 @@ def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
 
 
 def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch):
-    assert runner.downstream("transform") == ["tune", "train", "evaluate", "push"]
-    assert runner.downstream("evaluate") == ["push"] and runner.downstream("push") == []
+    assert runner.downstream("transform") == ["tune", "train", "evaluate", "push", "report"]
+    assert runner.downstream("evaluate") == ["push", "report"] and runner.downstream("push") == []
     rdir = runner.run_dir(tmp_path, "r1")
     for stage in ("ingest", "validate", "transform", "tune", "train", "evaluate", "push"):
         (rdir / stage).mkdir(parents=True)

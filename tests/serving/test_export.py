@@ -114,6 +114,16 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     assert servable["signature_input_ranges"][export.DECODE] is None
     assert servable["input_range"] == [0.0, 1.0]
     assert export.load_servable(path).input_shape == (None, 28, 28, 1)
+    # The server validates each signature against its own range: z is unbounded.
+    from serving.predict import validate_inputs
+    from serving.servable import Servable, ServingError
+
+    served = Servable("m", 1, path)
+    ranges = served.input_ranges
+    z = np.full((2, z_dim), 3.0, np.float32)
+    validate_inputs(served.signatures[export.DECODE], {export.LATENT_NAME: z}, ranges["decode"])
+    with pytest.raises(ServingError, match="range"):
+        validate_inputs(served.signatures[export.ENCODE], {"images": x + 2}, ranges["encode"])
 
 
 def test_an_autoencoder_has_only_the_serving_signature(model, tmp_path):
