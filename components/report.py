@@ -21,7 +21,6 @@ from components.artifacts import StageContext, read_json, read_split
 
 INPUTS = ("transformed_examples", "model", "model_run", "evaluation", "blessing")
 OUTPUTS = ("report",)  # the runner makes it the stage folder itself: runs/<id>/report/
-CACHEABLE = False  # a view of this run (its id, the served version now): always made anew
 PAD, SCALE = 2, 2
 EXAMPLES = 12  # test images in the denoising grids
 LATENT_POINTS = 2000  # test images in the latent scatter
@@ -219,7 +218,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         f"hyperparameters {info['hyperparameters']}.",
         f"Evaluation: {verdict} ({blessing['reason']}).",
     ]
-    title = f"dae run {ctx.run_id}"
+    title = f"dae: {cfg.data.dataset}, {info['family']} (made by run {ctx.run_id})"
     (out / "index.html").write_text(page(title, intro, metric_tables(metrics), figures))
     path = out / "index.html"
     ctx.log(f"report: {path}")

@@ -87,8 +87,9 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
     )
     lines.append(f"stage times: {times} (total {sum(metrics['stage_seconds'].values()):.1f}s)")
     lines.append(f"metrics: {root / 'runs' / metrics['run_id'] / 'metrics.json'}")
-    if metrics.get("report"):
-        lines.append(f"report: {metrics['report']}")
+    report = root / "runs" / metrics["run_id"] / "report" / "index.html"
+    if report.is_file():
+        lines.append(f"report: {report}")
     return "\n".join(lines)
 
 

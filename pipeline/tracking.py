@@ -6,6 +6,7 @@ outputs still exist (for a pushed servable: still there, still the same model).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -80,7 +81,7 @@ class Tracker:
                 "code": code}  # fmt: skip
 
     def hit(self, n: Node, key: str) -> tuple[dict, dict[str, dict]] | None:
-        if not self.use_cache or not getattr(n.component, "CACHEABLE", True):
+        if not self.use_cache:
             return None
         for execution in self.store.cache_candidates(n.name, key):
             outputs = self.store.artifacts_of(execution["id"])
@@ -123,6 +124,10 @@ class Tracker:
                                     cached_from=execution["id"])  # fmt: skip
         sdir = rdir / n.name
         sdir.mkdir(parents=True, exist_ok=True)
+        own = outputs.get(n.name)  # an output that is the stage folder (the report): copied in
+        if own is not None and Path(own["uri"]).resolve() != sdir.resolve():
+            skip = shutil.ignore_patterns("stage.json", SUCCESS)
+            shutil.copytree(own["uri"], sdir, ignore=skip, dirs_exist_ok=True)
         uris = {k: a["uri"] for k, a in outputs.items() if k in n.component.OUTPUTS}
         write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary, "outputs": uris,
                                          "cached_from": execution["run_id"]})  # fmt: skip

@@ -67,9 +67,6 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-_progress = None  # set while an in-process pipeline runs: called with each batch's size
-
-
 def _read_rows(span, path: str):
     """(start, stop) -> keyed images, read from the inputs file by whichever worker runs it."""
     import numpy as np
