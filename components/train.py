@@ -5,6 +5,11 @@ watches the eval split, ModelCheckpoint keeps the best weights, TensorBoard logs
 and the loss curves (`history.json`) in the model_run artifact. The output is a Keras
 `.keras` file of the deployable model (for a VAE, its deterministic denoiser, which keeps
 the encoder and decoder as named parts); the pusher exports it.
+
+When TF_CONFIG names several workers, every one of them runs this stage and they train as
+one under MultiWorkerMirroredStrategy (`components.distributed`); the chief writes the
+outputs, the others the same files to a throwaway directory, and their record is the
+chief's.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from components import distributed
 from components.artifacts import StageContext, StageError, read_json, read_split, write_json
 from components.models import VAES, build_model, deployable, hyperparameters
 
@@ -73,6 +79,7 @@ def _backup_key(best: dict, moments: dict, train_cfg, beta) -> str:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
+    job = distributed.training_job()  # before any other TensorFlow work; None: one process
     import keras
 
     cfg = ctx.config
@@ -81,33 +88,45 @@ def run(ctx: StageContext) -> dict[str, Any]:
     best = read_json(ctx.inputs["best_hyperparameters"] / "best_hyperparameters.json")
     keras.utils.set_random_seed(cfg.seed)
     hp = hyperparameters(best["config"])
-    model = build_model(
-        hp, best.get("families", best["family"]),
-        moments["shape"], moments["mean"], moments["std"], beta=cfg.model.beta,
-    )  # fmt: skip
+    with distributed.scope(job):
+        model = build_model(
+            hp, best.get("families", best["family"]),
+            moments["shape"], moments["mean"], moments["std"], beta=cfg.model.beta,
+        )  # fmt: skip
     train = read_split(examples, "train", ("noisy", "clean"))
     valid = read_split(examples, "eval", ("noisy", "clean"))
-    out, run_dir = ctx.outputs["model"], ctx.outputs["model_run"]
-    out.mkdir(parents=True, exist_ok=True)
-    history = fit(
-        model,
-        (train["noisy"], train["clean"]),
-        (valid["noisy"], valid["clean"]),
-        cfg.train.epochs,
-        cfg.train.batch_size,
-        cfg.train.patience,
-        checkpoint=out / "best.weights.h5",
-        logs=run_dir / "logs",
-        backup=ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train, cfg.model.beta),
-    )
-    deployable(model).save(out / MODEL_FILE)
-    history = {k: [float(v) for v in vs] for k, vs in history.items()}
-    write_json(run_dir / "history.json", history)
-    write_json(
-        out / "model.json",
-        {"family": best["family"], "vae": best["family"] in VAES,
-         "hyperparameters": hp.values, "parameters": model.count_params()},
-    )  # fmt: skip
+    backup = ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train, cfg.model.beta)
+    dirs = distributed.worker_dirs(job, ctx.outputs["model"], ctx.outputs["model_run"],
+                                   backup=backup)  # fmt: skip
+    with dirs as (out, run_dir, backup):
+        out.mkdir(parents=True, exist_ok=True)
+        history = fit(
+            model,
+            (train["noisy"], train["clean"]),
+            (valid["noisy"], valid["clean"]),
+            cfg.train.epochs,
+            cfg.train.batch_size,
+            cfg.train.patience,
+            checkpoint=out / "best.weights.h5",
+            logs=run_dir / "logs",
+            backup=backup,
+        )
+        final = deployable(model)
+        final.save(out / MODEL_FILE)
+        history = {k: [float(v) for v in vs] for k, vs in history.items()}
+        write_json(run_dir / "history.json", history)
+        write_json(
+            out / "model.json",
+            {"family": best["family"], "vae": best["family"] in VAES,
+             "hyperparameters": hp.values, "parameters": model.count_params()},
+        )  # fmt: skip
     best_val = min(history["val_loss"])
     ctx.log(f"train: {len(history['loss'])} epochs, best val_loss={best_val:.4f}")
-    return {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}
+    summary = {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}
+    if job is None:
+        return summary
+    digest = distributed.weights_digest(final)
+    role = "chief" if job.chief else "worker"
+    ctx.log(f"train: {role} {job.index} of {job.workers} workers, weights sha256 {digest}")
+    summary |= {"train_workers": job.workers, "train_weights_sha256": digest}
+    return summary if job.chief else {**summary, "worker": True}

@@ -6,14 +6,22 @@ nats per image, an autoencoder's in nats per pixel). A `model.baseline` is a fix
 architecture: nothing to search. The search directory lives in the stage's output with
 overwrite=False, so an interrupted search picks up its finished trials instead of starting
 over.
+
+Distributed (Keras Tuner's chief/worker mode, `components.distributed`): every process
+runs this stage with the same config; the chief serves the oracle and writes the best
+hyperparameters once the workers are done, a worker runs trials, writes what it reported
+to `<search>/workers/<tuner id>.json` and leaves the stage's record to the chief.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+from components import distributed
 from components.artifacts import StageContext, read_json, read_split, write_json
 from components.models import OBJECTIVE, build_model, hyperparameters
 
@@ -45,8 +53,9 @@ def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_c
     raise ValueError(f"unknown tuner {kind!r}")
 
 
-def search(tuner, train, valid, epochs: int, batch_size: int):
-    """Run the search on (noisy, clean) arrays; returns the best HyperParameters."""
+def search(tuner, train, valid, epochs: int, batch_size: int, best: bool = True):
+    """Run the search on (noisy, clean) arrays; returns the best HyperParameters (a
+    distributed worker passes best=False: only the chief's oracle knows them)."""
     import keras_tuner as kt
 
     hyperband = isinstance(tuner.oracle, kt.oracles.HyperbandOracle)
@@ -54,7 +63,7 @@ def search(tuner, train, valid, epochs: int, batch_size: int):
     tuner.search(
         train[0], train[1], validation_data=valid, batch_size=batch_size, verbose=0, **kwargs
     )
-    return tuner.get_best_hyperparameters(1)[0]
+    return tuner.get_best_hyperparameters(1)[0] if best else None
 
 
 def families(cfg) -> list[str]:
@@ -85,6 +94,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     import keras
 
     cfg = ctx.config
+    role = distributed.tuner_role()
+    worker = role not in (None, "chief")
+    if cfg.model.baseline and worker:
+        return {"worker": True, "tuner_id": role, "tune_trials_run": 0}
     if cfg.model.baseline:
         _write(ctx, cfg.model.baseline, [cfg.model.baseline], hyperparameters())
         ctx.log(f"tune: baseline {cfg.model.baseline} is a fixed architecture; no search")
@@ -106,16 +119,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
         cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"],
         search_id(cfg, moments), cfg.seed, cfg.tune,
     )  # fmt: skip
-    best = search(
-        tuner,
-        (train["noisy"], train["clean"]),
-        (valid["noisy"], valid["clean"]),
-        cfg.tune.max_epochs,
-        cfg.tune.batch_size,
-    )
+    data = (train["noisy"], train["clean"]), (valid["noisy"], valid["clean"])
+    if worker:
+        return _work(ctx, tuner, role, data)
+    distributed.resume_oracle(tuner)
+    if role == "chief":
+        ctx.log(f"tune: chief serving the oracle on port {os.environ['KERASTUNER_ORACLE_PORT']}")
+    best = search(tuner, *data, cfg.tune.max_epochs, cfg.tune.batch_size)
     trials = tuner.oracle.get_best_trials(1)
     score = trials[0].score if trials else None
     _write(ctx, best.values.get("family", families(cfg)[0]), families(cfg), best)
     n_trials = len(tuner.oracle.trials)
     ctx.log(f"tune: {n_trials} trials, best {OBJECTIVE}={score:.4f} {best.values}")
     return {"tune_trials": n_trials, "tune_best_score": score}
+
+
+def _work(ctx, tuner, tuner_id: str, data) -> dict[str, Any]:
+    """A distributed worker: run the trials the chief hands out, keep what they scored."""
+    cfg = ctx.config
+    trials = distributed.record_trials(tuner, OBJECTIVE)
+    ctx.log(f"tune: worker {tuner_id} asking the chief for trials")
+    search(tuner, *data, cfg.tune.max_epochs, cfg.tune.batch_size, best=False)
+    path = Path(tuner.project_dir) / "workers" / f"{tuner_id}.json"
+    earlier = read_json(path) if path.is_file() else {}  # a restarted worker keeps its past
+    write_json(path, {**earlier, **trials})
+    scores = ", ".join(f"{k}: {v.get('score')}" for k, v in trials.items())
+    ctx.log(f"tune: worker {tuner_id} ran {len(trials)} trials ({scores})")
+    return {"worker": True, "tuner_id": tuner_id, "tune_trials_run": len(trials)}

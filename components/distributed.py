@@ -1,0 +1,194 @@
+"""Distributed tune and train (not a stage): Keras Tuner's chief/worker mode and
+MultiWorkerMirroredStrategy, both configured by the environment like their own tools.
+
+Tuning: KERASTUNER_ORACLE_IP makes a search distributed (Keras Tuner's rule), the process
+whose KERASTUNER_TUNER_ID contains "chief" serves the oracle over gRPC, every other one
+runs the trials it is handed. Training: TF_CONFIG naming more than one task makes `train`
+run under MultiWorkerMirroredStrategy; only the chief's files are the stage's outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from components.artifacts import StageError
+
+# ---- tuning ----------------------------------------------------------------------------
+
+
+def tuner_role() -> str | None:
+    """None for a search on its own, "chief" for the oracle server, else the worker's tuner
+    id. The same rule as keras_tuner's distribute utils, checked up front so a missing
+    variable is a one-line error instead of a traceback."""
+    if "KERASTUNER_ORACLE_IP" not in os.environ:
+        return None
+    for name in ("KERASTUNER_ORACLE_PORT", "KERASTUNER_TUNER_ID"):
+        if not os.environ.get(name):
+            raise StageError(f"KERASTUNER_ORACLE_IP is set but {name} is not")
+    tuner_id = os.environ["KERASTUNER_TUNER_ID"]
+    return "chief" if "chief" in tuner_id else tuner_id
+
+
+def record_trials(tuner, objective: str) -> dict[str, dict[str, Any]]:
+    """On a worker: each trial it ran as it reported it to the chief, {trial_id: {"values",
+    "score", "status"}}, the values as the model was built (a build can add some). Filled
+    in as the search goes: once a worker's search returns, the chief may be gone."""
+    client, scores, trials = tuner.oracle, {}, {}
+    update, end = client.update_trial, client.end_trial
+
+    def update_trial(trial_id, metrics, step=0):
+        scores[trial_id] = metrics.get(objective)
+        return update(trial_id, metrics, step=step)
+
+    def end_trial(trial):
+        values = dict(trial.hyperparameters.values)
+        trials[trial.trial_id] = {"values": values, "score": scores.get(trial.trial_id),
+                                  "status": trial.status}  # fmt: skip
+        return end(trial)
+
+    client.update_trial, client.end_trial = update_trial, end_trial
+    return trials
+
+
+def resume_oracle(tuner) -> None:
+    """Keras Tuner reloads a search only when this tuner id's own state file exists, so a
+    chief taking over a search run in one process (tuner0.json) would start it afresh and
+    overwrite its trials. Reload the oracle from the project's oracle.json instead."""
+    project = Path(tuner.project_dir)
+    if (project / "oracle.json").is_file() and not tuner.oracle.trials:
+        tuner.oracle.reload()
+
+
+# ---- training --------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingJob:
+    strategy: Any  # tf.distribute.MultiWorkerMirroredStrategy
+    workers: int
+    index: int  # this task's place in the cluster, in the order TF_CONFIG lists them
+    chief: bool  # writes the stage's outputs (TF's should_checkpoint)
+
+
+def cluster_size(tf_config: str | None = None) -> int:
+    """How many training tasks TF_CONFIG names (0 without one)."""
+    raw = os.environ.get("TF_CONFIG", "") if tf_config is None else tf_config
+    if not raw.strip():
+        return 0
+    try:
+        cluster = json.loads(raw)["cluster"]
+        return sum(len(cluster.get(job, ())) for job in ("chief", "worker"))
+    except (ValueError, KeyError, TypeError) as e:
+        raise StageError(f"TF_CONFIG is not a valid cluster description: {e}") from None
+
+
+def training_job() -> TrainingJob | None:
+    """A MultiWorkerMirroredStrategy when TF_CONFIG names more than one task, else None
+    (one process, no strategy: exactly the single-machine path). Created before any other
+    TensorFlow work, as collective ops require; it waits until every worker is up."""
+    workers = cluster_size()
+    if workers <= 1:
+        return None
+    import tensorflow as tf
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    resolver, spec = strategy.cluster_resolver, strategy.cluster_resolver.cluster_spec()
+    chiefs = spec.num_tasks("chief") if "chief" in spec.jobs else 0
+    index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
+    _patch_keras()
+    return TrainingJob(strategy, workers, index, bool(strategy.extended.should_checkpoint))
+
+
+def scope(job: TrainingJob | None):
+    """Where the model and its optimizer must be built."""
+    return job.strategy.scope() if job else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def worker_dirs(job: TrainingJob | None, *dirs: Path, backup: Path):
+    """The directories a training process writes to. The chief (or a lone process) writes
+    the real ones; another worker does the very same writes to a throwaway copy (TF's
+    advice: a save may need every worker), seeded with the chief's epoch backup so that
+    all workers resume from the same epoch."""
+    if job is None or job.chief:
+        yield (*dirs, backup)
+        return
+    tmp = Path(tempfile.mkdtemp(prefix=f"dae-train-worker{job.index}-"))
+    try:
+        mine = [tmp / f"{i}-{d.name}" for i, d in enumerate(dirs)]
+        for d in mine:
+            d.mkdir()
+        if backup.is_dir():
+            shutil.copytree(backup, tmp / "backup")
+        yield (*mine, tmp / "backup")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def weights_digest(model) -> str:
+    """sha256 of every weight's shape and bytes, in order: equal digests on all workers
+    mean bit-identical models."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        w = np.ascontiguousarray(w)
+        digest.update(f"{w.dtype}{w.shape}".encode() + w.tobytes())
+    return digest.hexdigest()
+
+
+# ---- Keras 3 + MultiWorkerMirroredStrategy ----------------------------------------------
+
+_PATCHED = False
+
+
+def _patch_keras() -> None:
+    """Two fixes Keras 3 needs for model.fit under MultiWorkerMirroredStrategy (keras#20585,
+    tensorflow#72388), applied only in a multi-worker process:
+    - fit's symbolic build reduces a whole (x, y) batch across workers to learn its shapes,
+      which CollectiveAllReduceStrategy.reduce cannot do for a nested structure: take this
+      worker's own batch instead (same shapes, no collective);
+    - each step's scalar metrics are reduced with axis=0 ("Invalid reduction dimension 0 for
+      input with 0 dimensions"): average them across workers with axis=None.
+    The epoch's logs (what EarlyStopping and ModelCheckpoint read) come from the metrics'
+    synced variables, so every worker sees the same values and decides alike."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    import tensorflow as tf
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer
+
+    multi_worker = trainer._collective_all_reduce_multi_worker
+    build, reduce = trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica
+
+    def local(strategy, v):
+        if isinstance(v, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(v)[0]
+        return v
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self.distribute_strategy
+        if iterator is not None and multi_worker(strategy):
+            for _, _, it in iterator:
+                data_batch = tree.map_structure(lambda v: local(strategy, v), next(it))
+                break
+            iterator = None
+        return build(self, iterator=iterator, data_batch=data_batch)
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction == "auto" and multi_worker(strategy):
+            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return reduce(values, strategy, reduction)
+
+    trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    trainer.reduce_per_replica = reduce_per_replica
+    _PATCHED = True
