@@ -107,6 +107,21 @@ def training_job() -> TrainingJob | None:
     return TrainingJob(strategy, workers, index, bool(strategy.extended.should_checkpoint))
 
 
+def secondary(stage: str) -> bool:
+    """Is this process a helper of a distributed `stage` (a tuner worker, a training worker
+    other than the chief)? Such a process must leave the stage folder, which the chief
+    clears and fills, alone. Read from the environment only: no TensorFlow import."""
+    if stage == "tune":
+        return tuner_role() not in (None, "chief")
+    if stage == "train" and cluster_size() > 1:
+        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
+        cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+        if "chief" in cluster:
+            return task.get("type") != "chief"
+        return not (task.get("type") == "worker" and int(task.get("index", 0)) == 0)
+    return False
+
+
 def scope(job: TrainingJob | None):
     """Where the model and its optimizer must be built."""
     return job.strategy.scope() if job else contextlib.nullcontext()

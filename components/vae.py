@@ -80,7 +80,9 @@ class VAE(keras.Model):
         noisy, clean = data[0], data[1]
         with tf.GradientTape() as tape:
             terms = self._terms(noisy, clean, training=True)
-            loss = keras.ops.mean(terms[0])
+            # Gradients are summed across replicas (MultiWorkerMirroredStrategy): average.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = keras.ops.mean(terms[0]) / replicas
         grads = tape.gradient(loss, self.trainable_weights)
         self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
         return self._record(terms)

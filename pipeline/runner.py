@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from components.artifacts import StageContext, StageError, read_json, write_json
+from components.distributed import secondary
 from pipeline.config import Config, dump_config
 from pipeline.dag import DAG, STAGES, Node, node
 from pipeline.tracking import Tracker, code_version, open_store
@@ -87,11 +88,12 @@ def execute(
     inputs = resolve_inputs(n, rdir) if inputs is None else inputs
     sdir = rdir / n.name
     resumable = getattr(n.component, "RESUMABLE", ())
-    (sdir / SUCCESS).unlink(missing_ok=True)
-    if sdir.is_dir():
-        for child in sdir.iterdir():
-            if work is not None or child.name not in resumable:
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if not secondary(n.name):  # a distributed job's chief clears its folder, not its workers
+        (sdir / SUCCESS).unlink(missing_ok=True)
+        if sdir.is_dir():
+            for child in sdir.iterdir():
+                if work is not None or child.name not in resumable:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
     outputs = {}
     for name in n.component.OUTPUTS:
         if name in resumable and work is not None:

@@ -35,14 +35,6 @@ def run(smoke_root, tmp_path):
     return copy, run_dir.name
 
 
-def _clear(stage_dir: Path) -> None:
-    """Each process of a distributed stage clears the stage folder as it starts (the runner
-    does); concurrent clearing of a populated folder races (rmtree: FileNotFoundError), so
-    these tests start from an empty one, as a fresh Job's stage would be cleared once."""
-    for child in stage_dir.iterdir():
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
-
-
 def _start(args, log: Path, **env) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if k not in OURS}
     with open(log, "w") as out:
@@ -78,7 +70,6 @@ def _finish(procs: dict[str, tuple[subprocess.Popen, Path]], timeout: float) -> 
 def test_a_chief_and_two_workers_search_together(run, tmp_path):
     root, run_id = run
     rdir = root / "runs" / run_id
-    _clear(rdir / "tune")
     port = str(free_port())
     args = ["stage", "tune", "--run", run_id, "--root", str(root), *TUNE_SETS]
     procs = {}
@@ -160,7 +151,6 @@ def test_tuner_roles_follow_keras_tuners_rule(monkeypatch):
 
 def _train(root: Path, run_id: str, tmp_path: Path, sets: list[str]) -> dict[str, str]:
     """`dae stage train` as two workers of one cluster; returns their logs."""
-    _clear(root / "runs" / run_id / "train")
     hosts = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     args = ["stage", "train", "--run", run_id, "--root", str(root), *sets]
     procs = {}
@@ -274,3 +264,29 @@ def test_a_worker_writes_to_a_throwaway_copy_seeded_with_the_chiefs_backup(tmp_p
         assert (dirs[2] / "training_metadata.json").read_text() == '{"epoch": 3}'
         (dirs[0] / "model.keras").write_text("x")
     assert not dirs[0].exists() and not model.exists()
+
+
+@pytest.mark.parametrize(
+    "stage, env, expected",
+    [
+        ("tune", {}, False),
+        ("tune", {"KERASTUNER_ORACLE_IP": "h", "KERASTUNER_ORACLE_PORT": "1",
+                  "KERASTUNER_TUNER_ID": "chief"}, False),
+        ("tune", {"KERASTUNER_ORACLE_IP": "h", "KERASTUNER_ORACLE_PORT": "1",
+                  "KERASTUNER_TUNER_ID": "tuner0"}, True),
+        ("train", {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                            "task": {"type": "worker", "index": 0}})}, False),
+        ("train", {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                                            "task": {"type": "worker", "index": 1}})}, True),
+        ("train", {"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
+                                            "task": {"type": "worker", "index": 0}})}, True),
+        ("train", {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]},
+                                            "task": {"type": "worker", "index": 0}})}, False),
+    ],
+)  # fmt: skip
+def test_only_the_chief_clears_a_distributed_stage_folder(monkeypatch, stage, env, expected):
+    for name in OURS:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.secondary(stage) is expected
