@@ -117,3 +117,18 @@ def copy_version(src: Path, base: Path, version: int) -> Path:
     shutil.copytree(src, tmp)
     os.rename(tmp, base / str(version))
     return base / str(version)
+
+
+def copy_root(src: Path, dst: Path) -> Path:
+    """A copy of a pipeline root whose metadata store points at the copy, so that runs in
+    it take their cache hits from the copied artifacts (the original stays untouched)."""
+    import sqlalchemy as sa
+
+    from pipeline.metadata import MetadataStore, default_url
+
+    shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
+    store = MetadataStore(default_url(dst))
+    with store.engine.begin() as c:
+        c.execute(sa.text("UPDATE artifacts SET uri = replace(uri, :old, :new)"),
+                  {"old": str(src), "new": str(dst)})  # fmt: skip
+    return dst

@@ -8,7 +8,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from support import DAE, dae
+from support import DAE, copy_root, dae
 
 from components.artifacts import StageError
 from pipeline import runner
@@ -99,20 +99,7 @@ def test_stage_processes_share_a_root_but_not_with_a_run(tmp_path):
 
 @pytest.fixture(scope="module")
 def cached_root(smoke_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cache")
-    shutil.copytree(smoke_root[0], root, dirs_exist_ok=True)
-    _rewrite_paths(root, str(smoke_root[0]))
-    return root
-
-
-def _rewrite_paths(root, old: str) -> None:
-    """A copied root: point the metadata store's uris at the copy."""
-    import sqlalchemy as sa
-
-    store = MetadataStore(default_url(root))
-    with store.engine.begin() as c:
-        c.execute(sa.text("UPDATE artifacts SET uri = replace(uri, :old, :new)"),
-                  {"old": old, "new": str(root)})  # fmt: skip
+    return copy_root(smoke_root[0], tmp_path_factory.mktemp("cache"))
 
 
 def _metrics(root, stdout):

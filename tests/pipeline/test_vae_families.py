@@ -3,29 +3,34 @@ working `encode` / `decode` signatures, the test -ELBO in metrics.json, and the 
 latent figures."""
 
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
-from support import dae
+from support import copy_root, dae
 
 from serving.export import DECODE, ENCODE, INPUT_NAME, LATENT_NAME, OUTPUT_NAME, SIGNATURE
 
 
 @pytest.mark.parametrize("family", ["vae", "conv_vae"])
-def test_a_vae_run_pushes_encode_and_decode(tmp_path, family):
+def test_a_vae_run_pushes_encode_and_decode(smoke_root, tmp_path, family):
     import tensorflow as tf
 
-    proc = dae(
-        "run", "--profile", "smoke", "--root", str(tmp_path), "--set", f"model.family={family}"
-    )
-    run_dir = next((tmp_path / "runs").iterdir())
+    # A copy of the smoke run's root: ingest, validate and transform come from the cache.
+    # Without its served conv model, so the blessing is the VAE's own PSNR gain.
+    root = copy_root(smoke_root[0], tmp_path / "root")
+    shutil.rmtree(root / "serving")
+    proc = dae("run", "--profile", "smoke", "--root", str(root), "--set", f"model.family={family}")
+    run_dir = root / "runs" / re.search(r"^run (\S+): succeeded$", proc.stdout, re.M)[1]
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["cached_stages"] == ["ingest", "validate", "transform"]
     assert metrics["pushed_version"] == 1, metrics.get("blessing_reason")
     # -ELBO = reconstruction + KL, in nats per image, both positive.
     assert metrics["kl"] > 0 and metrics["reconstruction_nats"] > 0
     assert metrics["neg_elbo"] == pytest.approx(metrics["reconstruction_nats"] + metrics["kl"])
 
-    sigs = tf.saved_model.load(str(tmp_path / "serving" / "denoiser" / "1")).signatures
+    sigs = tf.saved_model.load(str(root / "serving" / "denoiser" / "1")).signatures
     assert set(sigs) == {SIGNATURE, ENCODE, DECODE}
     images = tf.constant(np.random.default_rng(0).random((3, 28, 28, 1)), tf.float32)
     codes = sigs[ENCODE](**{INPUT_NAME: images})
