@@ -114,8 +114,8 @@ def secondary(stage: str) -> bool:
     if stage == "tune":
         return tuner_role() not in (None, "chief")
     if stage == "train" and cluster_size() > 1:
-        task = json.loads(os.environ["TF_CONFIG"]).get("task", {})
-        cluster = json.loads(os.environ["TF_CONFIG"])["cluster"]
+        tf_config = json.loads(os.environ["TF_CONFIG"])
+        task, cluster = tf_config.get("task", {}), tf_config["cluster"]
         if "chief" in cluster:
             return task.get("type") != "chief"
         return not (task.get("type") == "worker" and int(task.get("index", 0)) == 0)

@@ -95,7 +95,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     cfg = ctx.config
     role = distributed.tuner_role()
-    worker = role not in (None, "chief")
+    worker = distributed.secondary("tune")
     if cfg.model.baseline and worker:
         return {"worker": True, "tuner_id": role, "tune_trials_run": 0}
     if cfg.model.baseline:
