@@ -88,6 +88,46 @@ async def concurrent_clients(target: str, n: int, seconds: float, image) -> tupl
     return len(lat) / (time.perf_counter() - start), lat
 
 
+def _echo_server(port: int, ready) -> None:
+    """A PredictionService that answers with its input and runs no model: what grpc.aio's
+    per-request cost alone allows on this machine, the ceiling of any batching."""
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    class Echo(prediction_service_pb2_grpc.PredictionServiceServicer):
+        async def Predict(self, request, context):
+            response = predict_pb2.PredictResponse()
+            response.outputs["output_0"].CopyFrom(request.inputs["images"])
+            return response
+
+    async def serve():
+        server = grpc.aio.server()
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Echo(), server)
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        ready.set()
+        await server.wait_for_termination()
+
+    asyncio.run(serve())
+
+
+def rpc_ceiling(clients: int, seconds: float, image) -> float:
+    import multiprocessing
+
+    from support import free_port
+
+    port, ctx = free_port(), multiprocessing.get_context("spawn")
+    ready = ctx.Event()
+    proc = ctx.Process(target=_echo_server, args=(port, ready), daemon=True)
+    proc.start()
+    try:
+        ready.wait(60)
+        ips, _ = asyncio.run(concurrent_clients(f"127.0.0.1:{port}", clients, seconds, image))
+    finally:
+        proc.terminate()
+    return ips
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a servable version dir (default: build one)")
@@ -153,7 +193,10 @@ def main() -> int:
         int(counters["dae_serving_batched_rows_total"]),
         int(counters["dae_serving_batches_total"]),
     )
-    print(f"mean batch {rows / max(calls, 1):.1f} rows\n")
+    print(f"mean batch {rows / max(calls, 1):.1f} rows")
+    ceiling = rpc_ceiling(args.clients, args.seconds, one)
+    print(f"{args.clients} clients, no model (echo): {ceiling:>7.0f} img/s = "
+          f"{ceiling / unbatched:.2f}x unbatched, the RPC layer's limit\n")  # fmt: skip
     p99_b = np.percentile(lat_b, 99) * 1e3
     print("targets:")
     print(f"  gRPC / in-process at batch 64: {at64['grpc']:.2f}x (>= 0.8)")

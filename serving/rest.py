@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving import status
+from serving import json_tensor, status
 from serving.predict import Predictor, invalid
 from serving.servable import ServingError
 
@@ -103,16 +103,27 @@ def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
         raw = await request.body()
         if len(raw) > max_body_bytes:
             raise invalid(f"request body is over the {max_body_bytes} byte limit")
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise invalid(f"JSON parse error: {e}") from None
-        servable = predictor.servable(name, version)
-        sig = predictor.signature(
-            servable, body.get("signature_name") if isinstance(body, dict) else None
-        )
-        inputs, row = parse_predict_body(body, list(sig.inputs))
+        fast = json_tensor.loads(raw, ("instances", "inputs"))
+        if fast:
+            sig = predictor.signature(predictor.servable(name, version), fast[2])
+            (input_name, info), *others = sig.inputs.items()
+        if fast and not others and info.dtype.kind == "f":
+            inputs, row = {input_name: fast[1]}, fast[0] == "instances"
+        else:  # the generic path: any body TF Serving takes, and every error message
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise invalid(f"JSON parse error: {e}") from None
+            sig = predictor.signature(
+                predictor.servable(name, version),
+                body.get("signature_name") if isinstance(body, dict) else None,
+            )
+            inputs, row = parse_predict_body(body, list(sig.inputs))
         _, _, outputs = await predictor.predict(name, version, sig.name, inputs)
+        if len(outputs) == 1:
+            key = b'{"predictions":' if row else b'{"outputs":'
+            body = key + json_tensor.dumps(next(iter(outputs.values()))) + b"}"
+            return Response(body, media_type="application/json")
         return _json(format_predict_response(outputs, row))
 
     async def dispatch(request: Request) -> Response:

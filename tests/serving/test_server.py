@@ -161,6 +161,13 @@ def test_dynamic_batching_merges_concurrent_requests(make_server, tmp_path, expe
     assert rows == 16 + 0 and batches <= 4, metrics
 
 
+def _ragged_same_size():
+    """Two images, 29 and 27 rows: as many numbers as a [2, 28, 28, 1] batch."""
+    rows = IMAGES[:2].tolist()
+    rows[0].append(rows[1].pop())
+    return rows
+
+
 BAD_REST = [
     ({"instances": [[1.0, 2.0]]}, "has shape [1, 2], expected [N, 28, 28, 1]"),
     ({"instances": [[["a"] * 1] * 28] * 1}, "non-numeric"),
@@ -170,6 +177,7 @@ BAD_REST = [
     ({"inputs": {"pixels": IMAGES[:1].tolist()}}, "unknown input 'pixels'"),
     ({"signature_name": "encode", "instances": IMAGES[:1].tolist()}, "'encode' not found"),
     ({"instances": [[0.1], [0.1, 0.2]]}, "ragged"),
+    ({"instances": _ragged_same_size()}, "ragged"),
     ({"instances": [], "inputs": []}, "exactly one of 'instances'"),
     ([1, 2, 3], "must be a JSON object"),
 ]
