@@ -1,15 +1,15 @@
 """SIGKILL at each recovery point, then a re-run: resume, no partial artifacts, nothing
-half-written under serving/."""
+half-written under serving/. Most start from a copy of the session's smoke root with one
+setting changed, so only the stages from the one under test on run again."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
 
 import pytest
-from support import DAE, dae
+from support import DAE, copy_root, dae
 
 from components.artifacts import read_schema, read_split
 from pipeline.metadata import MetadataStore, default_url
@@ -53,38 +53,52 @@ def _metrics(stdout):
     return json.loads(open(path[0]).read())
 
 
-def test_killed_during_tune_keeps_finished_trials(tmp_path):
+def _new(pattern: str, root):
+    """Files matching `pattern` under `root` that a later glob finds and this one did not."""
+    before = set(root.glob(pattern))
+    return lambda: [f for f in root.glob(pattern) if f not in before]
+
+
+def test_killed_during_tune_keeps_finished_trials(smoke_root, tmp_path):
+    root = copy_root(smoke_root[0], tmp_path / "root")
+    trials = _new("work/tune/*/tuner_results/*/trial_*/trial.json", root)
+
     def trial_done():
-        for f in tmp_path.glob("work/tune/*/tuner_results/*/trial_*/trial.json"):
+        for f in trials():
             if json.loads(f.read_text() or "{}").get("status") == "COMPLETED":
                 return f, f.read_text()
         return None
 
-    trial, before = kill_when([*SMOKE, "--root", str(tmp_path)], trial_done)
-    dae(*SMOKE, "--root", str(tmp_path))
+    args = [*SMOKE, "--root", str(root), "--set", "tune.max_epochs=2"]
+    trial, before = kill_when(args, trial_done)
+    dae(*args)
     assert trial.read_text() == before  # the finished trial was kept, not redone
     assert len(list(trial.parent.parent.glob("trial_*"))) == 2  # max_trials, not 2 more
-    tunes = [e["status"] for e in _executions(tmp_path, "tune")]
-    assert tunes == ["failed", "succeeded"]
+    tunes = [e["status"] for e in _executions(root, "tune")]
+    assert tunes == ["succeeded", "failed", "succeeded"]  # the smoke run's, killed, re-run
 
 
-def test_killed_during_train_resumes_from_the_last_epoch(tmp_path):
+def test_killed_during_train_resumes_from_the_last_epoch(smoke_root, tmp_path):
+    root = copy_root(smoke_root[0], tmp_path / "root")
+    backups = _new("work/train/*/checkpoints/*/training_metadata.json", root)
+
     def epoch_saved():
-        for f in tmp_path.glob("work/train/*/checkpoints/*/training_metadata.json"):
+        for f in backups():
             epoch = json.loads(f.read_text() or "{}").get("epoch")
             if epoch is not None and epoch >= 2:
                 return epoch
         return None
 
-    args = [*SMOKE, "--root", str(tmp_path), "--set", "train.patience=100"]
+    args = [*SMOKE, "--root", str(root), "--set", "train.patience=100", "--set", "train.epochs=8"]
     epoch = kill_when(args, epoch_saved)
     metrics = _metrics(dae(*args).stdout)
+    assert metrics["cached_stages"] == ["ingest", "validate", "transform", "tune"]
     history = json.loads(
-        (tmp_path / "runs" / metrics["run_id"] / "train" / "model_run" / "history.json").read_text()
+        (root / "runs" / metrics["run_id"] / "train" / "model_run" / "history.json").read_text()
     )
-    # 25 epochs from scratch; resumed, only those after the last backup.
-    assert 0 < len(history["loss"]) <= 25 - epoch
-    killed = [e for e in _executions(tmp_path, "train") if e["status"] == "failed"]
+    # 8 epochs from scratch; resumed, only those after the last backup.
+    assert 0 < len(history["loss"]) <= 8 - epoch
+    killed = [e for e in _executions(root, "train") if e["status"] == "failed"]
     assert killed and "killed" in killed[0]["error"]
 
 
@@ -108,10 +122,12 @@ def test_killed_during_transform_never_uses_partial_shards(tmp_path):
 
 
 def test_killed_during_push_leaves_the_served_version_alone(smoke_root, tmp_path):
-    shutil.copytree(smoke_root[0] / "serving", tmp_path / "serving")
-    base = tmp_path / "serving" / "denoiser"
+    root = copy_root(smoke_root[0], tmp_path / "root")
+    base = root / "serving" / "denoiser"
     v1 = sorted(p.name for p in (base / "1").rglob("*"))
-    args = [*SMOKE, "--root", str(tmp_path), "--set", "seed=3"]
+    # A shorter training (another model to push) that the blessing lets through.
+    changes = ["train.epochs=8", "evaluate.max_regression_db=50"]
+    args = [*SMOKE, "--root", str(root), *(a for c in changes for a in ("--set", c))]
     kill_when(args, lambda: next(base.glob(".tmp-*"), None))
     assert versions(base) == [1]  # no half-written version 2 is visible
     assert sorted(p.name for p in (base / "1").rglob("*")) == v1
