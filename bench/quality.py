@@ -6,7 +6,9 @@ its families) and a tuned VAE (a search over the VAE families, beta = 1), then s
 on the MNIST and Fashion-MNIST test splits with gaussian noise (sigma 0.5): PSNR, SSIM and,
 for VAEs, the test -ELBO in nats per image of the clean images given the noisy ones (the
 denoising bound, `neg_elbo` in metrics.json). The data are the prepared TFDS datasets
-(`dae data prepare`); noise is drawn from fixed seeds, so every model sees the same images.
+(`dae data prepare`); noise is drawn from fixed seeds, so every model sees the same images,
+and every model trains as the pipeline's trainer does (with `train.fresh_noise`, new noise
+on the training images each epoch).
 
     .venv/bin/python bench/quality.py [--quick] [--epochs 20] [--batch-size 64]
                                       [--datasets mnist fashion_mnist] [--json results.json]
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SEEDS = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
 TARGET_GAIN_DB, TARGET_PSNR_DB, TARGET_ELBO = 3.0, 21.0, 95.0
+SIGMA = 0.5
 
 
 def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None, sigma: float):
@@ -81,12 +84,15 @@ def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, be
 
     from components import evaluate, train, vae
     from components.models import build_model, deployable
+    from components.noise import corrupt
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(hp, family, beta=beta, **moments)
     start = time.perf_counter()
+    fresh = partial(corrupt, kind="gaussian", level=SIGMA) if cfg.train.fresh_noise else None
     history = train.fit(model, data["train"][:2], data["eval"][:2], epochs, cfg.train.batch_size,
-                        cfg.train.patience, checkpoint=work / f"{name}.weights.h5")  # fmt: skip
+                        cfg.train.patience, checkpoint=work / f"{name}.weights.h5",
+                        noise=fresh, seed=cfg.seed)  # fmt: skip
     seconds = time.perf_counter() - start
     served = deployable(model)
     noisy, clean, _ = data["test"]
@@ -111,7 +117,7 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
     from components import evaluate
     from components.models import FAMILIES, VAES, hyperparameters
 
-    data = load(dataset, cfg.data.data_dir, args.limit, args.test_limit, 0.5)
+    data = load(dataset, cfg.data.data_dir, args.limit, args.test_limit, SIGMA)
     clean = data["train"][1]
     moments = {"shape": clean.shape[1:], "mean": float(clean.mean()), "std": float(clean.std())}
     noisy = evaluate.image_metrics(data["test"][0], data["test"][1])

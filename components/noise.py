@@ -22,3 +22,10 @@ def corrupt(clean: np.ndarray, kind: str, level: float, rng: np.random.Generator
     else:
         raise ValueError(f"unknown noise kind {kind!r} (known: {', '.join(KINDS)})")
     return (np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+
+
+def configured(noise) -> tuple[str, float]:
+    """(kind, level) of the pipeline's `noise` config section."""
+    levels = {"gaussian": noise.stddev, "salt_pepper": noise.salt_pepper,
+              "mask": noise.mask_fraction}  # fmt: skip
+    return noise.kind, levels[noise.kind]

@@ -20,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components import distributed
+from components import distributed, noise
 from components.artifacts import StageContext, StageError, read_json, read_split, write_json
 from components.models import VAES, build_model, deployable, hyperparameters
 
@@ -33,12 +33,43 @@ MODEL_FILE = "model.keras"
 # ---- pure core -------------------------------------------------------------------------
 
 
+def fresh_noise(clean, corrupt, batch_size: int, seed: int):
+    """(noisy, clean) batches whose noise is drawn anew every epoch, in a new order: a
+    denoiser trained on one fixed draw learns that draw's noise (its validation loss turns
+    up after a few epochs) instead of the corruption. `corrupt(clean, rng=...)` -> noisy.
+    Each batch is a function of (seed, epoch, index) alone, so prefetching cannot change it."""
+    import keras
+    import numpy as np
+
+    class FreshNoise(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.epoch = 0
+            self.order = np.random.default_rng((seed, 0)).permutation(len(clean))
+
+        def __len__(self):
+            return math.ceil(len(clean) / batch_size)
+
+        def __getitem__(self, i):
+            rows = np.sort(self.order[i * batch_size : (i + 1) * batch_size])
+            target = clean[rows]
+            return corrupt(target, rng=np.random.default_rng((seed, self.epoch, i))), target
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(clean))
+
+    return FreshNoise()
+
+
 def fit(
     model, train, valid, epochs: int, batch_size: int, patience: int, checkpoint,
-    logs=None, backup=None, callbacks=(),
+    logs=None, backup=None, callbacks=(), noise=None, seed: int = 0,
 ):  # fmt: skip
     """Fit on (noisy, clean) arrays; leaves the model with the best epoch's weights.
-    With `backup`, an interrupted fit resumes from its last finished epoch."""
+    With `backup`, an interrupted fit resumes from its last finished epoch. With `noise`
+    (`corrupt(clean, rng=...)`), the training images are corrupted anew each epoch and
+    train's noisy half is not used."""
     import keras
 
     extra = list(callbacks)
@@ -54,9 +85,12 @@ def fit(
     if logs is not None:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(logs)))
     callbacks += extra
+    if noise is None:
+        data = {"x": train[0], "y": train[1], "batch_size": batch_size}
+    else:
+        data = {"x": fresh_noise(train[1], noise, batch_size, seed)}
     history = model.fit(
-        train[0], train[1], validation_data=valid, epochs=epochs, batch_size=batch_size,
-        callbacks=callbacks, verbose=0,
+        **data, validation_data=valid, epochs=epochs, callbacks=callbacks, verbose=0
     )  # fmt: skip
     if not Path(checkpoint).exists():
         raise StageError("training diverged: val_loss was never finite, no weights were saved")
@@ -98,6 +132,12 @@ def run(ctx: StageContext) -> dict[str, Any]:
     backup = ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train, cfg.model.beta)
     dirs = distributed.worker_dirs(job, ctx.outputs["model"], ctx.outputs["model_run"],
                                    backup=backup)  # fmt: skip
+    fresh = None
+    if cfg.train.fresh_noise and job is None:
+        kind, level = noise.configured(cfg.noise)
+        fresh = partial(noise.corrupt, kind=kind, level=level)
+    elif cfg.train.fresh_noise:  # every worker must see the same batches as one process
+        ctx.log("train: fresh noise is off under MultiWorkerMirroredStrategy (transform's)")
     with dirs as (out, run_dir, backup):
         out.mkdir(parents=True, exist_ok=True)
         history = fit(
@@ -110,6 +150,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
             checkpoint=out / "best.weights.h5",
             logs=run_dir / "logs",
             backup=backup,
+            noise=fresh,
+            seed=cfg.seed,
         )
         final = deployable(model)
         final.save(out / MODEL_FILE)

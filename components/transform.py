@@ -26,7 +26,7 @@ from components.artifacts import (
     write_json,
 )
 from components.beam_setup import beam_options, import_beam, pipeline_runner
-from components.noise import corrupt
+from components.noise import configured, corrupt
 
 # Statistics gate the transform: it runs only on examples that passed validation.
 INPUTS = ("examples", "statistics")
@@ -48,9 +48,7 @@ def example_rng(seed: int, split: str, example_id: int) -> np.random.Generator:
 def add_noise(clean: np.ndarray, noise, rng: np.random.Generator) -> np.ndarray:
     """Corrupt a [0, 1] image the configured way (components.noise: the evaluator scores
     the same corruptions); the result is clipped to [0, 1] and on the 8-bit grid."""
-    level = {"gaussian": noise.stddev, "salt_pepper": noise.salt_pepper,
-             "mask": noise.mask_fraction}.get(noise.kind)  # fmt: skip
-    return corrupt(clean, noise.kind, level, rng)
+    return corrupt(clean, *configured(noise), rng)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ PARAMS = {
     "validate": ("validate",),
     "transform": ("seed", "noise", "beam"),
     "tune": ("seed", "model", "tune"),
-    "train": ("seed", "model", "train"),
+    "train": ("seed", "model", "train", "noise"),
     "evaluate": ("evaluate", "push.model_name"),
     "push": ("push",),
 }

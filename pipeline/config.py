@@ -86,6 +86,9 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(128, ge=1)
     patience: int = Field(3, ge=1)
+    # Corrupt the clean training images anew each epoch (the noise section's kind and
+    # level) rather than reuse transform's one draw, which a denoiser learns by heart.
+    fresh_noise: bool = True
 
 
 class NoiseSpec(_Section):

@@ -168,3 +168,28 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
     assert any((tmp_path / "backup").iterdir())
     history = train.fit(model(), **args)
     assert len(history["loss"]) == 2  # epochs 3 and 4 only
+
+
+def test_fresh_noise_draws_new_noise_each_epoch_and_covers_every_image():
+    from components.noise import corrupt
+
+    clean = np.random.default_rng(0).random((10, 4, 4, 1)).astype(np.float32)
+
+    def gaussian(x, rng):
+        return corrupt(x, "gaussian", 0.5, rng)
+
+    def epoch(data):
+        batches = [data[i] for i in range(len(data))]
+        data.on_epoch_end()
+        return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+    data = train.fresh_noise(clean, gaussian, batch_size=4, seed=7)
+    assert len(data) == 3
+    (noisy_0, clean_0), (noisy_1, clean_1) = epoch(data), epoch(data)
+    for targets in (clean_0, clean_1):  # every image once per epoch, in a new order
+        assert sorted(map(bytes, targets)) == sorted(map(bytes, clean))
+    order = [np.flatnonzero((clean == t).all(axis=(1, 2, 3)))[0] for t in clean_1]
+    assert not np.array_equal(noisy_1, noisy_0[order])  # the noise is new too
+    assert np.allclose(noisy_0 * 255, np.round(noisy_0 * 255), atol=1e-4)  # 8-bit, like transform
+    again = train.fresh_noise(clean, gaussian, batch_size=4, seed=7)
+    np.testing.assert_array_equal(epoch(again)[0], noisy_0)  # a function of the seed alone
