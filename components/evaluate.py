@@ -138,6 +138,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics = score(predict, test, cfg.evaluate.noise_kinds)
     if vae.parts(model) is not None:
         metrics |= vae.elbo(model, test["noisy"], test["clean"], NOISE_SEED)
+        # The generative model's bound on clean images, encoded clean: what VAE papers report.
+        clean_input = vae.elbo(model, test["clean"], test["clean"], NOISE_SEED)
+        metrics["neg_elbo_clean_input"] = clean_input["neg_elbo"]
     base = ctx.serving_dir / cfg.push.model_name
     version, served = _baseline(base, test["noisy"], test["clean"], ctx.log)
     baseline_psnr = served["psnr"] if served else None

@@ -140,6 +140,8 @@ def metric_tables(m: dict[str, Any]) -> list[tuple[str, str]]:
     if "neg_elbo" in m:
         rows = [["-ELBO", m["neg_elbo"]], ["reconstruction", m["reconstruction_nats"]],
                 ["KL", m["kl"]]]  # fmt: skip
+        if "neg_elbo_clean_input" in m:
+            rows.append(["-ELBO, clean input", m["neg_elbo_clean_input"]])
         out.append(("VAE, nats per image (noisy in, clean target)", table(rows, ["", "nats"])))
     return out
 

@@ -149,6 +149,7 @@ def test_a_vae_is_scored_by_its_elbo(tmp_path):
     # An untrained decoder outputs about 0.5 everywhere: about 784 ln 2 nats per image.
     assert result["reconstruction_nats"] == pytest.approx(784 * np.log(2), rel=0.1)
     assert read_json(outs["evaluation"] / "metrics.json")["neg_elbo"] == result["neg_elbo"]
+    assert result["neg_elbo_clean_input"] == pytest.approx(784 * np.log(2), rel=0.1)
 
 
 def test_a_served_model_of_another_shape_is_not_a_baseline(tmp_path):
