@@ -121,7 +121,8 @@ def rpc_ceiling(clients: int, seconds: float, image) -> float:
     proc = ctx.Process(target=_echo_server, args=(port, ready), daemon=True)
     proc.start()
     try:
-        ready.wait(60)
+        if not ready.wait(60):
+            raise RuntimeError("the echo server did not start")
         ips, _ = asyncio.run(concurrent_clients(f"127.0.0.1:{port}", clients, seconds, image))
     finally:
         proc.terminate()

@@ -104,10 +104,11 @@ def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
         if len(raw) > max_body_bytes:
             raise invalid(f"request body is over the {max_body_bytes} byte limit")
         fast = json_tensor.loads(raw, ("instances", "inputs"))
-        if fast:
+        if fast:  # one float tensor: only for a signature that takes exactly that
             sig = predictor.signature(predictor.servable(name, version), fast[2])
             (input_name, info), *others = sig.inputs.items()
-        if fast and not others and info.dtype.kind == "f":
+            fast = None if others or info.dtype.kind != "f" else fast
+        if fast:
             inputs, row = {input_name: fast[1]}, fast[0] == "instances"
         else:  # the generic path: any body TF Serving takes, and every error message
             try:
