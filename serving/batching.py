@@ -10,9 +10,11 @@ rather than queued into a latency spiral.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
+from collections import deque
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -66,21 +68,33 @@ class _Pending:
 
 
 class _Queue:
-    def __init__(self):
+    """The open batch of one key; it leaves `Batcher._queues` when it closes, so an unloaded
+    servable's runner is not kept alive by the batcher."""
+
+    def __init__(self, key: Hashable, run: Callable):
+        self.key, self.run = key, run
         self.pending: list[_Pending] = []
         self.rows = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.due = False  # its timeout passed: it runs as soon as a batch thread is free
 
 
 class Batcher:
     """Merges rows submitted under the same key; `run(rows)` maps N rows to a dict of
-    arrays with N rows each."""
+    arrays with N rows each.
+
+    As in TF Serving's shared batch scheduler, the timeout does not close a batch: it makes
+    the open batch eligible to run, and the batch stays open (and keeps taking rows) until
+    one of the `num_batch_threads` is free to take it. Under load, batches grow instead of
+    queueing up small ones behind busy threads."""
 
     def __init__(self, params: BatchingParameters):
         self.params = params
         self._pool = ThreadPoolExecutor(params.num_batch_threads, thread_name_prefix="batch")
         self._queues: dict[Hashable, _Queue] = {}
-        self._runners: dict[Hashable, Callable] = {}
+        self._closed: deque[tuple[Callable, list[_Pending]]] = deque()  # full, waiting for a thread
+        self._due: deque[_Queue] = deque()  # open batches past their timeout, oldest first
+        self._free = params.num_batch_threads
         self._waiting = 0  # closed batches not yet running or running
         self.batches_run = 0
         self.rows_run = 0
@@ -98,50 +112,84 @@ class Batcher:
                 f"the batch queue is full ({self._waiting} batches waiting); retry later"
             )
         loop = asyncio.get_running_loop()
-        queue = self._queues.setdefault(key, _Queue())
-        self._runners[key] = run
+        queue = self._open(key, run)
         if queue.rows + len(rows) > self.params.max_batch_size:
-            self._close(key, queue)
+            self._close(queue)
+            self._dispatch()
+            queue = self._open(key, run)
         item = _Pending(rows, loop.create_future())
         queue.pending.append(item)
         queue.rows += len(rows)
         if queue.rows >= self.params.max_batch_size:
-            self._close(key, queue)
-        elif queue.timer is None:
+            self._close(queue)
+            self._dispatch()
+        elif queue.timer is None and not queue.due:
             delay = self.params.batch_timeout_micros / 1e6
-            queue.timer = loop.call_later(delay, self._close, key, queue)
+            queue.timer = loop.call_later(delay, self._timeout, queue)
         return await item.future
 
-    def _close(self, key: Hashable, queue: _Queue) -> None:
+    def _open(self, key: Hashable, run: Callable) -> _Queue:
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(key, run)
+        return queue
+
+    def _timeout(self, queue: _Queue) -> None:
+        queue.timer = None
+        if queue.pending:
+            queue.due = True
+            self._due.append(queue)
+            self._dispatch()
+
+    def _close(self, queue: _Queue) -> None:
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
+        queue.due = False  # its entry in self._due (if any) is skipped: no pending rows
+        if self._queues.get(queue.key) is queue:
+            del self._queues[queue.key]
         if not queue.pending:
             return
         batch, queue.pending, queue.rows = queue.pending, [], 0
         self._waiting += 1
-        asyncio.get_running_loop().create_task(self._execute(self._runners[key], batch))
+        self._closed.append((queue.run, batch))
 
-    async def _execute(self, run, batch: list[_Pending]) -> None:
+    def _dispatch(self) -> None:
+        """Hand closed batches, then due open ones, to free batch threads."""
         loop = asyncio.get_running_loop()
-        rows = np.concatenate([p.rows for p in batch]) if len(batch) > 1 else batch[0].rows
+        while self._free > 0:
+            if not self._closed:
+                while self._due and not (self._due[0].due and self._due[0].pending):
+                    self._due.popleft()
+                if not self._due:
+                    return
+                self._close(self._due.popleft())
+            run, batch = self._closed.popleft()
+            self._free -= 1
+            rows = np.concatenate([p.rows for p in batch]) if len(batch) > 1 else batch[0].rows
+            done = functools.partial(self._done, batch=batch, n=len(rows))
+            future = self._pool.submit(run, rows)
+            future.add_done_callback(functools.partial(loop.call_soon_threadsafe, done))
+
+    def _done(self, future: Future, batch: list[_Pending], n: int) -> None:
+        self._free += 1
+        self._waiting -= 1
         try:
-            out = await loop.run_in_executor(self._pool, run, rows)
+            out = future.result()
         except Exception as e:  # every waiter learns what happened to its rows
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
-            return
-        finally:
-            self._waiting -= 1
-        self.batches_run += 1
-        self.rows_run += len(rows)
-        start = 0
-        for p in batch:
-            if not p.future.done():  # a cancelled request just drops its rows
-                end = start + len(p.rows)
-                p.future.set_result({k: v[start:end] for k, v in out.items()})
-            start += len(p.rows)
+        else:
+            self.batches_run += 1
+            self.rows_run += n
+            start = 0
+            for p in batch:
+                if not p.future.done():  # a cancelled request just drops its rows
+                    end = start + len(p.rows)
+                    p.future.set_result({k: v[start:end] for k, v in out.items()})
+                start += len(p.rows)
+        self._dispatch()
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -4,9 +4,12 @@ PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus).
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
 
 import grpc
+import numpy as np
 from tensorflow_serving.apis import (
     model_service_pb2_grpc,
     predict_pb2,
@@ -18,6 +21,51 @@ from serving.predict import Predictor
 from serving.servable import ServingError
 
 log = logging.getLogger("dae.serving.grpc")
+
+
+def _numpy_dtypes() -> dict[int, np.dtype]:
+    from tensorflow.core.framework import types_pb2 as t
+
+    return {t.DT_FLOAT: np.dtype("<f4"), t.DT_DOUBLE: np.dtype("<f8"), t.DT_HALF: np.dtype("<f2"),
+            t.DT_INT8: np.dtype("i1"), t.DT_INT16: np.dtype("<i2"), t.DT_INT32: np.dtype("<i4"),
+            t.DT_INT64: np.dtype("<i8"), t.DT_UINT8: np.dtype("u1"), t.DT_UINT16: np.dtype("<u2"),
+            t.DT_UINT32: np.dtype("<u4"), t.DT_UINT64: np.dtype("<u8")}  # fmt: skip
+
+
+_DTYPES = _numpy_dtypes() if sys.byteorder == "little" else {}
+_ENUMS = {v: k for k, v in _DTYPES.items()}
+_UINT16 = 17  # types_pb2.DT_UINT16
+
+
+def to_ndarray(proto) -> np.ndarray:
+    """tf.make_ndarray, without its ~10 us of Python for the common case: a numeric tensor
+    packed in tensor_content (what tf.make_tensor_proto and TF Serving clients send). Anything
+    else, or content that does not match the shape, goes through tf.make_ndarray (its errors)."""
+    dtype = _DTYPES.get(proto.dtype)
+    if dtype is not None and proto.tensor_content:
+        dims = [d.size for d in proto.tensor_shape.dim]
+        size = dtype.itemsize * math.prod(dims)
+        if all(d >= 0 for d in dims) and len(proto.tensor_content) == size:
+            return np.frombuffer(proto.tensor_content, dtype).reshape(dims)
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
+
+
+def fill_tensor_proto(proto, value: np.ndarray) -> None:
+    """tf.make_tensor_proto(value) written into `proto` in place, the same bytes for what
+    it packs into tensor_content (numeric arrays of rank >= 1): ~4 us instead of ~23 us."""
+    enum = _ENUMS.get(value.dtype) if value.ndim else None
+    if enum is None or enum == _UINT16:  # make_tensor_proto sends uint16 as int_val
+        import tensorflow as tf
+
+        proto.CopyFrom(tf.make_tensor_proto(value))
+        return
+    proto.dtype = enum
+    dims = proto.tensor_shape.dim
+    for d in value.shape:
+        dims.add().size = d
+    proto.tensor_content = value.tobytes()  # C order, as make_tensor_proto
 
 
 def _abort_code(code: str) -> grpc.StatusCode:
@@ -52,8 +100,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
     async def Predict(self, request, context):
         async def call():
-            import tensorflow as tf
-
             size = request.ByteSize()
             if size > self.max_message_bytes:
                 raise ServingError(
@@ -63,7 +109,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
             inputs = {}
             for name, proto in request.inputs.items():
                 try:
-                    inputs[name] = tf.make_ndarray(proto)
+                    inputs[name] = to_ndarray(proto)
                 except Exception as e:
                     raise ServingError("INVALID_ARGUMENT", f"input '{name}': {e}") from None
             spec = request.model_spec
@@ -79,7 +125,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = sig.name
             for k in wanted:
-                response.outputs[k].CopyFrom(tf.make_tensor_proto(outputs[k]))
+                fill_tensor_proto(response.outputs[k], outputs[k])
             return response
 
         return await self._guard(context, call)

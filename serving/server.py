@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def build(args):
             raise ServeError(str(e)) from None
     if args.num_versions < 1:
         raise ServeError("--num-versions must be at least 1")
+    if batcher is not None:
+        # The batch threads are the parallelism: with an op thread pool as wide as the
+        # machine, concurrent model calls (and the event loop) fight for the same cores;
+        # on 2 cores a small batch then costs twice the CPU.
+        import tensorflow as tf
+
+        threads = max(1, (os.cpu_count() or 1) // batcher.params.num_batch_threads)
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        except RuntimeError:  # TF already ran in this process (an embedding caller): keep it
+            logging.getLogger("dae.serving").debug("TF threads already set; left as they are")
     manager = ServableManager(name, base, args.num_versions)
     return Predictor(manager, batcher)
 

@@ -126,3 +126,53 @@ def test_a_model_error_reaches_every_waiter():
         return results
 
     assert [str(r) for r in asyncio.run(main())] == ["kernel failed"] * 2
+
+
+def test_a_due_batch_keeps_taking_rows_while_every_thread_is_busy():
+    """TF Serving's scheduler: the timeout makes a batch eligible, a free thread closes it,
+    so under load batches grow instead of queueing up small ones."""
+    gate, calls = threading.Event(), []
+
+    def slow(rows):
+        calls.append(len(rows))
+        gate.wait(5)
+        return {"y": rows}
+
+    async def main():
+        b = Batcher(BatchingParameters(max_batch_size=32, batch_timeout_micros=1000,
+                                       num_batch_threads=1))  # fmt: skip
+        first = asyncio.ensure_future(b.submit("k", slow, np.ones((1, 1))))
+        await asyncio.sleep(0.05)  # the first batch runs, and holds the only thread
+        later = []
+        for _ in range(5):
+            later.append(asyncio.ensure_future(b.submit("k", slow, np.ones((1, 1)))))
+            await asyncio.sleep(0.01)  # each one arrives after the last one's timeout
+        gate.set()
+        await asyncio.gather(first, *later)
+        b.close()
+
+    asyncio.run(main())
+    assert calls == [1, 5]
+
+
+def test_the_batcher_keeps_no_runner_alive_after_its_batch():
+    """A hot swap unloads the old servable; the batcher must not hold on to it."""
+    import gc
+    import weakref
+
+    class Runner:
+        def __call__(self, rows):
+            return {"y": rows}
+
+    async def main():
+        b = Batcher(BatchingParameters(max_batch_size=4, batch_timeout_micros=1000))
+        run = Runner()
+        ref = weakref.ref(run)
+        await asyncio.gather(*(b.submit("k", run, np.ones((1, 1))) for _ in range(6)))
+        del run
+        gc.collect()
+        alive = ref() is not None  # while the batcher itself is still alive
+        b.close()
+        return alive
+
+    assert not asyncio.run(main())
