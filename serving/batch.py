@@ -246,7 +246,7 @@ def _run_server(args, source, want, dest, tally, client) -> None:
             denoised = client.predict(np.stack([x for _, x in batch]))
         except ServingClientError as e:
             raise BatchError(f"the server refused a batch: {e}") from None
-        except Exception as e:  # httpx's transport errors: the server went away
+        except Exception as e:  # transport errors (OSError, http.client's): the server went away
             raise BatchError(f"lost the server at {args.server}: {e}") from None
         if denoised.shape != (len(batch), *batch[0][1].shape):
             raise BatchError(f"the server answered shape {denoised.shape} for {len(batch)} images")

@@ -1,5 +1,6 @@
 """Clients for a TF Serving endpoint (the real tensorflow/serving or `dae serve`): gRPC with
-tensorflow-serving-api's stubs, REST with httpx. Both return numpy arrays."""
+tensorflow-serving-api's stubs, REST with http.client (predict) and httpx. Both return
+numpy arrays."""
 
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ class GrpcClient:
 
 class RestClient:
     def __init__(self, base_url: str, model: str, timeout: float = 30.0):
+        import http.client
+        import urllib.parse
+
         import httpx
 
         if "://" not in base_url:
@@ -67,7 +71,36 @@ class RestClient:
         # Without TCP_NODELAY a body sent after its headers waits out a delayed ACK (~40 ms+).
         nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
         self.http = httpx.Client(base_url=base_url, timeout=timeout, transport=nodelay)
+        # Predict goes through http.client: httpx reads a body in 64 KiB pieces through h11 and
+        # joins them twice, ~1.2 ms more than http.client for a batch of 64 (637 KB each way).
+        url = urllib.parse.urlsplit(base_url)
+        conn = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+        self._conn = conn(url.hostname, url.port, timeout=timeout)
+        self._prefix = url.path.rstrip("/")
         self.model = model
+
+    def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        import http.client
+
+        for attempt in range(2):
+            reused = self._conn.sock is not None
+            try:
+                if not reused:
+                    self._conn.connect()
+                    self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._conn.request("POST", self._prefix + path, body,
+                                   {"content-type": "application/json"})  # fmt: skip
+                r = self._conn.getresponse()
+                return r.status, r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._conn.close()
+                if attempt or not reused:
+                    raise
+                # the server closed an idle keep-alive connection: once more, on a new one
+            except BaseException:
+                self._conn.close()
+                raise
+        raise AssertionError("unreachable")
 
     def predict(self, images: np.ndarray, version: int | None = None) -> np.ndarray:
         import orjson
@@ -76,17 +109,18 @@ class RestClient:
 
         path = f"/v1/models/{self.model}" + (f"/versions/{version}" if version else "")
         body = b'{"inputs":' + json_tensor.dumps(np.asarray(images, np.float32)) + b"}"
-        r = self.http.post(f"{path}:predict", content=body,
-                           headers={"content-type": "application/json"})  # fmt: skip
-        fast = json_tensor.loads(r.content, ("outputs",)) if r.status_code == 200 else None
+        status, content = self._post(f"{path}:predict", body)
+        fast = json_tensor.loads(content, ("outputs",)) if status == 200 else None
         if fast:
             return fast[1].astype(np.float32)
-        data = orjson.loads(r.content)
-        if r.status_code != 200:
-            raise ServingClientError(str(r.status_code), data.get("error", r.text))
+        data = orjson.loads(content)
+        if status != 200:
+            text = content.decode("utf-8", "replace")
+            raise ServingClientError(str(status), data.get("error", text))
         return np.asarray(data["outputs"], np.float32)
 
     def close(self) -> None:
+        self._conn.close()
         self.http.close()
 
 

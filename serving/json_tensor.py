@@ -49,6 +49,10 @@ def _shape(value) -> tuple[int, ...] | None:
     return tuple(shape) if shape and isinstance(value, float | int) else None
 
 
+def _pairs(items: list[int]):
+    return zip(items[::2], items[1::2], strict=True)
+
+
 def loads(raw: bytes, keys: tuple[str, ...]) -> tuple[str, np.ndarray, str | None] | None:
     """(key, float64 array, signature_name) when `raw` is an object holding one of `keys`
     whose value is a rectangular numeric array, and at most a string signature_name besides;
@@ -85,8 +89,10 @@ def loads(raw: bytes, keys: tuple[str, ...]) -> tuple[str, np.ndarray, str | Non
         return None
     # Outside strings (no escapes, so quotes pair up) the only brackets are the tensor's, and
     # the only other commas separate the object's members: they can only lead or trail.
-    bounds = [-1, *quotes, len(raw)]
-    outside = b"".join(raw[a + 1 : b] for a, b in zip(bounds[::2], bounds[1::2], strict=True))
+    outside = raw
+    if any(raw[a + 1 : b].translate(None, _NOT_STRUCTURE) for a, b in _pairs(quotes)):
+        bounds = [-1, *quotes, len(raw)]  # a string holds some: leave the strings out
+        outside = b"".join(raw[a + 1 : b] for a, b in _pairs(bounds))
     structure = outside.translate(None, _NOT_STRUCTURE).strip(b",")
     if structure != _skeleton(shape):
         return None

@@ -99,6 +99,7 @@ async def serve(args, predictor, ready=None) -> None:
     config = uvicorn.Config(
         make_app(predictor, args.max_request_bytes), host=args.host, port=args.rest_api_port,
         log_level="warning", access_log=False, lifespan="off",
+        http="httptools",  # not "auto": its silent h11 fallback adds ~0.4 ms a batch-64 call
     )  # fmt: skip
     rest = uvicorn.Server(config)
     rest.install_signal_handlers = lambda: None  # ours below stop both front ends

@@ -1,0 +1,32 @@
+"""dae's own clients against a real `dae serve`."""
+
+import socket
+
+import numpy as np
+import pytest
+
+from serving.client import RestClient, ServingClientError
+from serving.export import load_servable
+
+IMAGES = np.random.default_rng(1).random((4, 28, 28, 1)).astype(np.float32)
+
+
+def test_rest_client_predicts_and_survives_a_dropped_keep_alive(server, model_dir):
+    client = RestClient(server.rest, "denoiser")
+    expected = load_servable(model_dir)(IMAGES)
+    np.testing.assert_allclose(client.predict(IMAGES), expected, atol=1e-6)
+    # The server drops an idle keep-alive connection (uvicorn after 5 s): the next call
+    # finds a dead socket and must go again on a new connection, not fail.
+    client._conn.sock.shutdown(socket.SHUT_RDWR)
+    np.testing.assert_allclose(client.predict(IMAGES, version=1), expected, atol=1e-6)
+    with pytest.raises(ServingClientError, match="shape"):
+        client.predict(IMAGES[:, :20])
+    client.close()
+
+
+def test_rest_client_names_a_server_that_is_not_there():
+    from support import free_port
+
+    client = RestClient(f"127.0.0.1:{free_port()}", "denoiser", timeout=5)
+    with pytest.raises(OSError):
+        client.predict(IMAGES)
