@@ -44,8 +44,12 @@ def fresh_noise(clean, corrupt, batch_size: int, seed: int):
     class FreshNoise(keras.utils.PyDataset):
         def __init__(self):
             super().__init__()
-            self.epoch = 0
-            self.order = np.random.default_rng((seed, 0)).permutation(len(clean))
+            self.start(0)
+
+        def start(self, epoch: int):
+            """Draw for `epoch` (fit's callback says which: a resumed fit starts mid-way)."""
+            self.epoch = epoch
+            self.order = np.random.default_rng((seed, epoch)).permutation(len(clean))
 
         def __len__(self):
             return math.ceil(len(clean) / batch_size)
@@ -56,8 +60,7 @@ def fresh_noise(clean, corrupt, batch_size: int, seed: int):
             return corrupt(target, rng=np.random.default_rng((seed, self.epoch, i))), target
 
         def on_epoch_end(self):
-            self.epoch += 1
-            self.order = np.random.default_rng((seed, self.epoch)).permutation(len(clean))
+            self.start(self.epoch + 1)
 
     return FreshNoise()
 
@@ -89,6 +92,7 @@ def fit(
         data = {"x": train[0], "y": train[1], "batch_size": batch_size}
     else:
         data = {"x": fresh_noise(train[1], noise, batch_size, seed)}
+        callbacks.append(_following_epochs(data["x"]))
     history = model.fit(
         **data, validation_data=valid, epochs=epochs, callbacks=callbacks, verbose=0
     )  # fmt: skip
@@ -96,6 +100,17 @@ def fit(
         raise StageError("training diverged: val_loss was never finite, no weights were saved")
     model.load_weights(str(checkpoint))  # the best epoch's, not the last one's
     return history.history
+
+
+def _following_epochs(dataset):
+    """Tells fresh noise which epoch begins: after BackupAndRestore, not epoch 0."""
+    import keras
+
+    class EpochOf(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            dataset.start(epoch)
+
+    return EpochOf()
 
 
 def cosine(epoch: int, _current=None, *, lr: float, epochs: int) -> float:

@@ -161,13 +161,23 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
         keras.utils.set_random_seed(0)
         return build_model(hyperparameters(), "dense", (28, 28, 1), 0.5, 0.3)
 
-    args = dict(train=(x, x), valid=(x, x), epochs=4, batch_size=32, patience=4,
+    drawn = []  # the epoch each batch's fresh noise was drawn for
+
+    def noise(clean, rng):
+        drawn.append(rng.bit_generator.seed_seq.entropy[1])  # rng of (seed, epoch, index)
+        return clean
+
+    args = dict(train=(x, x), valid=(x, x), epochs=4, batch_size=32, patience=4, noise=noise,
                 checkpoint=tmp_path / "best.weights.h5", backup=tmp_path / "backup")  # fmt: skip
     with pytest.raises(KeyboardInterrupt):
         train.fit(model(), callbacks=[Kill()], **args)
     assert any((tmp_path / "backup").iterdir())
+    drawn.clear()
     history = train.fit(model(), **args)
     assert len(history["loss"]) == 2  # epochs 3 and 4 only
+    # Two batches an epoch, with their own noise (not epoch 1's and 2's again); Keras peeks
+    # at a batch or two first, to learn their structure, and trains on none of those.
+    assert drawn[-4:] == [2, 2, 3, 3]
 
 
 def test_fresh_noise_draws_new_noise_each_epoch_and_covers_every_image():
