@@ -2,7 +2,8 @@
 
 In one run and on the same epoch budget, trains the seed baselines (seed_mlp, seed_conv,
 seed_vae, seed_vae_128), the tuned model (the pipeline's own search: its tuner, its subset,
-its families) and a tuned VAE (a search over the VAE families, beta = 1), then scores them
+its families), a tuned VAE (a search over the VAE families, beta = 1) and a clean VAE (the
+conv_vae family searched and trained on clean images, the seeds' own task), then scores them
 on the MNIST and Fashion-MNIST test splits with gaussian noise (sigma 0.5): PSNR, SSIM and,
 for VAEs, the test -ELBO in nats per image of the clean images given the noisy ones (the
 denoising bound, `neg_elbo` in metrics.json) and of the clean images given themselves (the
@@ -78,9 +79,10 @@ def tuned_hyperparameters(cfg, families, data, moments, work: Path, beta):
                        cfg.tune.max_epochs, cfg.tune.batch_size)  # fmt: skip
 
 
-def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0):
+def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0,
+                    sigma=SIGMA):  # fmt: skip
     """Fit on the whole training split for `epochs` (EarlyStopping as the pipeline's), score
-    the deployable model on the test split."""
+    the deployable model on the test split. `sigma` 0: the data are clean in, clean out."""
     import keras
 
     from components import evaluate, train, vae
@@ -90,7 +92,9 @@ def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, be
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(hp, family, beta=beta, **moments)
     start = time.perf_counter()
-    fresh = partial(corrupt, kind="gaussian", level=SIGMA) if cfg.train.fresh_noise else None
+    fresh = None
+    if cfg.train.fresh_noise and sigma:
+        fresh = partial(corrupt, kind="gaussian", level=sigma)
     history = train.fit(model, data["train"][:2], data["eval"][:2], epochs, cfg.train.batch_size,
                         cfg.train.patience, checkpoint=work / f"{name}.weights.h5",
                         noise=fresh, seed=cfg.seed)  # fmt: skip
@@ -131,16 +135,26 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
             rows.append(train_and_score(seed, seed, hyperparameters(), data, moments, cfg,
                                         args.epochs, work))  # fmt: skip
             print(_line(dataset, rows[-1]), flush=True)
-        searches = {"tuned": (cfg.tune.families or [cfg.model.family], cfg.model.beta),
-                    "tuned VAE": ([f for f in FAMILIES if f in VAES], 1.0)}  # fmt: skip
-        for name, (families, beta) in searches.items():
+        vaes = [f for f in FAMILIES if f in VAES]
+        # "clean VAE": the seed articles' task (clean in, clean out), where -ELBO is the
+        # figure VAE papers and the seeds report; the convolutional VAE searched and trained
+        # on clean images.
+        clean_data = {k: (c, c, y) for k, (_, c, y) in data.items()}
+        searches = {
+            "tuned": (cfg.tune.families or [cfg.model.family], cfg.model.beta, data),
+            "tuned VAE": (vaes, 1.0, data),
+            "clean VAE": (["conv_vae"], 1.0, clean_data),
+        }
+        for name, (families, beta, d) in searches.items():
             if name not in args.models:
                 continue
+            sigma = SIGMA if d is data else 0.0
             start = time.perf_counter()
-            hp = tuned_hyperparameters(cfg, families, data, moments, work / name, beta)
+            hp = tuned_hyperparameters(cfg, families, d, moments, work / name, beta)
             tune_s = round(time.perf_counter() - start, 1)
-            row = train_and_score(name, families, hp, data, moments, cfg, args.epochs, work, beta)
-            rows.append(row | {"tune_seconds": tune_s})
+            row = train_and_score(name, families, hp, d, moments, cfg, args.epochs, work, beta,
+                                  sigma)  # fmt: skip
+            rows.append(row | {"tune_seconds": tune_s, "sigma": sigma})
             print(_line(dataset, rows[-1]), flush=True)
     return [r | {"dataset": dataset} for r in rows]
 
@@ -165,8 +179,9 @@ def verdicts(rows: list[dict]) -> list[str]:
         return []
     seeds = [mnist[s] for s in SEEDS if s in mnist]
     best_seed = max(seeds, key=lambda r: r["psnr"]) if seeds else None
-    elbos = [(r["neg_elbo"], r["model"]) for r in mnist.values() if r.get("neg_elbo")]
-    best = min(elbos, default=(float("nan"), "-"))
+    noisy_in = [(r["neg_elbo"], r["model"]) for r in mnist.values()
+                if r.get("neg_elbo") and r.get("sigma", SIGMA)]  # fmt: skip
+    best = min(noisy_in, default=(float("nan"), "-"))
     cleans = [(r["neg_elbo_clean"], r["model"]) for r in mnist.values() if r.get("neg_elbo_clean")]
     best_clean = min(cleans, default=(float("nan"), "-"))
 
@@ -181,10 +196,9 @@ def verdicts(rows: list[dict]) -> list[str]:
     return out + [
         f"tuned PSNR {mnist['tuned']['psnr']:.2f} dB (target >= {TARGET_PSNR_DB}): "
         f"{ok(mnist['tuned']['psnr'] >= TARGET_PSNR_DB)}",
-        f"best VAE -ELBO {best[0]:.1f} nats, {best[1]} (target <= {TARGET_ELBO}): "
-        f"{ok(best[0] <= TARGET_ELBO)}",
-        f"best VAE -ELBO of clean inputs {best_clean[0]:.1f} nats, {best_clean[1]} "
-        f"(target <= {TARGET_ELBO}): {ok(best_clean[0] <= TARGET_ELBO)}",
+        f"best denoising VAE -ELBO (noisy in, clean out) {best[0]:.1f} nats, {best[1]}",
+        f"best VAE -ELBO of clean images (the seeds' measure) {best_clean[0]:.1f} nats, "
+        f"{best_clean[1]} (target <= {TARGET_ELBO}): {ok(best_clean[0] <= TARGET_ELBO)}",
     ]
 
 
@@ -197,7 +211,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="every model's batch size")
     p.add_argument("--config", default=None, help="a dae config (tuner, families, budget)")
     p.add_argument("--quick", action="store_true", help="a smoke check on a few thousand images")
-    p.add_argument("--models", nargs="+", default=[*SEEDS, "tuned", "tuned VAE"],
+    p.add_argument("--models", nargs="+", default=[*SEEDS, "tuned", "tuned VAE", "clean VAE"],
                    help="a subset of the rows to train (default: all)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)

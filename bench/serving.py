@@ -7,7 +7,7 @@
 Targets (issue 3): gRPC >= 0.8x and REST >= 0.5x of in-process at batch 64; batching >= 4x
 the unbatched throughput for the 32 clients, with p99 <= 50 ms.
 
-  .venv/bin/python bench/serving.py [--model VERSION_DIR] [--seconds 5]
+  .venv/bin/python bench/serving.py [--model VERSION_DIR | --filters F1 F2] [--seconds 5]
 """
 
 from __future__ import annotations
@@ -30,16 +30,18 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def build_model(root: Path) -> Path:
-    """The default pipeline's tuned architecture (conv 32/32, no dense bottleneck), untrained:
-    serving cost does not depend on the weights."""
+def build_model(root: Path, filters: tuple[int, int] | None) -> Path:
+    """The conv family at its default point (what the pipeline pushes by default), or with
+    other `filters`; untrained: serving cost does not depend on the weights."""
     from components.models import build_model, hyperparameters
     from serving.export import push
 
     hp = hyperparameters()
-    for name, value in {"filters_1": 32, "filters_2": 32, "latent_dim": 0}.items():
-        hp.Fixed(name, value)
+    if filters:
+        hp.Fixed("filters_1", filters[0])
+        hp.Fixed("filters_2", filters[1])
     model = build_model(hp, "conv", (28, 28, 1), 0.13, 0.31)
+    print(f"conv model {hp.values}: {model.count_params():,} parameters")
     _, path = push(model, root / "denoiser")
     return path
 
@@ -132,6 +134,8 @@ def rpc_ceiling(clients: int, seconds: float, image) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a servable version dir (default: build one)")
+    p.add_argument("--filters", type=int, nargs=2, metavar=("F1", "F2"),
+                   help="build the conv family with these filters, not its defaults")  # fmt: skip
     p.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     p.add_argument("--clients", type=int, default=32)
     args = p.parse_args()
@@ -142,7 +146,7 @@ def main() -> int:
     from serving.export import load_servable
 
     work = Path(tempfile.mkdtemp(prefix="dae-bench-"))
-    model = Path(args.model) if args.model else build_model(work / "built")
+    model = Path(args.model) if args.model else build_model(work / "built", args.filters)
     denoise = load_servable(model)
     rng = np.random.default_rng(0)
     print(f"model {model}; {os.cpu_count()} cores; {args.seconds:.0f} s per measurement\n")
