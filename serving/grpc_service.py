@@ -33,8 +33,8 @@ def _numpy_dtypes() -> dict[int, np.dtype]:
 
 
 _DTYPES = _numpy_dtypes() if sys.byteorder == "little" else {}
-_ENUMS = {v: k for k, v in _DTYPES.items()}
-_UINT16 = 17  # types_pb2.DT_UINT16
+# tf.make_tensor_proto sends uint16 as int_val, not tensor_content: that one is left to it.
+_ENUMS = {v: k for k, v in _DTYPES.items() if v != np.dtype("<u2")}
 
 
 def to_ndarray(proto) -> np.ndarray:
@@ -56,7 +56,7 @@ def fill_tensor_proto(proto, value: np.ndarray) -> None:
     """tf.make_tensor_proto(value) written into `proto` in place, the same bytes for what
     it packs into tensor_content (numeric arrays of rank >= 1): ~4 us instead of ~23 us."""
     enum = _ENUMS.get(value.dtype) if value.ndim else None
-    if enum is None or enum == _UINT16:  # make_tensor_proto sends uint16 as int_val
+    if enum is None:
         import tensorflow as tf
 
         proto.CopyFrom(tf.make_tensor_proto(value))
