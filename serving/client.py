@@ -82,25 +82,27 @@ class RestClient:
     def _post(self, path: str, body: bytes) -> tuple[int, bytes]:
         import http.client
 
-        for attempt in range(2):
-            reused = self._conn.sock is not None
-            try:
-                if not reused:
-                    self._conn.connect()
-                    self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self._conn.request("POST", self._prefix + path, body,
-                                   {"content-type": "application/json"})  # fmt: skip
-                r = self._conn.getresponse()
-                return r.status, r.read()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self._conn.close()
-                if attempt or not reused:
-                    raise
-                # the server closed an idle keep-alive connection: once more, on a new one
-            except BaseException:
-                self._conn.close()
+        reused = self._conn.sock is not None
+        try:
+            return self._send(path, body)
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            if not reused:
                 raise
-        raise AssertionError("unreachable")
+        # the server closed an idle keep-alive connection: once more, on a new one
+        return self._send(path, body)
+
+    def _send(self, path: str, body: bytes) -> tuple[int, bytes]:
+        try:
+            if self._conn.sock is None:
+                self._conn.connect()
+                self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._conn.request("POST", self._prefix + path, body,
+                               {"content-type": "application/json"})  # fmt: skip
+            r = self._conn.getresponse()
+            return r.status, r.read()
+        except BaseException:
+            self._conn.close()
+            raise
 
     def predict(self, images: np.ndarray, version: int | None = None) -> np.ndarray:
         import orjson
@@ -113,11 +115,13 @@ class RestClient:
         fast = json_tensor.loads(content, ("outputs",)) if status == 200 else None
         if fast:
             return fast[1].astype(np.float32)
-        data = orjson.loads(content)
-        if status != 200:
-            text = content.decode("utf-8", "replace")
-            raise ServingClientError(str(status), data.get("error", text))
-        return np.asarray(data["outputs"], np.float32)
+        if status != 200:  # TF Serving's {"error": ...}, or a proxy's page
+            try:
+                message = orjson.loads(content)["error"]
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                message = content.decode("utf-8", "replace").strip()[:500]
+            raise ServingClientError(str(status), message)
+        return np.asarray(orjson.loads(content)["outputs"], np.float32)
 
     def close(self) -> None:
         self._conn.close()

@@ -30,3 +30,33 @@ def test_rest_client_names_a_server_that_is_not_there():
     client = RestClient(f"127.0.0.1:{free_port()}", "denoiser", timeout=5)
     with pytest.raises(OSError):
         client.predict(IMAGES)
+
+
+def test_rest_client_reports_a_non_json_error_page():
+    """A proxy in front of the server can answer with its own page: the caller still gets a
+    ServingClientError with the status and the page's text, not a JSON decoding error."""
+    import http.server
+    import threading
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["content-length"]))
+            body = b"<html>502 Bad Gateway</html>"
+            self.send_response(502)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    client = RestClient(f"127.0.0.1:{httpd.server_address[1]}", "denoiser", timeout=5)
+    try:
+        with pytest.raises(ServingClientError, match="502: <html>502 Bad Gateway") as e:
+            client.predict(IMAGES)
+        assert e.value.code == "502"
+    finally:
+        client.close()
+        httpd.shutdown()
