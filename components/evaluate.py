@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from components.artifacts import StageContext, read_split, write_json
+from components.artifacts import StageContext, StageError, read_split, write_json
 from components.noise import corrupt
 from serving.export import latest_version, load_servable
 
@@ -116,7 +116,14 @@ def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, dict | None]
     version = latest_version(serving_base)
     if version is None:
         return None, None
-    denoise = load_servable(serving_base / str(version))
+    try:
+        denoise = load_servable(serving_base / str(version))
+    except Exception as e:  # a hand-made or damaged version folder: say which, in one line
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StageError(
+            f"served version {serving_base / str(version)} cannot be loaded to compare "
+            f"against ({first}); fix or remove that folder"
+        ) from None
     if denoise.input_shape[1:] != noisy.shape[1:]:
         log(f"evaluate: served version {version} takes {denoise.input_shape}, not comparable")
         return version, None
@@ -152,7 +159,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     metrics["baseline_metrics"] = served  # the comparison table's other column
     write_json(ctx.outputs["evaluation"] / "metrics.json", metrics)
     blessing = ctx.outputs["blessing"]
-    write_json(blessing / "blessing.json", {"blessed": blessed, "reason": reason})
+    # What the verdict was judged against: push refuses it once another version is served.
+    verdict = {"blessed": blessed, "reason": reason, "model_name": cfg.push.model_name,
+               "baseline_version": version}  # fmt: skip
+    write_json(blessing / "blessing.json", verdict)
     (blessing / ("BLESSED" if blessed else "NOT_BLESSED")).touch()
     elbo = f", -ELBO {metrics['neg_elbo']:.1f} nats" if "neg_elbo" in metrics else ""
     ctx.log(

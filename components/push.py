@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from components.artifacts import StageContext, read_json, write_json
+from components.artifacts import StageContext, StageError, read_json, write_json
 from serving.export import latest_version, push
 
 PROVENANCE = "dae_provenance.json"
@@ -35,6 +35,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         write_json(out / "pushed.json", {"pushed": True, "version": latest, "path": str(path)})
         ctx.log(f"push: this model is already version {latest}; nothing to do")
         return {"pushed_version": latest, "pushed_path": str(path)}
+    _check_current(blessing, cfg.push.model_name, latest)
     model = keras.models.load_model(model_file, compile=False)
     # Recorded inside the version so a served model can be traced back to its run.
     provenance = {
@@ -47,6 +48,25 @@ def run(ctx: StageContext) -> dict[str, Any]:
     write_json(out / "pushed.json", {"pushed": True, "version": version, "path": str(path)})
     ctx.log(f"push: version {version} at {path}")
     return {"pushed_version": version, "pushed_path": str(path)}
+
+
+def _check_current(blessing: dict, model_name: str, latest: int | None) -> None:
+    """A blessing holds against the model that was in service when it was judged: once
+    another version is served (another run pushed meanwhile), it must be judged again."""
+    if blessing.get("model_name", model_name) != model_name:
+        raise StageError(
+            f"the blessing was judged against serving model '{blessing['model_name']}', "
+            f"not '{model_name}'; evaluate again with the same push.model_name"
+        )
+    if "baseline_version" in blessing and blessing["baseline_version"] != latest:
+        judged, now = (
+            "no served model" if v is None else f"version {v}"
+            for v in (blessing["baseline_version"], latest)
+        )
+        raise StageError(
+            f"the blessing is stale: judged against {judged}, but '{model_name}' serves "
+            f"{now} now; evaluate again before pushing"
+        )
 
 
 def _provenance(version_dir) -> dict:

@@ -22,7 +22,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity anywhere: `x < nan` is always False, so a NaN threshold would
+    # switch a blessing rule off without a word.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(_Section):
@@ -135,7 +137,9 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     push: PushConfig = Field(default_factory=PushConfig)
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
@@ -178,7 +182,10 @@ def parse_set(item: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"malformed --set {item!r}: value is not valid YAML") from e
-    for part in reversed(key.split(".")):
+    parts = key.split(".")
+    if parts[0] == "validate_":  # the field's Python name; YAML files and messages say validate
+        parts[0] = "validate"
+    for part in reversed(parts):
         value = {part: value}
     return value
 

@@ -130,11 +130,21 @@ def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
     assert read_json(outs["evaluation"] / "metrics.json")["psnr_noisy"] == first["psnr_noisy"]
 
     push(model, tmp_path / "serving" / cfg.push.model_name)
-    second, _ = _run_evaluate(tmp_path, cfg, examples, model_dir, "second")
+    second, judged = _run_evaluate(tmp_path, cfg, examples, model_dir, "second")
     assert second["baseline_version"] == 1
     assert second["baseline_psnr"] == pytest.approx(second["psnr_denoised"], abs=1e-3)
     # The comparison table: the served version scored on this run's test images.
     assert second["baseline_metrics"]["ssim"] == pytest.approx(second["ssim_denoised"], abs=1e-4)
+    # The blessing records what it was judged against, for push to check it is still so.
+    verdict = read_json(judged["blessing"] / "blessing.json")
+    assert (verdict["model_name"], verdict["baseline_version"]) == (cfg.push.model_name, 1)
+
+    # A served version that cannot be loaded (a hand-made folder): one line naming it.
+    from components.artifacts import StageError
+
+    (tmp_path / "serving" / cfg.push.model_name / "2").mkdir()
+    with pytest.raises(StageError, match=r"served version .*/2 cannot be loaded .*fix or remove"):
+        _run_evaluate(tmp_path, cfg, examples, model_dir, "third")
 
 
 def test_a_vae_is_scored_by_its_elbo(tmp_path):

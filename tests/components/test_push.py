@@ -4,6 +4,7 @@ import pytest
 
 from components import models, push
 from components.artifacts import write_json
+from serving import export
 
 
 @pytest.fixture
@@ -17,8 +18,9 @@ def trained(tmp_path):
     return model_dir
 
 
-def _ctx(make_ctx, tmp_path, model_dir, blessed):
-    write_json(tmp_path / "blessing" / "blessing.json", {"blessed": blessed, "reason": "r"})
+def _ctx(make_ctx, tmp_path, model_dir, blessed, **judged):
+    blessing = {"blessed": blessed, "reason": "r", **judged}
+    write_json(tmp_path / "blessing" / "blessing.json", blessing)
     inputs = {"model": model_dir, "blessing": tmp_path / "blessing",
               "evaluation": tmp_path / "evaluation"}  # fmt: skip
     return make_ctx(inputs, push.OUTPUTS)
@@ -42,3 +44,32 @@ def test_a_blessed_model_is_pushed_once_with_its_provenance(make_ctx, tmp_path, 
     # Pushing the same model again (say `dae stage push` twice) makes no second version.
     assert push.run(ctx)["pushed_version"] == 1
     assert sorted(p.name for p in version.parent.iterdir()) == ["1"]
+
+
+def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, trained):
+    """Blessed against no served model; meanwhile another run pushed version 1. Pushing now
+    would replace a model this one was never compared with."""
+    from components.artifacts import StageError
+
+    judged = {"model_name": "denoiser", "baseline_version": None}
+    ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, **judged)
+    other = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.2, 0.3)
+    base = ctx.serving_dir / "denoiser"
+    export.push(other, base)
+    with pytest.raises(StageError, match="stale: judged against no served model, but 'denoiser' "
+                       "serves version 1 now"):  # fmt: skip
+        push.run(ctx)
+    assert sorted(p.name for p in base.iterdir()) == ["1"]
+    # Judged against version 1, it goes in as version 2.
+    ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, **{**judged, "baseline_version": 1})
+    assert push.run(ctx)["pushed_version"] == 2
+
+
+def test_a_blessing_for_another_serving_model_is_refused(make_ctx, tmp_path, trained):
+    from components.artifacts import StageError
+
+    ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, model_name="other",
+               baseline_version=None)  # fmt: skip
+    with pytest.raises(StageError, match="judged against serving model 'other', not 'denoiser'"):
+        push.run(ctx)
+    assert not ctx.serving_dir.exists()

@@ -34,6 +34,8 @@ def test_set_values_are_yaml_typed():
     }
     assert parse_set("data.max_train_examples=null") == {"data": {"max_train_examples": None}}
     assert parse_set("validate.expected_mean=0.13") == {"validate": {"expected_mean": 0.13}}
+    # The field's Python name means the same section, also beside a file's `validate:`.
+    assert parse_set("validate_.expected_mean=0.2") == {"validate": {"expected_mean": 0.2}}
 
 
 @pytest.mark.parametrize(
@@ -45,6 +47,10 @@ def test_set_values_are_yaml_typed():
         ({"overrides": ["=3"]}, "malformed --set"),
         ({"overrides": ["noise.kind=speckle"]}, "invalid config value for 'noise.kind'"),
         ({"overrides": ["noise.stddev=-1"]}, "invalid config value for 'noise.stddev'"),
+        # `psnr < nan` is never true: a NaN threshold would switch a blessing rule off.
+        ({"overrides": ["evaluate.min_psnr_gain_db=.nan"]}, "'evaluate.min_psnr_gain_db'"),
+        ({"overrides": ["evaluate.min_psnr_db=nan"]}, "'evaluate.min_psnr_db'"),
+        ({"overrides": ["validate.expected_mean=.inf"]}, "'validate.expected_mean'"),
         ({"profile": "huge"}, "unknown profile 'huge' (known: default, smoke)"),
         ({"path": "/nonexistent/dae.yaml"}, "cannot read config file /nonexistent/dae.yaml"),
     ],
