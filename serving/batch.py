@@ -266,8 +266,22 @@ def _run_server(args, source, want, dest, tally, client) -> None:
             send(batch)
 
 
+def _check_paths(args) -> None:
+    """The output never replaces what the job reads; a server address is HOST:PORT."""
+    out = Path(args.output).expanduser().resolve()
+    for what, given in (("input", args.input), ("model", args.model)):
+        if given and not given.startswith("tfds:"):
+            read = Path(given).expanduser().resolve()
+            if read == out or out in read.parents:
+                raise BatchError(f"--output {args.output} would replace the {what} {given}")
+    if args.server and "://" not in args.server:
+        host, _, port = args.server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise BatchError(f"--server must be HOST:PORT, got '{args.server}'")
+
+
 def main(args) -> int:
-    from serving import images_io
+    from serving import destinations, images_io
 
     start = time.perf_counter()
     if bool(args.model) == bool(args.server):
@@ -279,9 +293,10 @@ def main(args) -> int:
         raise BatchError("--runner and --beam-option go with --model (a Beam pipeline)")
     if args.batch_size < 1:
         raise BatchError(f"--batch-size must be at least 1, got {args.batch_size}")
+    _check_paths(args)
     try:
         shape = images_io.parse_shape(args.shape) if args.shape else None
-        dest = images_io.open_destination(args.output, args.overwrite)
+        dest = destinations.open_destination(args.output, args.overwrite)
         source = images_io.open_source(args.input, shape, args.data_dir)
     except images_io.SourceError as e:
         raise BatchError(str(e)) from None

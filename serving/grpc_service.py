@@ -169,7 +169,10 @@ def make_server(predictor: Predictor, address: str, max_message_bytes: int):
         PredictionServicer(predictor, max_message_bytes), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(predictor), server)
-    port = server.add_insecure_port(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError:  # grpcio raises "Failed to bind" (older versions returned 0)
+        port = 0
     if port == 0:
         raise OSError(f"cannot bind gRPC to {address}")
     return server, port

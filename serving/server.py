@@ -92,9 +92,13 @@ async def serve(args, predictor, ready=None) -> None:
     await asyncio.get_running_loop().run_in_executor(
         None, manager.start, args.file_system_poll_wait_seconds
     )
-    grpc_server, grpc_port = make_server(
-        predictor, f"{args.host}:{args.port}", args.max_request_bytes
-    )
+    try:
+        grpc_server, grpc_port = make_server(
+            predictor, f"{args.host}:{args.port}", args.max_request_bytes
+        )
+    except OSError as e:
+        manager.stop()
+        raise ServeError(f"{e} (in use, not allowed, or not an address of this machine)") from None
     await grpc_server.start()
     config = uvicorn.Config(
         make_app(predictor, args.max_request_bytes), host=args.host, port=args.rest_api_port,

@@ -16,7 +16,7 @@ from components import models
 from components.artifacts import encode_example
 from pipeline import cli
 from serving import export
-from serving.images_io import to_uint8
+from serving.destinations import to_uint8
 
 SHAPE = (28, 28, 1)
 
@@ -332,6 +332,16 @@ def _case(tmp: Path, pushed, name: str) -> tuple[list[str], str]:
     if name == "existing npy":
         (tmp / "out.npy").write_bytes(b"keep")
         return ["--input", npy, *out, *model], "exists (pass --overwrite"
+    if name == "output replaces the input":  # --overwrite would have swapped tmp away
+        return ["--input", npy, "--output", str(tmp), *model, "--overwrite"], "would replace"
+    if name == "overwrite a folder of other files":
+        (tmp / "notes").mkdir()
+        (tmp / "notes" / "README").write_text("mine")
+        return (["--input", npy, "--output", str(tmp / "notes"), *model, "--overwrite"],
+                "holds README, not only PNGs")  # fmt: skip
+    if name == "malformed server address":
+        return (["--input", npy, *out, "--server", "localhost:85o1", "--rest"],
+                "--server must be HOST:PORT, got 'localhost:85o1'")  # fmt: skip
     if name == "unknown Beam option":
         return ["--input", npy, *out, *model, "--beam-option=--no_such_flag=1"], "no_such_flag"
     if name == "tfds not prepared":
@@ -345,7 +355,8 @@ def _case(tmp: Path, pushed, name: str) -> tuple[list[str], str]:
     "empty npy", "no SavedModel", "broken SavedModel", "unknown runner",
     "neither --model nor --server", "both --model and --server",
     "shape mismatch", "unreachable gRPC server", "unreachable REST server", "existing npy",
-    "unknown Beam option", "tfds not prepared",
+    "unknown Beam option", "tfds not prepared", "output replaces the input",
+    "overwrite a folder of other files", "malformed server address",
 ])  # fmt: skip
 def test_bad_input_is_one_line(pushed, tmp_path, capsys, name):
     args, message = _case(tmp_path, pushed, name)
@@ -356,6 +367,8 @@ def test_bad_input_is_one_line(pushed, tmp_path, capsys, name):
     assert sorted(os.listdir(tmp_path)) == before
     if name == "existing npy":
         assert (tmp_path / "out.npy").read_bytes() == b"keep"
+    if name == "overwrite a folder of other files":
+        assert (tmp_path / "notes" / "README").read_text() == "mine"
 
 
 def test_console_script(tmp_path):

@@ -231,3 +231,21 @@ def test_serve_refuses_bad_flags(tmp_path, capsys):
     argv = ["serve", "--model-base-path", str(tmp_path), "--batching-parameters-file", str(params)]
     assert main(argv) == 1
     assert "max_batch_size must be positive" in capsys.readouterr().err
+
+
+def test_serve_names_a_grpc_port_it_cannot_bind(model_dir):
+    """grpcio raises where older versions returned port 0: still one line, not a traceback."""
+    import socket
+
+    from support import dae, free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = dae("serve", "--model-base-path", str(model_dir.parent), "--port", str(port),
+                   "--rest-api-port", str(free_port()), check=False, timeout=120)  # fmt: skip
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"dae: error: cannot bind gRPC to 127.0.0.1:{port} (in use")
+    assert "Traceback" not in proc.stderr
