@@ -2,7 +2,8 @@
 
   in-process SavedModel calls (the limit) vs gRPC and REST through `dae serve`,
   at batch 1, 64 and 256; then 32 concurrent single-image gRPC clients without and with
-  dynamic batching.
+  dynamic batching, and against a server that runs no model (echo), each with the CPU a
+  request costs the server and the clients: what batching could reach on this machine.
 
 Targets (issue 3): gRPC >= 0.8x and REST >= 0.5x of in-process at batch 64; batching >= 4x
 the unbatched throughput for the 32 clients, with p99 <= 50 ms.
