@@ -103,7 +103,8 @@ def test_killed_during_train_resumes_from_the_last_epoch(smoke_root, tmp_path):
 
 
 def test_killed_during_transform_never_uses_partial_shards(tmp_path):
-    small = ["train.epochs=1", "tune.max_trials=1", "tune.max_epochs=1"]
+    # Many examples, so that transform runs long enough to be killed; the rest kept cheap.
+    small = ["train.epochs=1", "tune.max_trials=1", "tune.max_epochs=1", "model.family=dense"]
     args = [*SMOKE, "--root", str(tmp_path), "--set", "data.max_train_examples=30000"]
     args += [a for s in small for a in ("--set", s)]
 
