@@ -16,6 +16,7 @@ to `<search>/workers/<tuner id>.json` and leaves the stage's record to the chief
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from functools import partial
 from pathlib import Path
@@ -33,9 +34,38 @@ RESUMABLE = ("tuner_results",)  # re-running the stage keeps finished trials
 # ---- pure core -------------------------------------------------------------------------
 
 
+def _atomic_state_files() -> None:
+    """Keras Tuner rewrites its state files (oracle.json, trial.json) in place: a search
+    killed mid-write leaves an empty oracle.json that the resumed search cannot read. Its
+    one writer, utils.save_json, now writes beside the file and renames over it."""
+    import tensorflow as tf
+    from keras_tuner.src import utils
+
+    if getattr(utils.save_json, "atomic", False):
+        return
+
+    def save_json(path, obj):
+        text = json.dumps(obj)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            with tf.io.gfile.GFile(tmp, "w") as f:
+                f.write(text)
+            tf.io.gfile.rename(tmp, path, overwrite=True)
+        except BaseException:
+            if tf.io.gfile.exists(tmp):
+                tf.io.gfile.remove(tmp)
+            raise
+        return text
+
+    save_json.atomic = True
+    utils.save_json = save_json
+
+
 def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_cfg):
     """One of Keras Tuner's own oracles, chosen by name."""
     import keras_tuner as kt
+
+    _atomic_state_files()
 
     common = dict(
         objective=kt.Objective(OBJECTIVE, "min"), directory=str(directory),

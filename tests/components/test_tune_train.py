@@ -203,3 +203,28 @@ def test_fresh_noise_draws_new_noise_each_epoch_and_covers_every_image():
     assert np.allclose(noisy_0 * 255, np.round(noisy_0 * 255), atol=1e-4)  # 8-bit, like transform
     again = train.fresh_noise(clean, gaussian, batch_size=4, seed=7)
     np.testing.assert_array_equal(epoch(again)[0], noisy_0)  # a function of the seed alone
+
+
+def test_tuner_state_files_are_replaced_whole(tmp_path, monkeypatch, small):
+    """A search killed while Keras Tuner rewrites oracle.json must leave the previous file,
+    not a truncated one the resumed search cannot parse."""
+    import json
+
+    import tensorflow as tf
+    from keras_tuner.src import utils
+
+    tune.make_tuner("random", lambda hp: None, tmp_path, "p", 0, small.tune)
+    path = str(tmp_path / "oracle.json")
+    utils.save_json(path, {"trials": list(range(1000))})
+    write = tf.io.gfile.GFile.write
+
+    def killed_midway(self, data):
+        write(self, data[: len(data) // 2])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tf.io.gfile.GFile, "write", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        utils.save_json(path, {"trials": []})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "oracle.json").read_text()) == {"trials": list(range(1000))}
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
