@@ -34,6 +34,7 @@ COPY pyproject.toml README.md /src/
 COPY pipeline /src/pipeline
 COPY components /src/components
 COPY serving /src/serving
+COPY dae /src/dae
 RUN pip install --require-virtualenv --no-deps /src \
  && pip check \
  && dae --help > /dev/null

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def export_untrained(folder: Path, shape=(28, 28, 1)) -> Path:
-    from components.models import build_model, hyperparameters
-    from serving.export import push
+    from dae.components.models import build_model, hyperparameters
+    from dae.serving.export import push
 
     model = build_model(hyperparameters(), "conv", shape, 0.13, 0.31)
     _, path = push(model, folder / "denoiser")
@@ -39,7 +39,7 @@ def raw_loop(fn, images, batch_size: int):
     import numpy as np
     import tensorflow as tf
 
-    from serving.export import INPUT_NAME, OUTPUT_NAME
+    from dae.serving.export import INPUT_NAME, OUTPUT_NAME
 
     start = time.perf_counter()
     parts = [
@@ -50,7 +50,7 @@ def raw_loop(fn, images, batch_size: int):
 
 
 def beam_run(model_dir: Path, images, batch_size: int, options):
-    from serving.batch_beam import beam_denoise
+    from dae.serving.batch_beam import beam_denoise
 
     stats: dict = {}
     start = time.perf_counter()
@@ -71,9 +71,9 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
 
-    from components.beam_setup import beam_options
-    from serving.batch import resolve_model, saved_model_shape
-    from serving.export import INPUT_NAME, SIGNATURE
+    from dae.beam import beam_options
+    from dae.serving.batch import resolve_model, saved_model_shape
+    from dae.serving.export import INPUT_NAME, SIGNATURE
 
     with tempfile.TemporaryDirectory(prefix="dae-bench-") as tmp:
         if args.model:

@@ -44,7 +44,7 @@ def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None,
     the official test split, each corrupted from its own fixed seed."""
     import tensorflow_datasets as tfds
 
-    from components.noise import corrupt
+    from dae.components.noise import corrupt
 
     def split(name, n):
         ds = tfds.load(dataset, split=name, batch_size=-1, data_dir=os.path.expanduser(data_dir),
@@ -67,8 +67,8 @@ def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None,
 
 def tuned_hyperparameters(cfg, families, data, moments, work: Path, beta):
     """The pipeline's tune stage, on the same subset sizes, in a scratch directory."""
-    from components import tune
-    from components.models import build_model
+    from dae.components import tune
+    from dae.components.models import build_model
 
     hypermodel = partial(build_model, family=families, beta=beta, **moments)
     tuner = tune.make_tuner(cfg.tune.tuner, hypermodel, work, "+".join(families), cfg.seed,
@@ -85,9 +85,9 @@ def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, be
     the deployable model on the test split. `sigma` 0: the data are clean in, clean out."""
     import keras
 
-    from components import evaluate, train, vae
-    from components.models import build_model, deployable
-    from components.noise import corrupt
+    from dae.components import evaluate, train, vae
+    from dae.components.models import build_model, deployable
+    from dae.components.noise import corrupt
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(hp, family, beta=beta, **moments)
@@ -120,8 +120,8 @@ def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, be
 
 
 def bench_dataset(dataset, args, cfg) -> list[dict]:
-    from components import evaluate
-    from components.models import FAMILIES, VAES, hyperparameters
+    from dae.components import evaluate
+    from dae.components.models import FAMILIES, VAES, hyperparameters
 
     data = load(dataset, cfg.data.data_dir, args.limit, args.test_limit, SIGMA)
     clean = data["train"][1]
@@ -203,7 +203,7 @@ def verdicts(rows: list[dict]) -> list[str]:
 
 
 def main(argv=None) -> int:
-    from pipeline.config import load_config
+    from dae.pipeline.config import load_config
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=["mnist", "fashion_mnist"])

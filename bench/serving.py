@@ -34,8 +34,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def build_model(root: Path, filters: tuple[int, int] | None) -> Path:
     """The conv family at its default point (what the pipeline pushes by default), or with
     other `filters`; untrained: serving cost does not depend on the weights."""
-    from components.models import build_model, hyperparameters
-    from serving.export import push
+    from dae.components.models import build_model, hyperparameters
+    from dae.serving.export import push
 
     hp = hyperparameters()
     if filters:
@@ -158,8 +158,8 @@ def main() -> int:
 
     from support import Server, copy_version
 
-    from serving.client import GrpcClient, RestClient
-    from serving.export import load_servable
+    from dae.serving.client import GrpcClient, RestClient
+    from dae.serving.export import load_servable
 
     work = Path(tempfile.mkdtemp(prefix="dae-bench-"))
     model = Path(args.model) if args.model else build_model(work / "built", args.filters)

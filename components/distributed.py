@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import StageError
+from dae.artifacts import StageError
 
 # ---- tuning ----------------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from components.artifacts import StageContext, StageError, read_split, write_json
-from components.noise import corrupt
-from serving.export import latest_version, load_servable
+from dae.artifacts import StageContext, StageError, read_split, write_json
+from dae.components.noise import corrupt
+from dae.serving.export import latest_version, load_servable
 
 INPUTS = ("transformed_examples", "model")
 OUTPUTS = ("evaluation", "blessing")
@@ -133,7 +133,7 @@ def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, dict | None]
 def run(ctx: StageContext) -> dict[str, Any]:
     import keras
 
-    from components import vae
+    from dae.components import vae
 
     cfg = ctx.config
     test = read_split(ctx.inputs["transformed_examples"], "test", ("noisy", "clean"))

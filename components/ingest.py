@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from components.artifacts import (
+from dae.artifacts import (
     SCHEMA_FILE,
     StageContext,
     StageError,

@@ -231,7 +231,7 @@ def _build(hp, family: str, shape, mean, std, beta):
         model = keras.Model(images, AUTOENCODERS[family](hp, x, shape), name=f"{family}_denoiser")
         model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["mse"])
         return model
-    from components import vae
+    from dae.components import vae
 
     if beta is None and tunable:
         beta = hp.Float("beta", 0.1, 1.0, sampling="log")
@@ -249,7 +249,7 @@ def _build(hp, family: str, shape, mean, std, beta):
 def deployable(model):
     """What train saves and push exports: the model itself, or a VAE's deterministic
     denoiser (plain Keras layers, so it reloads without custom objects)."""
-    from components import vae
+    from dae.components import vae
 
     return vae.denoiser(model) if isinstance(model, vae.VAE) else model
 

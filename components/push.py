@@ -6,8 +6,8 @@ import hashlib
 import json
 from typing import Any
 
-from components.artifacts import StageContext, StageError, read_json, write_json
-from serving.export import latest_version, push
+from dae.artifacts import StageContext, StageError, read_json, write_json
+from dae.serving.export import latest_version, push
 
 PROVENANCE = "dae_provenance.json"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from components.artifacts import StageContext, read_json, read_split
+from dae.artifacts import StageContext, read_json, read_split
 
 INPUTS = ("transformed_examples", "model", "model_run", "evaluation", "blessing")
 OUTPUTS = ("report",)  # the runner makes it the stage folder itself: runs/<id>/report/
@@ -164,7 +164,7 @@ def page(title: str, intro: list[str], tables, figures: list[tuple[str, str]]) -
 
 
 def _vae_figures(out: Path, model, test) -> list[tuple[str, str]]:
-    from components import vae
+    from dae.components import vae
 
     n = min(LATENT_POINTS, len(test["noisy"]))
     z_mean, _ = vae.encode(model, test["noisy"][:n])
@@ -184,8 +184,8 @@ def _vae_figures(out: Path, model, test) -> list[tuple[str, str]]:
 def run(ctx: StageContext) -> dict[str, Any]:
     import keras
 
-    from components import vae
-    from components.noise import corrupt
+    from dae.components import vae
+    from dae.components.noise import corrupt
 
     cfg, out = ctx.config, ctx.outputs["report"]
     metrics = read_json(ctx.inputs["evaluation"] / "metrics.json")

@@ -20,9 +20,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components import distributed, noise
-from components.artifacts import StageContext, StageError, read_json, read_split, write_json
-from components.models import VAES, build_model, deployable, hyperparameters
+from dae.artifacts import StageContext, StageError, read_json, read_split, write_json
+from dae.components import distributed, noise
+from dae.components.models import VAES, build_model, deployable, hyperparameters
 
 INPUTS = ("transformed_examples", "transform_graph", "best_hyperparameters")
 OUTPUTS = ("model", "model_run", "checkpoints")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from components.artifacts import (
+from dae.artifacts import (
     SCHEMA_FILE,
     SPLITS,
     StageContext,
@@ -25,8 +25,8 @@ from components.artifacts import (
     shard_prefix,
     write_json,
 )
-from components.beam_setup import beam_options, import_beam, pipeline_runner
-from components.noise import configured, corrupt
+from dae.beam import beam_options, import_beam, pipeline_runner
+from dae.components.noise import configured, corrupt
 
 # Statistics gate the transform: it runs only on examples that passed validation.
 INPUTS = ("examples", "statistics")

@@ -22,9 +22,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from components import distributed
-from components.artifacts import StageContext, read_json, read_split, write_json
-from components.models import OBJECTIVE, build_model, hyperparameters
+from dae.artifacts import StageContext, read_json, read_split, write_json
+from dae.components import distributed
+from dae.components.models import OBJECTIVE, build_model, hyperparameters
 
 INPUTS = ("transformed_examples", "transform_graph")
 OUTPUTS = ("best_hyperparameters", "tuner_results")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from components.artifacts import (
+from dae.artifacts import (
     SPLITS,
     StageContext,
     StageError,

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from components.push import PROVENANCE
-from serving.export import latest_version
+from dae.components.push import PROVENANCE
+from dae.serving.export import latest_version
 
 # The config each stage's behaviour depends on; a stage not listed depends on all of it.
 PARAMS = {

@@ -52,10 +52,10 @@ def _parser() -> argparse.ArgumentParser:
     stage.add_argument("--run", required=True, dest="run_id", help="the run to work in")
     common(stage)
 
-    from serving.server import add_arguments
+    from dae.serving.server import add_arguments
 
     add_arguments(sub.add_parser("serve", help="serve pushed versions over TF Serving's API"))
-    from serving import batch
+    from dae.serving import batch
 
     batch.add_arguments(
         sub.add_parser("denoise", help="denoise a batch of images", description=batch.__doc__)
@@ -94,9 +94,9 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
 
 
 def _dispatch(args) -> int:
-    from components.artifacts import StageError
-    from pipeline import runner
-    from pipeline.config import apply_overrides, load_config
+    from dae.artifacts import StageError
+    from dae.pipeline import runner
+    from dae.pipeline.config import apply_overrides, load_config
 
     if args.command == "run":
         root = Path(args.root).expanduser()
@@ -113,20 +113,20 @@ def _dispatch(args) -> int:
     if args.command in ("runs", "lineage"):
         return _history(args)
     if args.command == "serve":
-        from serving import server
+        from dae.serving import server
 
         try:
             return server.main(args)
         except server.ServeError as e:
             raise StageError(str(e)) from None
     if args.command == "denoise":
-        from serving import batch
+        from dae.serving import batch
 
         try:
             return batch.main(args)
         except batch.BatchError as e:
             raise StageError(str(e)) from None
-    from pipeline import prepare_data
+    from dae.pipeline import prepare_data
 
     return prepare_data.main(args.args)
 
@@ -134,9 +134,9 @@ def _dispatch(args) -> int:
 def _history(args) -> int:
     import json
 
-    from components.artifacts import StageError
-    from pipeline import history
-    from pipeline.metadata import MetadataStore, default_url
+    from dae.artifacts import StageError
+    from dae.pipeline import history
+    from dae.pipeline.metadata import MetadataStore, default_url
 
     root = Path(args.root).expanduser()
     if not (root / "metadata.sqlite").is_file():
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     # A Kubernetes Job is stopped with SIGTERM: record the run as failed, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     args = _parser().parse_args(argv)
-    from components.artifacts import StageError
-    from pipeline.config import ConfigError
+    from dae.artifacts import StageError
+    from dae.pipeline.config import ConfigError
 
     try:
         return _dispatch(args)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from components.models import BASELINES, FAMILIES
+from dae.components.models import BASELINES, FAMILIES
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from components import evaluate, ingest, push, report, train, transform, tune, validate
+from dae.components import evaluate, ingest, push, report, train, transform, tune, validate
 
 EXAMPLES = "transform.transformed_examples"
 GRAPH = "transform.transform_graph"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from components.artifacts import StageError, read_json
-from pipeline.metadata import MetadataStore
+from dae.artifacts import StageError, read_json
+from dae.pipeline.metadata import MetadataStore
 
 
 def _fmt(value, spec: str = "") -> str:

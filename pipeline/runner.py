@@ -24,11 +24,11 @@ from typing import Any
 
 import yaml
 
-from components.artifacts import StageContext, StageError, read_json, write_json
-from components.distributed import secondary
-from pipeline.config import Config, dump_config
-from pipeline.dag import DAG, STAGES, Node, node
-from pipeline.tracking import Tracker, code_version, open_store
+from dae.artifacts import StageContext, StageError, read_json, write_json
+from dae.components.distributed import secondary
+from dae.pipeline.config import Config, dump_config
+from dae.pipeline.dag import DAG, STAGES, Node, node
+from dae.pipeline.tracking import Tracker, code_version, open_store
 
 SUCCESS = "_SUCCESS"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from components.artifacts import write_json
-from pipeline import cache
-from pipeline.dag import Node
-from pipeline.metadata import MetadataStore, default_url, now
+from dae.artifacts import write_json
+from dae.pipeline import cache
+from dae.pipeline.dag import Node
+from dae.pipeline.metadata import MetadataStore, default_url, now
 
 SUCCESS = "_SUCCESS"
 

@@ -67,7 +67,7 @@ def add_arguments(p) -> None:
 
 def _signature_shape(sig_def, where: str) -> tuple:
     """HWC from a SignatureDef proto of TF Serving's denoiser signature (None: any size)."""
-    from serving.export import INPUT_NAME, OUTPUT_NAME
+    from dae.serving.export import INPUT_NAME, OUTPUT_NAME
 
     if INPUT_NAME not in sig_def.inputs or OUTPUT_NAME not in sig_def.outputs:
         raise BatchError(
@@ -85,7 +85,7 @@ def _signature_shape(sig_def, where: str) -> tuple:
 
 def resolve_model(spec: str) -> Path:
     """A SavedModel folder, or the latest integer version holding one under a base path."""
-    from serving.export import versions
+    from dae.serving.export import versions
 
     path = Path(spec).expanduser()
     if not path.is_dir():
@@ -105,7 +105,7 @@ def saved_model_shape(model_dir: Path) -> tuple:
     and read its serving signature's input shape, HWC (None: any size)."""
     import tensorflow as tf
 
-    from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+    from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
     try:
         loaded = tf.saved_model.load(str(model_dir))
@@ -135,7 +135,7 @@ def server_shape(client, args) -> tuple:
     from google.protobuf import json_format
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from serving.export import SIGNATURE
+    from dae.serving.export import SIGNATURE
 
     where = f"{'REST' if args.rest else 'gRPC'} endpoint {args.server}"
     if args.rest:
@@ -198,7 +198,7 @@ class _Tally:
     def usable(self, items, want):
         """The images that fit the model, as (index, name, float32 HWC); the others reported
         and skipped, or the job stopped. A free dimension is fixed by the first image."""
-        from serving.images_io import prepare
+        from dae.serving.images_io import prepare
 
         for item in items:
             self.seen += 1
@@ -226,7 +226,7 @@ def _run_beam(args, source, want, dest, tally, model_dir, options) -> None:
     images = np.stack([x for _, _, x in good])
     del good
     with _bar("denoising", len(images)) as bar:
-        from serving.batch_beam import beam_denoise
+        from dae.serving.batch_beam import beam_denoise
 
         out = beam_denoise(images, model_dir, args.batch_size, options, bar.update)
     with _bar("writing", len(names)) as bar:
@@ -239,7 +239,7 @@ def _run_beam(args, source, want, dest, tally, model_dir, options) -> None:
 def _run_server(args, source, want, dest, tally, client) -> None:
     import numpy as np
 
-    from serving.client import ServingClientError
+    from dae.serving.client import ServingClientError
 
     def send(batch):
         try:
@@ -281,7 +281,7 @@ def _check_paths(args) -> None:
 
 
 def main(args) -> int:
-    from serving import destinations, images_io
+    from dae.serving import destinations, images_io
 
     start = time.perf_counter()
     if bool(args.model) == bool(args.server):
@@ -305,14 +305,14 @@ def main(args) -> int:
     if args.model:
         model_dir = resolve_model(args.model)
         want = saved_model_shape(model_dir)
-        from components.beam_setup import beam_options
+        from dae.beam import beam_options
 
         try:
             options = beam_options(args.runner, args.beam_option)
         except ValueError as e:
             raise BatchError(str(e)) from None
     else:
-        from serving.client import connect
+        from dae.serving.client import connect
 
         client = connect(args.server, args.model_name, args.rest)
         want = server_shape(client, args)

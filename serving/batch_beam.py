@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.beam_setup import beam_options, import_beam, pipeline_runner
+from dae.beam import beam_options, import_beam, pipeline_runner
 
 _progress = None  # set while an in-process pipeline runs: called with each batch's size
 
@@ -31,7 +31,7 @@ def _define_handler():
             import numpy as np
             import tensorflow as tf
 
-            from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+            from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
             if _progress is not None:
                 _progress(len(batch))

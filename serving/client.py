@@ -8,7 +8,7 @@ import socket
 
 import numpy as np
 
-from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 
 class ServingClientError(RuntimeError):
@@ -107,7 +107,7 @@ class RestClient:
     def predict(self, images: np.ndarray, version: int | None = None) -> np.ndarray:
         import orjson
 
-        from serving import json_tensor
+        from dae.serving import json_tensor
 
         path = f"/v1/models/{self.model}" + (f"/versions/{version}" if version else "")
         body = b'{"inputs":' + json_tensor.dumps(np.asarray(images, np.float32)) + b"}"

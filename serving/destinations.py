@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.images_io import SourceError
+from dae.serving.images_io import SourceError
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -77,7 +77,7 @@ def _add_vae_endpoints(archive, model, images_spec) -> bool:
     import keras
     import tensorflow as tf
 
-    from components.vae import parts
+    from dae.components.vae import parts
 
     found = parts(model)
     if found is None:

@@ -16,9 +16,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from serving import status
-from serving.predict import Predictor
-from serving.servable import ServingError
+from dae.serving import status
+from dae.serving.predict import Predictor
+from dae.serving.servable import ServingError
 
 log = logging.getLogger("dae.serving.grpc")
 

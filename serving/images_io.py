@@ -162,7 +162,7 @@ class TFRecordSource(Source):
     shards ({image, ...}); the shape and dtype come from schema.json beside the file."""
 
     def __init__(self, path: Path, shape=None):
-        from components.artifacts import SCHEMA_FILE, read_json
+        from dae.artifacts import SCHEMA_FILE, read_json
 
         self.path, dtype = path, "uint8"
         schema_file = path.parent / SCHEMA_FILE

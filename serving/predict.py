@@ -12,8 +12,8 @@ from collections import Counter
 
 import numpy as np
 
-from serving.batching import Batcher, QueueFull
-from serving.servable import ServableManager, ServingError, Signature
+from dae.serving.batching import Batcher, QueueFull
+from dae.serving.servable import ServableManager, ServingError, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
 

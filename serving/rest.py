@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from serving import json_tensor, status
-from serving.predict import Predictor, invalid
-from serving.servable import ServingError
+from dae.serving import json_tensor, status
+from dae.serving.predict import Predictor, invalid
+from dae.serving.servable import ServingError
 
 log = logging.getLogger("dae.serving.rest")
 

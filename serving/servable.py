@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.export import SERVABLE_FILE, WARMUP_FILE, versions
+from dae.serving.export import SERVABLE_FILE, WARMUP_FILE, versions
 
 log = logging.getLogger("dae.serving")
 

@@ -47,9 +47,9 @@ class ServeError(Exception):
 
 def build(args):
     """Everything but the event loop: manager, batcher, predictor. Raises ServeError."""
-    from serving.batching import Batcher, parse_batching_parameters
-    from serving.predict import Predictor
-    from serving.servable import ServableManager
+    from dae.serving.batching import Batcher, parse_batching_parameters
+    from dae.serving.predict import Predictor
+    from dae.serving.servable import ServableManager
 
     base = Path(args.model_base_path).expanduser()
     if not base.is_dir():
@@ -85,8 +85,8 @@ def build(args):
 async def serve(args, predictor, ready=None) -> None:
     import uvicorn
 
-    from serving.grpc_service import make_server
-    from serving.rest import make_app
+    from dae.serving.grpc_service import make_server
+    from dae.serving.rest import make_app
 
     manager = predictor.manager
     await asyncio.get_running_loop().run_in_executor(

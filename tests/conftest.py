@@ -11,8 +11,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from support import dae, digit_like, write_examples  # noqa: E402
 
-from components.artifacts import StageContext  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from dae.artifacts import StageContext  # noqa: E402
+from dae.pipeline.config import load_config  # noqa: E402
 
 
 @pytest.fixture

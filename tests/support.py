@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from components.artifacts import SCHEMA_FILE, write_json, write_shards
+from dae.artifacts import SCHEMA_FILE, write_json, write_shards
 
 
 def digit_like(n: int, shape=(28, 28, 1), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +124,7 @@ def copy_root(src: Path, dst: Path) -> Path:
     it take their cache hits from the copied artifacts (the original stays untouched)."""
     import sqlalchemy as sa
 
-    from pipeline.metadata import MetadataStore, default_url
+    from dae.pipeline.metadata import MetadataStore, default_url
 
     shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
     store = MetadataStore(default_url(dst))

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from support import DAE, free_port
 
-from components import distributed, transform, tune
-from components.artifacts import StageError, read_json
-from components.distributed import TrainingJob
+from dae.artifacts import StageError, read_json
+from dae.components import distributed, transform, tune
+from dae.components.distributed import TrainingJob
 
 TUNE_SETS = ["--set", "model.family=dense", "--set", "tune.tuner=random",
              "--set", "tune.max_trials=4", "--set", "tune.max_epochs=1",
@@ -209,9 +209,9 @@ def test_two_workers_train_one_model(run, tmp_path):
 
 def _backup_dir(root: Path, run_id: str, out: Path) -> Path:
     """Where this training job keeps its epoch backups (train's own key)."""
-    from components import train
-    from pipeline.config import apply_overrides
-    from pipeline.runner import load_run_config, output_uri
+    from dae.components import train
+    from dae.pipeline.config import apply_overrides
+    from dae.pipeline.runner import load_run_config, output_uri
 
     cfg = apply_overrides(load_run_config(root, run_id), TRAIN_SETS[1::2])
     rdir = root / "runs" / run_id

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from components import evaluate
-from components.artifacts import read_json
+from dae.artifacts import read_json
+from dae.components import evaluate
 
 
 def test_metrics_of_perfect_and_noisy_reconstructions():
@@ -55,8 +55,8 @@ def test_per_class_means_leave_out_unlabelled_images():
 
 
 def test_each_corruption_is_scored_on_the_same_noise_every_time():
-    from components.noise import corrupt
-    from pipeline.config import NoiseSpec
+    from dae.components.noise import corrupt
+    from dae.pipeline.config import NoiseSpec
 
     clean = (np.random.default_rng(0).random((6, 12, 12, 1)) < 0.3).astype(np.float32)
     kinds = [NoiseSpec(kind="gaussian", level=0.5), NoiseSpec(kind="mask", level=0.3)]
@@ -83,9 +83,9 @@ def test_nan_output_is_never_blessed():
 def _pairs(tmp_path, shape=(28, 28, 1)):
     from support import digit_like, write_examples
 
-    from components import transform
-    from components.artifacts import StageContext
-    from pipeline.config import load_config
+    from dae.artifacts import StageContext
+    from dae.components import transform
+    from dae.pipeline.config import load_config
 
     cfg = load_config(None, "smoke")
     images, labels = digit_like(40, shape)
@@ -97,7 +97,7 @@ def _pairs(tmp_path, shape=(28, 28, 1)):
 
 
 def _run_evaluate(tmp_path, cfg, examples, model_dir, name):
-    from components.artifacts import StageContext
+    from dae.artifacts import StageContext
 
     outs = {"evaluation": tmp_path / name / "e", "blessing": tmp_path / name / "b"}
     for p in outs.values():
@@ -110,8 +110,8 @@ def _run_evaluate(tmp_path, cfg, examples, model_dir, name):
 
 
 def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
-    from components import models
-    from serving.export import push
+    from dae.components import models
+    from dae.serving.export import push
 
     cfg, examples = _pairs(tmp_path)
     model = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.1, 0.3)
@@ -140,7 +140,7 @@ def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
     assert (verdict["model_name"], verdict["baseline_version"]) == (cfg.push.model_name, 1)
 
     # A served version that cannot be loaded (a hand-made folder): one line naming it.
-    from components.artifacts import StageError
+    from dae.artifacts import StageError
 
     (tmp_path / "serving" / cfg.push.model_name / "2").mkdir()
     with pytest.raises(StageError, match=r"served version .*/2 cannot be loaded .*fix or remove"):
@@ -148,7 +148,7 @@ def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
 
 
 def test_a_vae_is_scored_by_its_elbo(tmp_path):
-    from components import models
+    from dae.components import models
 
     cfg, examples = _pairs(tmp_path)
     model = models.build_model(models.hyperparameters(), "conv_vae", (28, 28, 1), 0.1, 0.3)
@@ -163,8 +163,8 @@ def test_a_vae_is_scored_by_its_elbo(tmp_path):
 
 
 def test_a_served_model_of_another_shape_is_not_a_baseline(tmp_path):
-    from components import models
-    from serving.export import push
+    from dae.components import models
+    from dae.serving.export import push
 
     cfg, examples = _pairs(tmp_path)
     other = models.build_model(models.hyperparameters(), "dense", (32, 32, 1), 0.1, 0.3)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from components import ingest
-from components.artifacts import read_json, read_split
+from dae.artifacts import read_json, read_split
+from dae.components import ingest
 
 
 def test_split_is_seeded_disjoint_and_capped():

@@ -4,7 +4,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from components import models, vae
+from dae.components import models, vae
 
 
 @pytest.mark.parametrize("family", models.FAMILIES + models.BASELINES)

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from components import models, push
-from components.artifacts import write_json
-from serving import export
+from dae.artifacts import write_json
+from dae.components import models, push
+from dae.serving import export
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_blessed_model_is_pushed_once_with_its_provenance(make_ctx, tmp_path, 
 def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, trained):
     """Blessed against no served model; meanwhile another run pushed version 1. Pushing now
     would replace a model this one was never compared with."""
-    from components.artifacts import StageError
+    from dae.artifacts import StageError
 
     judged = {"model_name": "denoiser", "baseline_version": None}
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, **judged)
@@ -66,7 +66,7 @@ def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, t
 
 
 def test_a_blessing_for_another_serving_model_is_refused(make_ctx, tmp_path, trained):
-    from components.artifacts import StageError
+    from dae.artifacts import StageError
 
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, model_name="other",
                baseline_version=None)  # fmt: skip

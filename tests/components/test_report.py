@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import evaluate, models, report, transform
-from components.artifacts import write_json
+from dae.artifacts import write_json
+from dae.components import evaluate, models, report, transform
 
 
 def grid_size(rows: int, cols: int, h: int = 28, w: int = 28) -> tuple[int, int]:
@@ -64,8 +64,8 @@ def tiny_run(tmp_path_factory):
     """Transformed examples of a few digit-like images, in a module-wide temp dir."""
     from support import digit_like, write_examples
 
-    from components.artifacts import StageContext
-    from pipeline.config import load_config
+    from dae.artifacts import StageContext
+    from dae.pipeline.config import load_config
 
     tmp = tmp_path_factory.mktemp("report")
     cfg = load_config(None, "smoke")
@@ -77,7 +77,7 @@ def tiny_run(tmp_path_factory):
 
 
 def _report_for(family, tiny_run, name):
-    from components.artifacts import StageContext
+    from dae.artifacts import StageContext
 
     tmp, cfg, examples = tiny_run
     d = tmp / name

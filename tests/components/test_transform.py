@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from support import write_examples
 
-from components import transform
-from components.artifacts import StageError, read_json, read_split
-from pipeline.config import NoiseConfig
+from dae.artifacts import StageError, read_json, read_split
+from dae.components import transform
+from dae.pipeline.config import NoiseConfig
 
 CLEAN = np.full((28, 28, 1), 0.5, np.float32)
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from components import train, transform, tune
-from components.artifacts import read_json, read_split
-from pipeline.config import Config
+from dae.artifacts import read_json, read_split
+from dae.components import train, transform, tune
+from dae.pipeline.config import Config
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def _tune_then_train(transformed, make_ctx, cfg):
 def test_one_search_spans_families_and_train_rebuilds_the_winner(transformed, make_ctx, small):
     import keras
 
-    from components import vae
+    from dae.components import vae
 
     small.tune.families = ["dense", "vae"]
     small.tune.max_trials = 3
@@ -122,7 +122,7 @@ def test_one_search_spans_families_and_train_rebuilds_the_winner(transformed, ma
 def test_a_vae_trains_and_keeps_its_loss_terms(transformed, make_ctx, small):
     import keras
 
-    from components import vae
+    from dae.components import vae
 
     small.model.family = "conv_vae"
     small.tune.max_trials = 1
@@ -148,7 +148,7 @@ def test_a_baseline_is_not_searched(transformed, make_ctx, small):
 def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
     import keras
 
-    from components.models import build_model, hyperparameters
+    from dae.components.models import build_model, hyperparameters
 
     x = np.random.default_rng(0).random((64, 28, 28, 1)).astype(np.float32)
 
@@ -181,7 +181,7 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
 
 
 def test_fresh_noise_draws_new_noise_each_epoch_and_covers_every_image():
-    from components.noise import corrupt
+    from dae.components.noise import corrupt
 
     clean = np.random.default_rng(0).random((10, 4, 4, 1)).astype(np.float32)
 

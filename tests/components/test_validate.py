@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from components import validate
-from components.artifacts import StageError, read_json
+from dae.artifacts import StageError, read_json
+from dae.components import validate
 
 
 def _stats(images, labels=None):

@@ -14,7 +14,7 @@ import tomllib
 import pytest
 from k8s_support import K8S, REPO, by_kind, containers, find, is_dae, pod_templates
 
-from pipeline.config import load_config
+from dae.pipeline.config import load_config
 
 DOCKERFILE = REPO / "Dockerfile"
 
@@ -79,7 +79,7 @@ def test_entrypoint_is_the_dae_console_script():
     (entrypoint,) = [json.loads(rest) for word, rest in final if word == "ENTRYPOINT"]
     assert entrypoint == ["dae"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["dae"] == "pipeline.cli:main"
+    assert scripts["dae"] == "dae.pipeline.cli:main"
     env = " ".join(rest for word, rest in final if word == "ENV")
     assert "PATH=/opt/venv/bin:$PATH" in env, "`dae` must be on PATH"
     assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in env, "Beam workers use the image's venv"
@@ -99,9 +99,13 @@ def test_installs_the_lock_then_dae_without_resolving():
     assert "pip check" in build
     copies = [rest.split() for word, rest in _stages()["build"] if word == "COPY"]
     assert ["requirements.lock", "/src/requirements.lock"] in copies
-    packages = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
-    for package in packages["packages"]:
-        assert [package, f"/src/{package}"] in copies, f"the image lacks the {package} package"
+    setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    dirs = setuptools["package-dir"]
+    for package in setuptools["packages"]:  # from its folder: package-dir's, or its own name
+        parent = max((p for p in dirs if package == p or package.startswith(p + ".")),
+                     key=len, default=None)  # fmt: skip
+        top = dirs[parent] if parent else package.split(".")[0]
+        assert [top, f"/src/{top}"] in copies, f"the image lacks the {package} package"
 
 
 def test_dockerignore_admits_what_the_dockerfile_copies():

@@ -28,7 +28,7 @@ from k8s_support import (
     pod_templates,
 )
 
-from pipeline.config import load_config
+from dae.pipeline.config import load_config
 
 ROOT = "/data/dae-root"  # --root of every dae container: the shared volume's mount path
 CLAIM = "dae-root"
@@ -132,7 +132,7 @@ def test_serving_reads_what_the_pipeline_pushes(rendered, overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_batching_parameters_parse_and_are_mounted(rendered, overlay):
-    from serving.batching import parse_batching_parameters
+    from dae.serving.batching import parse_batching_parameters
 
     objects = rendered[overlay]
     _, pod, container = _serving(objects)
@@ -307,9 +307,9 @@ def _substitute(argv: list[str], env: dict[str, dict]) -> list[str]:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_dae_container_runs_a_dae_command_the_cli_accepts(rendered, variant):
-    from components.transform import pipeline_options
-    from pipeline.cli import _parser
-    from pipeline.config import apply_overrides
+    from dae.components.transform import pipeline_options
+    from dae.pipeline.cli import _parser
+    from dae.pipeline.config import apply_overrides
 
     objects = rendered[variant]
     config_file = _config_path_in_repo(objects)

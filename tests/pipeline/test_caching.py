@@ -10,11 +10,11 @@ from types import SimpleNamespace
 import pytest
 from support import DAE, copy_root, dae
 
-from components.artifacts import StageError
-from pipeline import runner
-from pipeline.config import Config
-from pipeline.dag import Node
-from pipeline.metadata import MetadataStore, default_url
+from dae.artifacts import StageError
+from dae.pipeline import runner
+from dae.pipeline.config import Config
+from dae.pipeline.dag import Node
+from dae.pipeline.metadata import MetadataStore, default_url
 
 
 def stand_in(calls: list, name: str, fail_times: int = 0):

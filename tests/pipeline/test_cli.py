@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.cli import main
+from dae.pipeline.cli import main
 
 
 def _fails(argv, capsys, code):
@@ -54,7 +54,7 @@ def test_unknown_data_prepare_name(tmp_path, capsys):
 
 
 def test_stage_name_must_be_a_stage(tmp_path, capsys):
-    from pipeline.config import Config, dump_config
+    from dae.pipeline.config import Config, dump_config
 
     (tmp_path / "runs" / "r1").mkdir(parents=True)
     dump_config(Config(), tmp_path / "runs" / "r1" / "config.yaml")

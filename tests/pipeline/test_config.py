@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import Config, ConfigError, load_config, parse_set, profiles
+from dae.pipeline.config import Config, ConfigError, load_config, parse_set, profiles
 
 ROOT = Path(__file__).resolve().parents[2]
 

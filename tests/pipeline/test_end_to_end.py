@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from support import dae
 
-from components.artifacts import read_split
-from pipeline.runner import METRIC_KEYS
-from serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from dae.artifacts import read_split
+from dae.pipeline.runner import METRIC_KEYS
+from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 STAGES = ["ingest", "validate", "transform", "tune", "train", "evaluate", "push", "report"]
 

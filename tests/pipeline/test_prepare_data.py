@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import prepare_data as prep
+from dae.pipeline import prepare_data as prep
 
 PAYLOAD = struct.pack(">2I", 0x801, 12) + bytes(range(10)) + b"\x07\x03"
 

@@ -11,9 +11,9 @@ import time
 import pytest
 from support import DAE, copy_root, dae
 
-from components.artifacts import read_schema, read_split
-from pipeline.metadata import MetadataStore, default_url
-from serving.export import versions
+from dae.artifacts import read_schema, read_split
+from dae.pipeline.metadata import MetadataStore, default_url
+from dae.serving.export import versions
 
 SMOKE = ["run", "--profile", "smoke"]
 

@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from components.artifacts import StageError
-from pipeline import runner
-from pipeline.config import Config
-from pipeline.dag import DAG, Node
+from dae.artifacts import StageError
+from dae.pipeline import runner
+from dae.pipeline.config import Config
+from dae.pipeline.dag import DAG, Node
 
 
 def component(outputs=("out",), fail=None, resumable=()):

@@ -12,11 +12,11 @@ import pytest
 from PIL import Image
 from support import Server, dae, digit_like, free_port, write_examples
 
-from components import models
-from components.artifacts import encode_example
-from pipeline import cli
-from serving import export
-from serving.destinations import to_uint8
+from dae.artifacts import encode_example
+from dae.components import models
+from dae.pipeline import cli
+from dae.serving import export
+from dae.serving.destinations import to_uint8
 
 SHAPE = (28, 28, 1)
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from serving.batching import Batcher, BatchingParameters, QueueFull, parse_batching_parameters
+from dae.serving.batching import Batcher, BatchingParameters, QueueFull, parse_batching_parameters
 
 
 def test_parse_tf_serving_text_format():

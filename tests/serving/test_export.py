@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from components import models
-from serving import export
+from dae.components import models
+from dae.serving import export
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     import keras
     import tensorflow as tf
 
-    from components import vae
+    from dae.components import vae
 
     trainer = models.build_model(models.hyperparameters(), "conv_vae", (28, 28, 1), 0.13, 0.31)
     models.deployable(trainer).save(tmp_path / "model.keras")
@@ -115,8 +115,8 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     assert servable["input_range"] == [0.0, 1.0]
     assert export.load_servable(path).input_shape == (None, 28, 28, 1)
     # The server validates each signature against its own range: z is unbounded.
-    from serving.predict import validate_inputs
-    from serving.servable import Servable, ServingError
+    from dae.serving.predict import validate_inputs
+    from dae.serving.servable import Servable, ServingError
 
     served = Servable("m", 1, path)
     ranges = served.input_ranges
