@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from dae.artifacts import StageContext, StageError, read_json, write_json
+from dae.components import vae
 from dae.serving.export import latest_version, push
 
 PROVENANCE = "dae_provenance.json"
@@ -44,7 +45,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         "metrics": read_json(ctx.inputs["evaluation"] / "metrics.json"),
         "model": read_json(ctx.inputs["model"] / "model.json"),
     }
-    version, path = push(model, base, {PROVENANCE: json.dumps(provenance, indent=2).encode()})
+    extra = {PROVENANCE: json.dumps(provenance, indent=2).encode()}
+    version, path = push(model, base, extra, vae_parts=vae.parts(model))
     write_json(out / "pushed.json", {"pushed": True, "version": version, "path": str(path)})
     ctx.log(f"push: version {version} at {path}")
     return {"pushed_version": version, "pushed_path": str(path)}

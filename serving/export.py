@@ -45,8 +45,9 @@ def latest_version(base: Path) -> int | None:
     return found[-1] if found else None
 
 
-def export_servable(model, path: Path) -> None:
-    """Write `model` as a SavedModel with the serving signature described above."""
+def export_servable(model, path: Path, vae_parts=None) -> None:
+    """Write `model` as a SavedModel with the serving signature described above; with
+    `vae_parts`, a VAE's (encoder, decoder), also `encode` and `decode`."""
     import keras
     import tensorflow as tf
 
@@ -60,7 +61,8 @@ def export_servable(model, path: Path) -> None:
     images_spec = [tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)]
     archive.add_endpoint(name=SIGNATURE, fn=serve, input_signature=images_spec)
     ranges = {SIGNATURE: [0.0, 1.0]}
-    if _add_vae_endpoints(archive, model, images_spec):
+    if vae_parts is not None:
+        _add_vae_endpoints(archive, *vae_parts, images_spec)
         ranges |= {ENCODE: [0.0, 1.0], DECODE: None}  # z is unbounded
     archive.write_out(str(path), verbose=False)
     extra = Path(path) / "assets.extra"
@@ -72,17 +74,9 @@ def export_servable(model, path: Path) -> None:
     (extra / SERVABLE_FILE).write_text(json.dumps(servable))
 
 
-def _add_vae_endpoints(archive, model, images_spec) -> bool:
-    """`encode` and `decode` for a VAE (found by its named parts); False for other models."""
+def _add_vae_endpoints(archive, encoder, decoder, images_spec) -> None:
     import keras
     import tensorflow as tf
-
-    from dae.components.vae import parts
-
-    found = parts(model)
-    if found is None:
-        return False
-    encoder, decoder = found
 
     def encode(images):
         z_mean, z_log_var = encoder(tf.clip_by_value(images, 0.0, 1.0), training=False)
@@ -97,7 +91,6 @@ def _add_vae_endpoints(archive, model, images_spec) -> bool:
         name=DECODE, fn=decode,
         input_signature=[tf.TensorSpec((None, latent), tf.float32, name=LATENT_NAME)],
     )  # fmt: skip
-    return True
 
 
 def warmup_records(shape, batch_sizes=(1, 64)) -> list[bytes]:
@@ -134,8 +127,11 @@ def _prune_stale(base: Path, older_than_s: float = 3600) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def push(model, base: Path, extra_files: dict[str, bytes] | None = None) -> tuple[int, Path]:
-    """Export as the next version, atomically: build beside the target, then rename.
+def push(
+    model, base: Path, extra_files: dict[str, bytes] | None = None, vae_parts=None
+) -> tuple[int, Path]:
+    """Export as the next version (see export_servable), atomically: build beside the
+    target, then rename.
 
     Two pushers racing for one version number cannot both win the rename; the loser takes
     the next number.
@@ -145,7 +141,7 @@ def push(model, base: Path, extra_files: dict[str, bytes] | None = None) -> tupl
     _prune_stale(base)
     tmp = base / f".tmp-{uuid.uuid4().hex}"
     try:
-        export_servable(model, tmp)
+        export_servable(model, tmp, vae_parts)
         for name, data in (extra_files or {}).items():
             target = tmp / "assets.extra" / name
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -90,7 +90,7 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     trainer = models.build_model(models.hyperparameters(), "conv_vae", (28, 28, 1), 0.13, 0.31)
     models.deployable(trainer).save(tmp_path / "model.keras")
     model = keras.models.load_model(tmp_path / "model.keras", compile=False)  # as push does
-    _, path = export.push(model, tmp_path / "m")
+    _, path = export.push(model, tmp_path / "m", vae_parts=vae.parts(model))
     loaded = tf.saved_model.load(str(path))
     sigs = loaded.signatures
     assert set(sigs) == {export.SIGNATURE, export.ENCODE, export.DECODE}
