@@ -9,7 +9,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CONFIG ?= configs/default.yaml
 ROOT ?= ./dae-root
 
-.PHONY: install data run smoke test lint format clean checkov
+.PHONY: install data run smoke test lint imports format clean checkov
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -46,11 +46,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The layers (pyproject.toml's import-linter contracts), on the package as it installs.
+imports: install
+	$(BIN)/python tests/layers.py
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint data checkov
+test: lint imports data checkov
 	$(BIN)/pytest -q
 
 clean:

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dae.artifacts import StageError
+from dae import compat
+from dae.component import StageError
 
 # ---- tuning ----------------------------------------------------------------------------
 
@@ -41,21 +42,7 @@ def record_trials(tuner, objective: str) -> dict[str, dict[str, Any]]:
     """On a worker: each trial it ran as it reported it to the chief, {trial_id: {"values",
     "score", "status"}}, the values as the model was built (a build can add some). Filled
     in as the search goes: once a worker's search returns, the chief may be gone."""
-    client, scores, trials = tuner.oracle, {}, {}
-    update, end = client.update_trial, client.end_trial
-
-    def update_trial(trial_id, metrics, step=0):
-        scores[trial_id] = metrics.get(objective)
-        return update(trial_id, metrics, step=step)
-
-    def end_trial(trial):
-        values = dict(trial.hyperparameters.values)
-        trials[trial.trial_id] = {"values": values, "score": scores.get(trial.trial_id),
-                                  "status": trial.status}  # fmt: skip
-        return end(trial)
-
-    client.update_trial, client.end_trial = update_trial, end_trial
-    return trials
+    return compat.record_oracle_client_trials(tuner.oracle, objective)
 
 
 def resume_oracle(tuner) -> None:
@@ -103,7 +90,7 @@ def training_job() -> TrainingJob | None:
     resolver, spec = strategy.cluster_resolver, strategy.cluster_resolver.cluster_spec()
     chiefs = spec.num_tasks("chief") if "chief" in spec.jobs else 0
     index = resolver.task_id + (chiefs if resolver.task_type == "worker" else 0)
-    _patch_keras()
+    compat.keras_multi_worker_fit()  # Keras 3 needs two fixes for fit under this strategy
     return TrainingJob(strategy, workers, index, bool(strategy.extended.should_checkpoint))
 
 
@@ -158,52 +145,3 @@ def weights_digest(model) -> str:
         w = np.ascontiguousarray(w)
         digest.update(f"{w.dtype}{w.shape}".encode() + w.tobytes())
     return digest.hexdigest()
-
-
-# ---- Keras 3 + MultiWorkerMirroredStrategy ----------------------------------------------
-
-_PATCHED = False
-
-
-def _patch_keras() -> None:
-    """Two fixes Keras 3 needs for model.fit under MultiWorkerMirroredStrategy (keras#20585,
-    tensorflow#72388), applied only in a multi-worker process:
-    - fit's symbolic build reduces a whole (x, y) batch across workers to learn its shapes,
-      which CollectiveAllReduceStrategy.reduce cannot do for a nested structure: take this
-      worker's own batch instead (same shapes, no collective);
-    - each step's scalar metrics are reduced with axis=0 ("Invalid reduction dimension 0 for
-      input with 0 dimensions"): average them across workers with axis=None.
-    The epoch's logs (what EarlyStopping and ModelCheckpoint read) come from the metrics'
-    synced variables, so every worker sees the same values and decides alike."""
-    global _PATCHED
-    if _PATCHED:
-        return
-    import tensorflow as tf
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
-    multi_worker = trainer._collective_all_reduce_multi_worker
-    build, reduce = trainer.TensorFlowTrainer._maybe_symbolic_build, trainer.reduce_per_replica
-
-    def local(strategy, v):
-        if isinstance(v, tf.distribute.DistributedValues):
-            return strategy.experimental_local_results(v)[0]
-        return v
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        strategy = self.distribute_strategy
-        if iterator is not None and multi_worker(strategy):
-            for _, _, it in iterator:
-                data_batch = tree.map_structure(lambda v: local(strategy, v), next(it))
-                break
-            iterator = None
-        return build(self, iterator=iterator, data_batch=data_batch)
-
-    def reduce_per_replica(values, strategy, reduction):
-        if reduction == "auto" and multi_worker(strategy):
-            return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
-        return reduce(values, strategy, reduction)
-
-    trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
-    trainer.reduce_per_replica = reduce_per_replica
-    _PATCHED = True

@@ -14,12 +14,20 @@ from typing import Any
 
 import numpy as np
 
-from dae.artifacts import StageContext, StageError, read_split, write_json
+from dae.artifacts import (
+    Examples,
+    Model,
+    ModelBlessing,
+    ModelEvaluation,
+    ServedModel,
+    read_json,
+    read_split,
+    write_json,
+)
+from dae.component import Spec, StageContext, StageError, StageResult
 from dae.components.noise import corrupt
-from dae.serving.export import latest_version, load_servable
+from dae.serving.export import load_servable
 
-INPUTS = ("transformed_examples", "model")
-OUTPUTS = ("evaluation", "blessing")
 NOISE_SEED = 20240  # the extra corruptions: the same for every run, so runs compare
 PSNR_CAP = 100.0  # an exact reconstruction has infinite PSNR; cap it so means stay finite
 EPS = 1e-7  # Keras' clip for cross-entropy: a noisy pixel of exactly 0 or 1 stays finite
@@ -112,16 +120,18 @@ def score(predict, test: dict[str, np.ndarray], kinds=()) -> dict[str, Any]:
 # ---- artifact I/O ----------------------------------------------------------------------
 
 
-def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, dict | None]:
-    version = latest_version(serving_base)
+def _baseline(baseline: dict, noisy, clean, log) -> tuple[int | None, dict | None]:
+    """The resolved baseline's metrics on this run's test images (None: no baseline, or
+    one that takes other images)."""
+    version = baseline["version"]
     if version is None:
         return None, None
     try:
-        denoise = load_servable(serving_base / str(version))
+        denoise = load_servable(baseline["uri"])
     except Exception as e:  # a hand-made or damaged version folder: say which, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StageError(
-            f"served version {serving_base / str(version)} cannot be loaded to compare "
+            f"served version {baseline['uri']} cannot be loaded to compare "
             f"against ({first}); fix or remove that folder"
         ) from None
     if denoise.input_shape[1:] != noisy.shape[1:]:
@@ -130,14 +140,14 @@ def _baseline(serving_base, noisy, clean, log) -> tuple[int | None, dict | None]
     return version, image_metrics(denoise(noisy), clean)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     import keras
 
     from dae.components import vae
 
     cfg = ctx.config
     test = read_split(ctx.inputs["transformed_examples"], "test", ("noisy", "clean"))
-    model = keras.models.load_model(ctx.inputs["model"] / "model.keras", compile=False)
+    model = keras.models.load_model(ctx.inputs["model"] / Model.KERAS, compile=False)
 
     def predict(images):
         return model.predict(images, batch_size=cfg.evaluate.batch_size, verbose=0)
@@ -148,8 +158,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
         # The generative model's bound on clean images, encoded clean: what VAE papers report.
         clean_input = vae.elbo(model, test["clean"], test["clean"], NOISE_SEED)
         metrics["neg_elbo_clean_input"] = clean_input["neg_elbo"]
-    base = ctx.serving_dir / cfg.push.model_name
-    version, served = _baseline(base, test["noisy"], test["clean"], ctx.log)
+    baseline = read_json(ctx.inputs["baseline"] / ServedModel.FILE)
+    version, served = _baseline(baseline, test["noisy"], test["clean"], ctx.log)
     baseline_psnr = served["psnr"] if served else None
     blessed, reason = bless(
         metrics, baseline_psnr, cfg.evaluate.min_psnr_gain_db, cfg.evaluate.max_regression_db,
@@ -157,13 +167,13 @@ def run(ctx: StageContext) -> dict[str, Any]:
     )  # fmt: skip
     metrics |= {"baseline_version": version, "baseline_psnr": baseline_psnr}
     metrics["baseline_metrics"] = served  # the comparison table's other column
-    write_json(ctx.outputs["evaluation"] / "metrics.json", metrics)
+    write_json(ctx.outputs["evaluation"] / ModelEvaluation.METRICS, metrics)
     blessing = ctx.outputs["blessing"]
     # What the verdict was judged against: push refuses it once another version is served.
     verdict = {"blessed": blessed, "reason": reason, "model_name": cfg.push.model_name,
                "baseline_version": version}  # fmt: skip
-    write_json(blessing / "blessing.json", verdict)
-    (blessing / ("BLESSED" if blessed else "NOT_BLESSED")).touch()
+    write_json(blessing / ModelBlessing.FILE, verdict)
+    (blessing / (ModelBlessing.BLESSED if blessed else ModelBlessing.NOT_BLESSED)).touch()
     elbo = f", -ELBO {metrics['neg_elbo']:.1f} nats" if "neg_elbo" in metrics else ""
     ctx.log(
         f"evaluate: PSNR noisy {metrics['psnr_noisy']:.2f} dB -> denoised "
@@ -171,4 +181,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         f"{metrics['ssim_denoised']:.3f}{elbo}; {'blessed' if blessed else 'not blessed'}: "
         f"{reason}"
     )
-    return {**metrics, "blessed": blessed, "blessing_reason": reason}
+    return StageResult({**metrics, "blessed": blessed, "blessing_reason": reason})
+
+
+SPEC = Spec(
+    inputs={"transformed_examples": Examples, "model": Model, "baseline": ServedModel},
+    outputs={"evaluation": ModelEvaluation, "blessing": ModelBlessing},
+    parameters=("evaluate", "push.model_name"),
+)

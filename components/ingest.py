@@ -8,20 +8,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from dae.artifacts import (
-    SCHEMA_FILE,
-    StageContext,
-    StageError,
-    write_json,
-    write_shards,
-)
+from dae.artifacts import Examples, write_json, write_shards
+from dae.component import Spec, StageContext, StageError, StageResult
+from dae.files import sha256_file
 
-INPUTS: tuple[str, ...] = ()
-OUTPUTS = ("examples",)
 # The source split that train and eval are carved from, and the one that becomes test.
 SOURCE_SPLITS = {"train": "train", "test": "test"}
 
@@ -44,7 +37,7 @@ def split_indices(
 
 def fingerprint(name: str, version: str, splits: dict[str, int], files: list[Path]) -> dict:
     """What identifies the data a run saw: dataset, version, split sizes, file checksums."""
-    checksums = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(files)}
+    checksums = {p.name: sha256_file(p) for p in sorted(files)}
     digest = hashlib.sha256(
         repr((name, version, sorted(splits.items()), sorted(checksums.items()))).encode()
     ).hexdigest()
@@ -148,7 +141,21 @@ def _load(builder, split: str, cfg) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def source_identity(cfg) -> str:
+    """What ingest reads from outside the pipeline: the prepared TFDS files (names, sizes,
+    times; cheap), so re-preparing a dataset is a cache miss."""
+    name = cfg.data.dataset.split(":")[0].split("/")[0]
+    folder = _expand(cfg.data.data_dir) / name
+    if not folder.is_dir():
+        return "absent"
+    listing = sorted(
+        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*") if p.is_file()
+    )  # fmt: skip
+    return hashlib.sha256(repr(listing).encode()).hexdigest()
+
+
+def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     out = ctx.outputs["examples"]
     builder = _builder(cfg)
@@ -176,7 +183,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
         [p for p in Path(builder.data_dir).iterdir() if p.is_file()],
     )
     schema = {"shape": list(images.shape[1:]), "dtype": str(images.dtype), "splits": sizes}
-    write_json(out / SCHEMA_FILE, schema)
-    write_json(out / "fingerprint.json", info)
+    write_json(out / Examples.SCHEMA, schema)
+    write_json(out / Examples.FINGERPRINT, info)
     ctx.log(f"ingest: {info['dataset']} {info['version']} {sizes} shape={images.shape[1:]}")
-    return {"dataset_fingerprint": info["sha256"]}
+    return StageResult({"dataset_fingerprint": info["sha256"]})
+
+
+SPEC = Spec(
+    inputs={},
+    outputs={"examples": Examples},
+    parameters=("seed", "data", "beam.num_shards"),
+    external=source_identity,
+    preflight=preflight,
+)

@@ -93,11 +93,8 @@ def _conv_ae(hp, x, shape):
     that sees them beside the input (edges the half-resolution grid blurs). Its latent size
     is the quarter-resolution grid times filters_2.
 
-    The space is kept where it pays (MNIST, gaussian noise, 4 epochs, test PSNR): 32/96
-    filters at depth 2 over 32/64 at depth 1 +0.33 dB, the full-resolution layer +0.11 dB
-    for 2% of the compute, swish over relu +0.13 dB; 48/128 filters at depth 1 gained less
-    than depth did, depth 3 +0.06 dB for 30% more compute. A small Hyperband search samples
-    only a few points, so no point of the space is a weak one."""
+    The space holds only choices that paid in PSNR for their compute (the README's figures):
+    a small Hyperband search samples only a few points, so no point of it may be weak."""
     L = _layers()
     f1, f2 = hp.Choice("filters_1", [32, 24]), hp.Fixed("filters_2", 96)
     depth, bottleneck = hp.Int("depth", 2, 3, default=2), hp.Choice("bottleneck", [2, 3])

@@ -24,8 +24,15 @@ def corrupt(clean: np.ndarray, kind: str, level: float, rng: np.random.Generator
     return (np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
+LEVELS = {"gaussian": "stddev", "salt_pepper": "salt_pepper", "mask": "mask_fraction"}
+
+
 def configured(noise) -> tuple[str, float]:
     """(kind, level) of the pipeline's `noise` config section."""
-    levels = {"gaussian": noise.stddev, "salt_pepper": noise.salt_pepper,
-              "mask": noise.mask_fraction}  # fmt: skip
-    return noise.kind, levels[noise.kind]
+    return noise.kind, getattr(noise, LEVELS[noise.kind])
+
+
+def parameter_paths(noise) -> tuple[str, ...]:
+    """The config values a noise section's effect depends on: its kind and that kind's
+    level (the other kinds' levels have no effect)."""
+    return ("noise.kind", f"noise.{LEVELS[noise.kind]}")

@@ -2,54 +2,58 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-from typing import Any
 
-from dae.artifacts import StageContext, StageError, read_json, write_json
+from dae.artifacts import (
+    Model,
+    ModelBlessing,
+    ModelEvaluation,
+    PushedModel,
+    Servable,
+    read_json,
+    write_json,
+)
+from dae.component import External, Spec, StageContext, StageError, StageResult
 from dae.components import vae
+from dae.files import sha256_file
 from dae.serving.export import latest_version, push
 
-PROVENANCE = "dae_provenance.json"
 
-INPUTS = ("model", "blessing", "evaluation")
-OUTPUTS = ("pushed_model",)
-ATOMIC = True  # the runner holds SIGINT/SIGTERM while a push and its record are written
+def _pushed(out, version: int, path) -> StageResult:
+    write_json(out / PushedModel.FILE, {"pushed": True, "version": version, "path": str(path)})
+    return StageResult({"pushed_version": version}, {"servable": External(Servable, str(path))})
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     import keras
 
     cfg = ctx.config
-    blessing = read_json(ctx.inputs["blessing"] / "blessing.json")
+    blessing = read_json(ctx.inputs["blessing"] / ModelBlessing.FILE)
     out = ctx.outputs["pushed_model"]
     if not blessing["blessed"]:
-        write_json(out / "pushed.json", {"pushed": False, "reason": blessing["reason"]})
+        write_json(out / PushedModel.FILE, {"pushed": False, "reason": blessing["reason"]})
         ctx.log(f"push: skipped, model not blessed ({blessing['reason']})")
-        return {"pushed_version": None}
-    model_file = ctx.inputs["model"] / "model.keras"
-    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+        return StageResult({"pushed_version": None})
+    model_file = ctx.inputs["model"] / Model.KERAS
+    digest = sha256_file(model_file)
     base = ctx.serving_dir / cfg.push.model_name
     latest = latest_version(base)
-    if latest is not None and _provenance(base / str(latest)).get("model_sha256") == digest:
-        path = base / str(latest)
-        write_json(out / "pushed.json", {"pushed": True, "version": latest, "path": str(path)})
+    if latest is not None and Servable.fingerprint(base / str(latest)) == digest:
         ctx.log(f"push: this model is already version {latest}; nothing to do")
-        return {"pushed_version": latest, "pushed_path": str(path)}
+        return _pushed(out, latest, base / str(latest))
     _check_current(blessing, cfg.push.model_name, latest)
     model = keras.models.load_model(model_file, compile=False)
     # Recorded inside the version so a served model can be traced back to its run.
     provenance = {
         "run_id": ctx.run_id,
         "model_sha256": digest,
-        "metrics": read_json(ctx.inputs["evaluation"] / "metrics.json"),
-        "model": read_json(ctx.inputs["model"] / "model.json"),
+        "metrics": read_json(ctx.inputs["evaluation"] / ModelEvaluation.METRICS),
+        "model": read_json(ctx.inputs["model"] / Model.INFO),
     }
-    extra = {PROVENANCE: json.dumps(provenance, indent=2).encode()}
+    extra = {Servable.PROVENANCE: json.dumps(provenance, indent=2).encode()}
     version, path = push(model, base, extra, vae_parts=vae.parts(model))
-    write_json(out / "pushed.json", {"pushed": True, "version": version, "path": str(path)})
     ctx.log(f"push: version {version} at {path}")
-    return {"pushed_version": version, "pushed_path": str(path)}
+    return _pushed(out, version, path)
 
 
 def _check_current(blessing: dict, model_name: str, latest: int | None) -> None:
@@ -71,6 +75,9 @@ def _check_current(blessing: dict, model_name: str, latest: int | None) -> None:
         )
 
 
-def _provenance(version_dir) -> dict:
-    path = version_dir / "assets.extra" / PROVENANCE
-    return read_json(path) if path.is_file() else {}
+SPEC = Spec(
+    inputs={"model": Model, "blessing": ModelBlessing, "evaluation": ModelEvaluation},
+    outputs={"pushed_model": PushedModel},
+    parameters=("push",),
+    atomic=True,  # the runner holds SIGINT/SIGTERM while a push and its record are written
+)

@@ -17,10 +17,18 @@ from typing import Any
 
 import numpy as np
 
-from dae.artifacts import StageContext, read_json, read_split
+from dae.artifacts import (
+    Examples,
+    Model,
+    ModelBlessing,
+    ModelEvaluation,
+    ModelRun,
+    Report,
+    read_json,
+    read_split,
+)
+from dae.component import Spec, StageContext, StageResult
 
-INPUTS = ("transformed_examples", "model", "model_run", "evaluation", "blessing")
-OUTPUTS = ("report",)  # the runner makes it the stage folder itself: runs/<id>/report/
 PAD, SCALE = 2, 2
 EXAMPLES = 12  # test images in the denoising grids
 LATENT_POINTS = 2000  # test images in the latent scatter
@@ -181,19 +189,19 @@ def _vae_figures(out: Path, model, test) -> list[tuple[str, str]]:
     ]
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     import keras
 
     from dae.components import vae
     from dae.components.noise import corrupt
 
     cfg, out = ctx.config, ctx.outputs["report"]
-    metrics = read_json(ctx.inputs["evaluation"] / "metrics.json")
-    blessing = read_json(ctx.inputs["blessing"] / "blessing.json")
-    info = read_json(ctx.inputs["model"] / "model.json")
-    history = read_json(ctx.inputs["model_run"] / "history.json")
+    metrics = read_json(ctx.inputs["evaluation"] / ModelEvaluation.METRICS)
+    blessing = read_json(ctx.inputs["blessing"] / ModelBlessing.FILE)
+    info = read_json(ctx.inputs["model"] / Model.INFO)
+    history = read_json(ctx.inputs["model_run"] / ModelRun.HISTORY)
     test = read_split(ctx.inputs["transformed_examples"], "test", ("noisy", "clean"))
-    model = keras.models.load_model(ctx.inputs["model"] / "model.keras", compile=False)
+    model = keras.models.load_model(ctx.inputs["model"] / Model.KERAS, compile=False)
 
     def predict(images):
         return model.predict(images, batch_size=cfg.evaluate.batch_size, verbose=0)
@@ -221,7 +229,21 @@ def run(ctx: StageContext) -> dict[str, Any]:
         f"Evaluation: {verdict} ({blessing['reason']}).",
     ]
     title = f"dae: {cfg.data.dataset}, {info['family']} (made by run {ctx.run_id})"
-    (out / "index.html").write_text(page(title, intro, metric_tables(metrics), figures))
-    path = out / "index.html"
+    path = out / Report.INDEX
+    path.write_text(page(title, intro, metric_tables(metrics), figures))
     ctx.log(f"report: {path}")
-    return {"report": str(path)}
+    return StageResult()
+
+
+SPEC = Spec(
+    inputs={
+        "transformed_examples": Examples,
+        "model": Model,
+        "model_run": ModelRun,
+        "evaluation": ModelEvaluation,
+        "blessing": ModelBlessing,
+    },
+    # An output named like its stage is the stage folder itself: runs/<id>/report/.
+    outputs={"report": Report},
+    parameters=("data.dataset", "noise.kind", "evaluate"),
+)

@@ -20,15 +20,20 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dae.artifacts import StageContext, StageError, read_json, read_split, write_json
+from dae.artifacts import (
+    Examples,
+    HyperParameters,
+    Model,
+    ModelRun,
+    TransformGraph,
+    WorkingState,
+    read_json,
+    read_split,
+    write_json,
+)
+from dae.component import Spec, StageContext, StageError, StageResult, pick
 from dae.components import distributed, noise
 from dae.components.models import VAES, build_model, deployable, hyperparameters
-
-INPUTS = ("transformed_examples", "transform_graph", "best_hyperparameters")
-OUTPUTS = ("model", "model_run", "checkpoints")
-RESUMABLE = ("checkpoints",)  # epoch backups: a re-run resumes instead of starting over
-MODEL_FILE = "model.keras"
-
 
 # ---- pure core -------------------------------------------------------------------------
 
@@ -127,14 +132,14 @@ def _backup_key(best: dict, moments: dict, train_cfg, beta) -> str:
 # ---- artifact I/O ----------------------------------------------------------------------
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     job = distributed.training_job()  # before any other TensorFlow work; None: one process
     import keras
 
     cfg = ctx.config
     examples = ctx.inputs["transformed_examples"]
-    moments = read_json(ctx.inputs["transform_graph"] / "transform.json")
-    best = read_json(ctx.inputs["best_hyperparameters"] / "best_hyperparameters.json")
+    moments = read_json(ctx.inputs["transform_graph"] / TransformGraph.FILE)
+    best = read_json(ctx.inputs["best_hyperparameters"] / HyperParameters.FILE)
     keras.utils.set_random_seed(cfg.seed)
     hp = hyperparameters(best["config"])
     with distributed.scope(job):
@@ -169,11 +174,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
             seed=cfg.seed,
         )
         final = deployable(model)
-        final.save(out / MODEL_FILE)
+        final.save(out / Model.KERAS)
         history = {k: [float(v) for v in vs] for k, vs in history.items()}
-        write_json(run_dir / "history.json", history)
+        write_json(run_dir / ModelRun.HISTORY, history)
         write_json(
-            out / "model.json",
+            out / Model.INFO,
             {"family": best["family"], "vae": best["family"] in VAES,
              "hyperparameters": hp.values, "parameters": model.count_params()},
         )  # fmt: skip
@@ -181,9 +186,28 @@ def run(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"train: {len(history['loss'])} epochs, best val_loss={best_val:.4f}")
     summary = {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}
     if job is None:
-        return summary
+        return StageResult(summary)
     digest = distributed.weights_digest(final)
     role = "chief" if job.chief else "worker"
     ctx.log(f"train: {role} {job.index} of {job.workers} workers, weights sha256 {digest}")
     summary |= {"train_workers": job.workers, "train_weights_sha256": digest}
-    return summary if job.chief else {**summary, "worker": True}
+    return StageResult(summary, worker=not job.chief)
+
+
+def parameters(cfg) -> dict[str, Any]:
+    """Fresh noise reads the noise section (transform's noise is in its input already)."""
+    fresh = noise.parameter_paths(cfg.noise) if cfg.train.fresh_noise else ()
+    return pick(cfg, ("seed", "model", "train", *fresh))
+
+
+SPEC = Spec(
+    inputs={
+        "transformed_examples": Examples,
+        "transform_graph": TransformGraph,
+        "best_hyperparameters": HyperParameters,
+    },
+    outputs={"model": Model, "model_run": ModelRun, "checkpoints": WorkingState},
+    parameters=parameters,
+    resumable=("checkpoints",),  # epoch backups: a re-run resumes instead of starting over
+    secondary=lambda: distributed.secondary("train"),
+)

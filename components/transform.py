@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from dae.artifacts import (
-    SCHEMA_FILE,
     SPLITS,
-    StageContext,
-    StageError,
+    Examples,
+    ExampleStatistics,
+    TransformGraph,
     decode_example,
     encode_example,
     read_json,
@@ -26,12 +26,8 @@ from dae.artifacts import (
     write_json,
 )
 from dae.beam import beam_options, import_beam, pipeline_runner
-from dae.components.noise import configured, corrupt
-
-# Statistics gate the transform: it runs only on examples that passed validation.
-INPUTS = ("examples", "statistics")
-OUTPUTS = ("transformed_examples", "transform_graph")
-
+from dae.component import Spec, StageContext, StageError, StageResult, pick
+from dae.components.noise import configured, corrupt, parameter_paths
 
 # ---- pure core -------------------------------------------------------------------------
 
@@ -119,7 +115,7 @@ def preflight(cfg) -> None:
     pipeline_options(cfg.beam)
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     beam = import_beam()
     cfg = ctx.config
     examples, out, graph = (
@@ -140,14 +136,28 @@ def run(ctx: StageContext) -> dict[str, Any]:
             p, examples, out, graph, shape, splits, cfg.seed, cfg.noise, cfg.beam.num_shards
         )
     write_json(
-        out / SCHEMA_FILE, {"shape": list(shape), "dtype": "uint8", "splits": schema["splits"]}
+        out / Examples.SCHEMA, {"shape": list(shape), "dtype": "uint8", "splits": schema["splits"]}
     )
     mean, std = mean_std(read_json(graph / "moments.json"))
     moments = {"mean": mean, "std": std}
+    kind, level = configured(cfg.noise)
     write_json(
-        graph / "transform.json", {**moments, "shape": list(shape), "noise": cfg.noise.model_dump()}
+        graph / TransformGraph.FILE,
+        {**moments, "shape": list(shape), "noise": {"kind": kind, "level": level}},
     )
     ctx.log(
         f"transform: {cfg.noise.kind} noise, mean={moments['mean']:.4f} std={moments['std']:.4f}"
     )
-    return {"pixel_mean": moments["mean"], "pixel_std": moments["std"]}
+    return StageResult({"pixel_mean": moments["mean"], "pixel_std": moments["std"]})
+
+
+def parameters(cfg) -> dict[str, Any]:
+    return pick(cfg, ("seed", "beam", *parameter_paths(cfg.noise)))
+
+
+# Statistics gate the transform: it runs only on examples that passed validation.
+SPEC = Spec(
+    inputs={"examples": Examples, "statistics": ExampleStatistics},
+    outputs={"transformed_examples": Examples, "transform_graph": TransformGraph},
+    parameters=parameters,
+)

@@ -16,56 +16,33 @@ to `<search>/workers/<tuner id>.json` and leaves the stage's record to the chief
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dae.artifacts import StageContext, read_json, read_split, write_json
+from dae import compat
+from dae.artifacts import (
+    Examples,
+    HyperParameters,
+    TransformGraph,
+    WorkingState,
+    read_json,
+    read_split,
+    write_json,
+)
+from dae.component import Spec, StageContext, StageResult, pick
 from dae.components import distributed
 from dae.components.models import OBJECTIVE, build_model, hyperparameters
 
-INPUTS = ("transformed_examples", "transform_graph")
-OUTPUTS = ("best_hyperparameters", "tuner_results")
-RESUMABLE = ("tuner_results",)  # re-running the stage keeps finished trials
-
-
 # ---- pure core -------------------------------------------------------------------------
-
-
-def _atomic_state_files() -> None:
-    """Keras Tuner rewrites its state files (oracle.json, trial.json) in place: a search
-    killed mid-write leaves an empty oracle.json that the resumed search cannot read. Its
-    one writer, utils.save_json, now writes beside the file and renames over it."""
-    import tensorflow as tf
-    from keras_tuner.src import utils
-
-    if getattr(utils.save_json, "atomic", False):
-        return
-
-    def save_json(path, obj):
-        text = json.dumps(obj)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        try:
-            with tf.io.gfile.GFile(tmp, "w") as f:
-                f.write(text)
-            tf.io.gfile.rename(tmp, path, overwrite=True)
-        except BaseException:
-            if tf.io.gfile.exists(tmp):
-                tf.io.gfile.remove(tmp)
-            raise
-        return text
-
-    save_json.atomic = True
-    utils.save_json = save_json
 
 
 def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_cfg):
     """One of Keras Tuner's own oracles, chosen by name."""
     import keras_tuner as kt
 
-    _atomic_state_files()
+    compat.atomic_tuner_state()
 
     common = dict(
         objective=kt.Objective(OBJECTIVE, "min"), directory=str(directory),
@@ -115,25 +92,25 @@ def search_id(cfg, moments: dict) -> str:
 
 def _write(ctx, family: str, searched: list[str], hp) -> None:
     write_json(
-        ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json",
+        ctx.outputs["best_hyperparameters"] / HyperParameters.FILE,
         {"family": family, "families": searched, "values": hp.values, "config": hp.get_config()},
     )
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     import keras
 
     cfg = ctx.config
     role = distributed.tuner_role()
-    worker = distributed.secondary("tune")
+    worker = secondary()
     if cfg.model.baseline and worker:
-        return {"worker": True, "tuner_id": role, "tune_trials_run": 0}
+        return StageResult({"tuner_id": role, "tune_trials_run": 0}, worker=True)
     if cfg.model.baseline:
         _write(ctx, cfg.model.baseline, [cfg.model.baseline], hyperparameters())
         ctx.log(f"tune: baseline {cfg.model.baseline} is a fixed architecture; no search")
-        return {"tune_trials": 0, "tune_best_score": None}
+        return StageResult({"tune_trials": 0, "tune_best_score": None})
     examples = ctx.inputs["transformed_examples"]
-    moments = read_json(ctx.inputs["transform_graph"] / "transform.json")
+    moments = read_json(ctx.inputs["transform_graph"] / TransformGraph.FILE)
     keras.utils.set_random_seed(cfg.seed)
     train = read_split(examples, "train", ("noisy", "clean"), cfg.tune.train_examples)
     valid = read_split(examples, "eval", ("noisy", "clean"), cfg.tune.eval_examples)
@@ -161,10 +138,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _write(ctx, best.values.get("family", families(cfg)[0]), families(cfg), best)
     n_trials = len(tuner.oracle.trials)
     ctx.log(f"tune: {n_trials} trials, best {OBJECTIVE}={score:.4f} {best.values}")
-    return {"tune_trials": n_trials, "tune_best_score": score}
+    return StageResult({"tune_trials": n_trials, "tune_best_score": score})
 
 
-def _work(ctx, tuner, tuner_id: str, data) -> dict[str, Any]:
+def _work(ctx, tuner, tuner_id: str, data) -> StageResult:
     """A distributed worker: run the trials the chief hands out, keep what they scored."""
     cfg = ctx.config
     trials = distributed.record_trials(tuner, OBJECTIVE)
@@ -175,4 +152,28 @@ def _work(ctx, tuner, tuner_id: str, data) -> dict[str, Any]:
     write_json(path, {**earlier, **trials})
     scores = ", ".join(f"{k}: {v.get('score')}" for k, v in trials.items())
     ctx.log(f"tune: worker {tuner_id} ran {len(trials)} trials ({scores})")
-    return {"worker": True, "tuner_id": tuner_id, "tune_trials_run": len(trials)}
+    return StageResult({"tuner_id": tuner_id, "tune_trials_run": len(trials)}, worker=True)
+
+
+def secondary() -> bool:
+    """A tuner worker (not the chief): it leaves the stage's folder and record alone."""
+    return distributed.tuner_role() not in (None, "chief")
+
+
+def parameters(cfg) -> dict[str, Any]:
+    """What the search depends on: a fixed baseline is no search at all, Hyperband sets
+    its own trial count, and the other tuners have no brackets."""
+    if cfg.model.baseline:
+        return pick(cfg, ("model.baseline",))
+    per_tuner = "tune.hyperband_factor" if cfg.tune.tuner == "hyperband" else "tune.max_trials"
+    common = ("tuner", "max_epochs", "families", "batch_size", "train_examples", "eval_examples")
+    return pick(cfg, ("seed", "model", per_tuner, *(f"tune.{k}" for k in common)))
+
+
+SPEC = Spec(
+    inputs={"transformed_examples": Examples, "transform_graph": TransformGraph},
+    outputs={"best_hyperparameters": HyperParameters, "tuner_results": WorkingState},
+    parameters=parameters,
+    resumable=("tuner_results",),  # re-running the stage keeps finished trials
+    secondary=secondary,
+)

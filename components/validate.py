@@ -10,17 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from dae.artifacts import (
-    SPLITS,
-    StageContext,
-    StageError,
-    read_schema,
-    read_split,
-    write_json,
-)
+from dae.artifacts import SPLITS, Examples, ExampleStatistics, read_schema, read_split, write_json
+from dae.component import Spec, StageContext, StageError, StageResult
 
-INPUTS = ("examples",)
-OUTPUTS = ("statistics",)
 IMAGE_DTYPES = ("uint8",)
 MIN_SIDE = 11  # SSIM's window
 
@@ -88,7 +80,7 @@ def find_anomalies(
 # ---- artifact I/O ----------------------------------------------------------------------
 
 
-def run(ctx: StageContext) -> dict[str, Any]:
+def run(ctx: StageContext) -> StageResult:
     cfg = ctx.config
     examples = ctx.inputs["examples"]
     schema = read_schema(examples)
@@ -103,7 +95,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         data = read_split(examples, split, ("image",))
         stats[split] = compute_statistics(data["image"], data["label"])
     out = ctx.outputs["statistics"]
-    write_json(out / "statistics.json", {"dtype": dtype, "splits": stats})
+    write_json(out / ExampleStatistics.STATISTICS, {"dtype": dtype, "splits": stats})
     anomalies = find_anomalies(
         stats,
         dtype,
@@ -111,10 +103,18 @@ def run(ctx: StageContext) -> dict[str, Any]:
         cfg.validate_.expected_mean,
         cfg.validate_.mean_tolerance,
     )
-    write_json(out / "anomalies.json", anomalies)
+    write_json(out / ExampleStatistics.ANOMALIES, anomalies)
     if anomalies:
-        more = f" (+{len(anomalies) - 1} more in anomalies.json)" if len(anomalies) > 1 else ""
+        more = len(anomalies) - 1
+        more = f" (+{more} more in {ExampleStatistics.ANOMALIES})" if more else ""
         raise StageError(f"data anomaly: {anomalies[0]}{more}")
     t = stats["train"]
     ctx.log(f"validate: train mean={t['mean']:.4f} std={t['std']:.4f}, no anomalies")
-    return {"train_mean": t["mean"], "train_std": t["std"]}
+    return StageResult({"train_mean": t["mean"], "train_std": t["std"]})
+
+
+SPEC = Spec(
+    inputs={"examples": Examples},
+    outputs={"statistics": ExampleStatistics},
+    parameters=("validate",),
+)

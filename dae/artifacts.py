@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from dae.files import atomic_write, fingerprint_dir
 
 SPLITS = ("train", "eval", "test")
 SCHEMA_FILE = "schema.json"
@@ -38,16 +36,8 @@ def _finite(obj: Any) -> Any:
 
 def write_json(path: Path, obj: Any) -> None:
     """Write atomically, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_finite(obj), f, indent=2, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(_finite(obj), indent=2, allow_nan=False) + "\n"
+    atomic_write(path, text)
 
 
 def read_json(path: Path) -> Any:
@@ -154,18 +144,132 @@ def read_split(
     return {k: v[order] for k, v in out.items()}
 
 
-class StageError(RuntimeError):
-    """A stage stopped for a reason the user can act on; the message is one line."""
+# ---- artifact types (TFX's standard artifacts): what each kind holds -------------------
 
 
-@dataclass
-class StageContext:
-    """What the runner hands a component: its artifact folders and the run's settings."""
+class Artifact:
+    """A kind of artifact and the files its producer writes (REQUIRED: checked after the
+    producer succeeds). Consumers name files through the type, never as literals."""
 
-    config: Any
-    inputs: dict[str, Path]
-    outputs: dict[str, Path]
-    run_id: str
-    run_dir: Path
-    serving_dir: Path  # <root>/serving: the pusher writes here, the evaluator reads baselines
-    log: Callable[[str], None] = print
+    REQUIRED: tuple[str, ...] = ()
+    TYPES: dict[str, type[Artifact]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        Artifact.TYPES[cls.__name__] = cls
+
+    @classmethod
+    def fingerprint(cls, path: Path) -> str:
+        return fingerprint_dir(path)
+
+    @classmethod
+    def still_valid(cls, path: Path, fingerprint: str | None) -> bool:
+        """May a recorded artifact still be reused (a cache hit)?"""
+        return Path(path).exists()
+
+    @classmethod
+    def describe(cls, path: Path) -> dict[str, Any]:
+        """What lineage shows of it."""
+        return {}
+
+
+class Examples(Artifact):
+    """TFRecord shards per split (see the module's docstring) and their schema."""
+
+    SCHEMA = SCHEMA_FILE
+    FINGERPRINT = "fingerprint.json"  # ingest's: the source data a run saw
+    REQUIRED = (SCHEMA,)
+
+    @classmethod
+    def describe(cls, path: Path) -> dict[str, Any]:
+        source = Path(path) / cls.FINGERPRINT
+        return {"dataset": read_json(source)} if source.is_file() else {}
+
+
+class ExampleStatistics(Artifact):
+    STATISTICS, ANOMALIES = "statistics.json", "anomalies.json"
+    REQUIRED = (STATISTICS, ANOMALIES)
+
+
+class TransformGraph(Artifact):
+    """The transform's analyzers' results (pixel mean and std) the model bakes in."""
+
+    FILE = "transform.json"
+    REQUIRED = (FILE,)
+
+
+class HyperParameters(Artifact):
+    FILE = "best_hyperparameters.json"
+    REQUIRED = (FILE,)
+
+    @classmethod
+    def describe(cls, path: Path) -> dict[str, Any]:
+        return {"hyperparameters": read_json(Path(path) / cls.FILE)["values"]}
+
+
+class WorkingState(Artifact):
+    """Resumable state kept across executions (a tuner's trials, training backups)."""
+
+
+class Model(Artifact):
+    KERAS = "model.keras"  # the deployable denoiser
+    INFO = "model.json"  # family, hyperparameters, parameter count
+    REQUIRED = (KERAS, INFO)
+
+
+class ModelRun(Artifact):
+    """Training's logs: TensorBoard events and the loss curves."""
+
+    HISTORY = "history.json"
+    REQUIRED = (HISTORY,)
+
+
+class ModelEvaluation(Artifact):
+    METRICS = "metrics.json"
+    REQUIRED = (METRICS,)
+
+
+class ModelBlessing(Artifact):
+    FILE = "blessing.json"
+    BLESSED, NOT_BLESSED = "BLESSED", "NOT_BLESSED"  # TFX's marker files
+    REQUIRED = (FILE,)
+
+
+class ServedModel(Artifact):
+    """A resolver's answer: which servable (if any) a model is judged against."""
+
+    FILE = "baseline.json"  # {"version", "uri", "model_sha256"}; version null: none
+    REQUIRED = (FILE,)
+
+
+class PushedModel(Artifact):
+    FILE = "pushed.json"
+    REQUIRED = (FILE,)
+
+
+class Servable(Artifact):
+    """A version folder in TF Serving's layout, written by the pusher outside the run. Its
+    fingerprint is the model it was exported from, so a reused push is the same model."""
+
+    PROVENANCE = "dae_provenance.json"  # in assets.extra/: the run, model, metrics
+
+    @classmethod
+    def provenance(cls, path: Path) -> dict[str, Any]:
+        source = Path(path) / "assets.extra" / cls.PROVENANCE
+        try:
+            return read_json(source)
+        except (OSError, ValueError):
+            return {}
+
+    @classmethod
+    def fingerprint(cls, path: Path) -> str:
+        return cls.provenance(path).get("model_sha256", "unknown")
+
+    @classmethod
+    def still_valid(cls, path: Path, fingerprint: str | None) -> bool:
+        return Path(path).is_dir() and cls.fingerprint(path) == fingerprint
+
+
+class Report(Artifact):
+    INDEX = "index.html"
+    REQUIRED = (INDEX,)

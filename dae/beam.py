@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 
+from dae import compat
+
 
 class _QuietBeam(logging.Filter):
     """Two warnings of Beam's that don't apply here, on the root logger: importing Beam says
@@ -59,10 +61,4 @@ def pipeline_runner(options):
     name = options.view_as(StandardOptions).runner
     if name not in (None, "DirectRunner"):
         return None  # beam.Pipeline creates it by name
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(info))
+    return compat.beam_fn_api_runner(options)

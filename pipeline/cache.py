@@ -1,116 +1,85 @@
-"""Cache keys and fingerprints: when may a stage be skipped, as TFX decides it.
+"""Cache keys: when may a stage be skipped, as TFX decides it.
 
-A stage's cache key is its input artifacts' content fingerprints, the config values it
-reads, and the source of the code it runs. Keys follow content, not upstream keys: a stage
-that re-ran and produced the same bytes leaves everything after it cached.
+A stage's cache key is its input artifacts' content fingerprints, the config values its
+component declares it reads, what it reads from outside the pipeline (if it declares it),
+and the source of every module of ours it can execute. Keys follow content, not upstream
+keys: a stage that re-ran and produced the same bytes leaves everything after it cached.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
-import inspect
+import importlib.util
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 
-from dae.components.push import PROVENANCE
-from dae.serving.export import latest_version
-
-# The config each stage's behaviour depends on; a stage not listed depends on all of it.
-PARAMS = {
-    "ingest": ("seed", "data", "beam.num_shards"),
-    "validate": ("validate",),
-    "transform": ("seed", "noise", "beam"),
-    "tune": ("seed", "model", "tune"),
-    "train": ("seed", "model", "train", "noise"),
-    "evaluate": ("evaluate", "push.model_name"),
-    "push": ("push",),
-}
-OUR_PACKAGES = ("components", "serving", "pipeline")
+OURS = "dae"
 
 
-def parameters(stage: str, config: dict) -> dict:
-    paths = PARAMS.get(stage)
-    if paths is None:
-        return config
-    out = {}
-    for path in paths:
-        value = config
-        for part in path.split("."):
-            value = value[part]
-        out[path] = value
-    return out
+def _imported(path: Path, package: str) -> frozenset[str]:
+    """Every module name an import statement in `path` may bind, wherever the statement is
+    (inside functions too: lazy imports run as surely as the others)."""
+    stat = path.stat()
+    return _parsed(str(path), package, stat.st_mtime_ns, stat.st_size)
 
 
-def code_fingerprint(module: ModuleType) -> str:
-    """The component's source and that of every module of ours it uses."""
-    if not isinstance(module, ModuleType):  # a stand-in (tests): its run function's code
-        return hashlib.sha256(module.run.__code__.co_code).hexdigest()
-    names = {module.__name__}
-    for value in vars(module).values():
-        owner = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
-        if owner and owner.split(".")[0] in OUR_PACKAGES:
-            names.add(owner)
-    digest = hashlib.sha256()
-    for name in sorted(names):
-        mod = sys.modules.get(name)
-        source = getattr(mod, "__file__", None)
-        if source and Path(source).is_file():
-            digest.update(name.encode() + b"\0" + Path(source).read_bytes())
-    return digest.hexdigest()
+@functools.lru_cache(maxsize=512)
+def _parsed(path: str, package: str, _mtime_ns: int, _size: int) -> frozenset[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(Path(path).read_bytes(), path)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the importing module's package
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return frozenset(n for n in names if n == OURS or n.startswith(OURS + "."))
 
 
-def fingerprint_dir(path: Path) -> str:
-    """Content fingerprint of an artifact folder: every file's relative path and bytes."""
-    digest = hashlib.sha256()
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if f.name.startswith(".") or f.name == "_SUCCESS":
+def _source(name: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):  # an attribute, not a module (`from x import f`)
+        return None
+    origin = spec.origin if spec else None
+    return Path(origin) if origin and origin.endswith(".py") else None
+
+
+def closure(module: str) -> dict[str, Path]:
+    """Our modules that `module` can execute: its imports, transitively, and the packages
+    they live in."""
+    found: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in found:
             continue
-        digest.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
-                digest.update(block)
+        path = _source(name)
+        if path is None:
+            continue
+        found[name] = path
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        parents = [name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)]
+        todo += [*_imported(path, package), *parents]
+    return found
+
+
+def code_fingerprint(component: ModuleType | str) -> str:
+    """The source of every module of ours the component (a module, or its name) can run."""
+    if isinstance(component, ModuleType):
+        component = component.__name__
+    elif not isinstance(component, str):  # a stand-in (tests): its run function's code
+        return hashlib.sha256(component.run.__code__.co_code).hexdigest()
+    digest = hashlib.sha256()
+    for name, path in sorted(closure(component).items()):
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def served_model_sha(version_dir: Path) -> str | None:
-    path = Path(version_dir) / "assets.extra" / PROVENANCE
-    return json.loads(path.read_text()).get("model_sha256") if path.is_file() else None
-
-
-def baseline_identity(config, serving_dir: Path, model_dir: Path) -> str:
-    """What the evaluator compares against. No baseline and a baseline that is this very
-    model bless alike, so they key alike: a re-run after a push is still a cache hit."""
-    base = Path(serving_dir) / config.push.model_name
-    version = latest_version(base)
-    if version is None:
-        return "none"
-    served = served_model_sha(base / str(version))
-    model_file = Path(model_dir) / "model.keras"
-    if model_file.is_file() and served == file_sha256(model_file):
-        return "none"
-    return f"{version}:{served}"
-
-
-def source_identity(config) -> str:
-    """What ingest reads from outside the pipeline: the prepared TFDS files (names, sizes,
-    times; cheap), so re-preparing a dataset is a cache miss."""
-    name = config.data.dataset.split(":")[0].split("/")[0]
-    folder = Path(config.data.data_dir).expanduser() / name
-    if not folder.is_dir():
-        return "absent"
-    listing = sorted(
-        (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in folder.rglob("*") if p.is_file()
-    )  # fmt: skip
-    return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 
 def cache_key(stage: str, inputs: dict[str, str], params: dict, code: str, extra: str = "") -> str:
@@ -119,3 +88,27 @@ def cache_key(stage: str, inputs: dict[str, str], params: dict, code: str, extra
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+RUNNER_SETTINGS = ("pipeline_name", "cache", "metadata_url")  # the runner's, not a stage's
+
+
+def _leaves(data: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        out |= _leaves(value, path + ".") if isinstance(value, dict) else {path: value}
+    return out
+
+
+def unread_settings(config, specs) -> list[str]:
+    """Values set away from their default that no stage reads with this config (say,
+    tune.max_trials under Hyperband), as "path=value"."""
+    default = _leaves(type(config)().to_dict())
+    changed = {p: v for p, v in _leaves(config.to_dict()).items() if default.get(p) != v}
+    read = set().union(*(spec.values(config) for spec in specs))
+    return [
+        f"{path}={value}" for path, value in changed.items()
+        if path.split(".")[0] not in RUNNER_SETTINGS
+        and not any(path == r or path.startswith(r + ".") for r in read)
+    ]  # fmt: skip

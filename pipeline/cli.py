@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     lineage.add_argument("--json", action="store_true", help="print JSON")
 
     stage = sub.add_parser("stage", help="run one stage on an existing run's inputs")
-    stage.add_argument("name", help="ingest, validate, transform, tune, train, evaluate, push")
+    stage.add_argument("name", help="the stage, as `dae run` names it (e.g. train)")
     stage.add_argument("--run", required=True, dest="run_id", help="the run to work in")
     common(stage)
 
@@ -87,14 +87,13 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
     )
     lines.append(f"stage times: {times} (total {sum(metrics['stage_seconds'].values()):.1f}s)")
     lines.append(f"metrics: {root / 'runs' / metrics['run_id'] / 'metrics.json'}")
-    report = root / "runs" / metrics["run_id"] / "report" / "index.html"
-    if report.is_file():
-        lines.append(f"report: {report}")
+    for page in sorted((root / "runs" / metrics["run_id"]).glob("*/index.html")):
+        lines.append(f"report: {page}")
     return "\n".join(lines)
 
 
 def _dispatch(args) -> int:
-    from dae.artifacts import StageError
+    from dae.component import StageError
     from dae.pipeline import runner
     from dae.pipeline.config import apply_overrides, load_config
 
@@ -108,7 +107,7 @@ def _dispatch(args) -> int:
         root = Path(args.root).expanduser()
         config = apply_overrides(runner.load_run_config(root, args.run_id), args.overrides)
         result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
-        print(f"{args.name}: done in {result['seconds']:.1f}s")
+        print(f"{args.name}: done in {result.seconds:.1f}s")
         return 0
     if args.command in ("runs", "lineage"):
         return _history(args)
@@ -134,7 +133,7 @@ def _dispatch(args) -> int:
 def _history(args) -> int:
     import json
 
-    from dae.artifacts import StageError
+    from dae.component import StageError
     from dae.pipeline import history
     from dae.pipeline.metadata import MetadataStore, default_url
 
@@ -163,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     # A Kubernetes Job is stopped with SIGTERM: record the run as failed, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     args = _parser().parse_args(argv)
-    from dae.artifacts import StageError
+    from dae.component import StageError
     from dae.pipeline.config import ConfigError
 
     try:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dae.artifacts import StageError, read_json
+from dae.artifacts import Artifact
+from dae.component import StageError
 from dae.pipeline.metadata import MetadataStore
 
 
@@ -66,14 +67,11 @@ def lineage(store: MetadataStore, root: Path, name: str, version: int) -> dict:
                          for c, e in chain.items()}  # fmt: skip
     run = {r["name"]: r["properties"] for r in store.runs()}.get(push["run_id"], {})
     out["code_version"] = run.get("code_version")
-    if "ingest" in chain:
-        examples = store.artifacts_of(chain["ingest"]["id"])["examples"]
-        out["dataset"] = read_json(Path(examples["uri"]) / "fingerprint.json")
-    if "tune" in chain:
-        best = store.artifacts_of(chain["tune"]["id"])["best_hyperparameters"]
-        out["hyperparameters"] = read_json(Path(best["uri"]) / "best_hyperparameters.json")[
-            "values"
-        ]
+    for ex in chain.values():  # what each artifact's type says of it: the dataset, the hps
+        for art in store.artifacts_of(ex["id"]).values():
+            kind = Artifact.TYPES.get(art["type"], Artifact)
+            if Path(art["uri"]).exists():
+                out |= kind.describe(Path(art["uri"]))
     config = Path(root) / "runs" / push["run_id"] / "config.yaml"
     out["config"] = str(config) if config.is_file() else None
     return out

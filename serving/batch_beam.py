@@ -79,16 +79,17 @@ def _read_rows(span, path: str):
 
 def _write_shard(batch, folder: str) -> int:
     """(index, image) pairs -> one file in `folder`, renamed into place only when whole."""
-    import os
     import uuid
 
     import numpy as np
 
-    name = os.path.join(folder, uuid.uuid4().hex)
-    with open(f"{name}.tmp", "wb") as f:  # two arrays, one after the other (no zip, no CRC)
+    from dae.files import atomic_write
+
+    def arrays(f):  # two arrays, one after the other (no zip, no CRC)
         np.save(f, np.array([i for i, _ in batch], np.int64))
         np.save(f, np.stack([y for _, y in batch]))
-    os.replace(f"{name}.tmp", f"{name}.npy")
+
+    atomic_write(Path(folder) / f"{uuid.uuid4().hex}.npy", arrays)
     return len(batch)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dae.files import atomic_write
 from dae.serving.images_io import SourceError
 
 
@@ -122,19 +123,11 @@ class NpyDestination(Destination):
         self.images.append(np.asarray(image, np.float32))
 
     def commit(self) -> None:
-        tmp = self.path.parent / f".{self.path.name}.tmp-{uuid.uuid4().hex[:12]}"
+        images = np.stack(self.images)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Not mkstemp: its 0600 would become the output's mode.
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.stack(self.images))
-            os.replace(tmp, self.path)
-        except BaseException as e:
-            tmp.unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise SourceError(f"cannot write {self.path}: {e.strerror or e}") from None
-            raise
+            atomic_write(self.path, lambda f: np.save(f, images))
+        except OSError as e:
+            raise SourceError(f"cannot write {self.path}: {e.strerror or e}") from None
 
     def abort(self) -> None:
         self.images = []

@@ -194,7 +194,7 @@ class ServableManager:
 def _settle_heap() -> None:
     """Collect once, then freeze what is left (TensorFlow's millions of long-lived objects)
     out of the cyclic GC's sight. Otherwise the lists a JSON request allocates trigger full
-    collections that walk all of them: ~100 ms stalls on every other REST request."""
+    collections that walk all of them, a stall on every other REST request."""
     gc.unfreeze()
     gc.collect()
     gc.freeze()

@@ -106,7 +106,9 @@ async def serve(args, predictor, ready=None) -> None:
         http="httptools",  # not "auto": its silent h11 fallback adds ~0.4 ms a batch-64 call
     )  # fmt: skip
     rest = uvicorn.Server(config)
-    rest.install_signal_handlers = lambda: None  # ours below stop both front ends
+    # SIGINT/SIGTERM stop both front ends: ours below, through asyncio. uvicorn's serve() also
+    # takes them for its run (Server.capture_signals, signal.signal) and stops REST itself;
+    # the signal still reaches asyncio's handlers (the wakeup fd is written for any handler).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

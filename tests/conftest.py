@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from support import dae, digit_like, write_examples  # noqa: E402
 
-from dae.artifacts import StageContext  # noqa: E402
+from dae.component import StageContext  # noqa: E402
 from dae.pipeline.config import load_config  # noqa: E402
 
 
@@ -43,6 +43,13 @@ def make_ctx(tmp_path, config):
         )
 
     return make
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the real smoke run is slow (`pytest -m "not slow"` skips it)."""
+    for item in items:
+        if "smoke_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

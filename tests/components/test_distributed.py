@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from support import DAE, free_port
 
-from dae.artifacts import StageError, read_json
+from dae.artifacts import read_json
+from dae.component import StageError
 from dae.components import distributed, transform, tune
 from dae.components.distributed import TrainingJob
 
@@ -111,11 +112,11 @@ def test_a_chief_takes_over_a_search_run_in_one_process(tiny_examples, make_ctx,
                                                         monkeypatch):  # fmt: skip
     """Keras Tuner reloads a search only from the tuner's own state file (chief.json): the
     chief must pick up the trials a single-process search (tuner0.json) already ran."""
-    transformed = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
+    transformed = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
     transform.run(transformed)
     config.model.family, config.tune.max_trials, config.tune.max_epochs = "dense", 2, 1
-    ctx = make_ctx(dict(transformed.outputs), tune.OUTPUTS, config)
-    assert tune.run(ctx)["tune_trials"] == 2
+    ctx = make_ctx(dict(transformed.outputs), tune.SPEC.outputs, config)
+    assert tune.run(ctx).metrics["tune_trials"] == 2
     monkeypatch.setenv("KERASTUNER_ORACLE_IP", "127.0.0.1")
     monkeypatch.setenv("KERASTUNER_ORACLE_PORT", str(free_port()))
     monkeypatch.setenv("KERASTUNER_TUNER_ID", "chief")

@@ -83,7 +83,7 @@ def test_nan_output_is_never_blessed():
 def _pairs(tmp_path, shape=(28, 28, 1)):
     from support import digit_like, write_examples
 
-    from dae.artifacts import StageContext
+    from dae.component import StageContext
     from dae.components import transform
     from dae.pipeline.config import load_config
 
@@ -97,16 +97,25 @@ def _pairs(tmp_path, shape=(28, 28, 1)):
 
 
 def _run_evaluate(tmp_path, cfg, examples, model_dir, name):
-    from dae.artifacts import StageContext
+    """The resolver, then the evaluator on its answer, as the DAG wires them."""
+    from dae.component import StageContext
+    from dae.components import resolver
 
-    outs = {"evaluation": tmp_path / name / "e", "blessing": tmp_path / name / "b"}
+    outs = {"evaluation": tmp_path / name / "e", "blessing": tmp_path / name / "b",
+            "baseline": tmp_path / name / "r"}  # fmt: skip
     for p in outs.values():
         p.mkdir(parents=True)
-    ctx = StageContext(
-        cfg, {"transformed_examples": examples, "model": model_dir}, outs, "r", tmp_path,
-        tmp_path / "serving", lambda m: None,
-    )  # fmt: skip
-    return evaluate.run(ctx), outs
+
+    def ctx(inputs, outputs):
+        return StageContext(cfg, inputs, outputs, "r", tmp_path, tmp_path / "serving", print)
+
+    resolver.run(ctx({"model": model_dir}, {"baseline": outs.pop("baseline")}))
+    inputs = {
+        "transformed_examples": examples,
+        "model": model_dir,
+        "baseline": tmp_path / name / "r",
+    }
+    return evaluate.run(ctx(inputs, outs)).metrics, outs
 
 
 def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
@@ -140,7 +149,7 @@ def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
     assert (verdict["model_name"], verdict["baseline_version"]) == (cfg.push.model_name, 1)
 
     # A served version that cannot be loaded (a hand-made folder): one line naming it.
-    from dae.artifacts import StageError
+    from dae.component import StageError
 
     (tmp_path / "serving" / cfg.push.model_name / "2").mkdir()
     with pytest.raises(StageError, match=r"served version .*/2 cannot be loaded .*fix or remove"):

@@ -33,7 +33,7 @@ def test_ingest_reads_real_mnist_through_tfds(make_ctx, config):
     """Uses the data `make data` prepares (real MNIST through TFDS's own builder)."""
     config.data.max_train_examples = 200
     config.data.max_test_examples = 50
-    ctx = make_ctx({}, ingest.OUTPUTS, config)
+    ctx = make_ctx({}, ingest.SPEC.outputs, config)
     ingest.run(ctx)
     out = ctx.outputs["examples"]
     schema = read_json(out / "schema.json")
@@ -43,7 +43,7 @@ def test_ingest_reads_real_mnist_through_tfds(make_ctx, config):
     assert fp["dataset"] == "mnist" and fp["version"] == "3.0.1" and fp["files"]
     train = read_split(out, "train", ("image",))
     assert set(np.unique(train["label"])) <= set(range(10)) and 0.05 < train["image"].mean() < 0.25
-    again = make_ctx({}, ingest.OUTPUTS, config)
+    again = make_ctx({}, ingest.SPEC.outputs, config)
     again.outputs = {"examples": ctx.run_dir / "again"}
     ingest.run(again)
     assert np.array_equal(read_split(again.outputs["examples"], "train", ("image",))["image"],
@@ -89,7 +89,7 @@ def test_any_tfds_image_dataset_by_name(make_ctx, config, tmp_path):
     config.data.dataset = "dae_tiny_images"
     config.data.data_dir = str(data_dir)
     config.data.max_train_examples = None
-    ctx = make_ctx({}, ingest.OUTPUTS, config)
+    ctx = make_ctx({}, ingest.SPEC.outputs, config)
     ingest.run(ctx)
     schema = read_json(ctx.outputs["examples"] / "schema.json")
     assert schema == {"shape": [16, 20, 3], "dtype": "uint8",

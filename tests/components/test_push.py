@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dae.artifacts import write_json
+from dae.artifacts import Servable, write_json
 from dae.components import models, push
 from dae.serving import export
 
@@ -23,12 +23,12 @@ def _ctx(make_ctx, tmp_path, model_dir, blessed, **judged):
     write_json(tmp_path / "blessing" / "blessing.json", blessing)
     inputs = {"model": model_dir, "blessing": tmp_path / "blessing",
               "evaluation": tmp_path / "evaluation"}  # fmt: skip
-    return make_ctx(inputs, push.OUTPUTS)
+    return make_ctx(inputs, push.SPEC.outputs)
 
 
 def test_an_unblessed_model_is_not_pushed(make_ctx, tmp_path, trained):
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=False)
-    assert push.run(ctx) == {"pushed_version": None}
+    assert push.run(ctx).metrics == {"pushed_version": None}
     assert not ctx.serving_dir.exists()
     pushed = json.loads((ctx.outputs["pushed_model"] / "pushed.json").read_text())
     assert pushed == {"pushed": False, "reason": "r"}
@@ -36,20 +36,20 @@ def test_an_unblessed_model_is_not_pushed(make_ctx, tmp_path, trained):
 
 def test_a_blessed_model_is_pushed_once_with_its_provenance(make_ctx, tmp_path, trained):
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=True)
-    first = push.run(ctx)
+    first = push.run(ctx).metrics
     assert first["pushed_version"] == 1
     version = ctx.serving_dir / "denoiser" / "1"
-    provenance = json.loads((version / "assets.extra" / push.PROVENANCE).read_text())
+    provenance = json.loads((version / "assets.extra" / Servable.PROVENANCE).read_text())
     assert provenance["run_id"] == "test-run" and provenance["metrics"]["psnr_denoised"] == 20.0
     # Pushing the same model again (say `dae stage push` twice) makes no second version.
-    assert push.run(ctx)["pushed_version"] == 1
+    assert push.run(ctx).metrics["pushed_version"] == 1
     assert sorted(p.name for p in version.parent.iterdir()) == ["1"]
 
 
 def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, trained):
     """Blessed against no served model; meanwhile another run pushed version 1. Pushing now
     would replace a model this one was never compared with."""
-    from dae.artifacts import StageError
+    from dae.component import StageError
 
     judged = {"model_name": "denoiser", "baseline_version": None}
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, **judged)
@@ -62,11 +62,11 @@ def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, t
     assert sorted(p.name for p in base.iterdir()) == ["1"]
     # Judged against version 1, it goes in as version 2.
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, **{**judged, "baseline_version": 1})
-    assert push.run(ctx)["pushed_version"] == 2
+    assert push.run(ctx).metrics["pushed_version"] == 2
 
 
 def test_a_blessing_for_another_serving_model_is_refused(make_ctx, tmp_path, trained):
-    from dae.artifacts import StageError
+    from dae.component import StageError
 
     ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, model_name="other",
                baseline_version=None)  # fmt: skip

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from support import write_examples
 
-from dae.artifacts import StageError, read_json, read_split
+from dae.artifacts import read_json, read_split
+from dae.component import StageError
 from dae.components import transform
 from dae.pipeline.config import NoiseConfig
 
@@ -56,8 +57,8 @@ def test_bad_beam_settings_are_refused_up_front(config, beam, message):
 
 
 def test_beam_transform_writes_pairs_and_moments(tiny_examples, make_ctx, config):
-    ctx = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
-    summary = transform.run(ctx)
+    ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
+    summary = transform.run(ctx).metrics
     out = ctx.outputs["transformed_examples"]
     pairs = read_split(out, "train", ("noisy", "clean"))
     raw = read_split(tiny_examples, "train", ("image",))
@@ -71,7 +72,7 @@ def test_beam_transform_writes_pairs_and_moments(tiny_examples, make_ctx, config
 
 
 def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp_path):
-    ctx = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
+    ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
     transform.run(ctx)
     first = read_split(ctx.outputs["transformed_examples"], "test", ("noisy",))
     config.beam.num_shards = 3
@@ -92,15 +93,15 @@ def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp
 
 def test_two_beam_workers_make_the_same_examples(tiny_examples, make_ctx, config, tmp_path):
     """The DirectRunner in multi_processing mode with 2 workers: same seeds, same output."""
-    ctx = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
-    one = transform.run(ctx)
+    ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
+    one = transform.run(ctx).metrics
     config.beam.options = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
     ctx2 = make_ctx({"examples": tiny_examples}, ())
     ctx2.outputs = {
         "transformed_examples": tmp_path / "mp" / "t",
         "transform_graph": tmp_path / "g",
     }
-    two = transform.run(ctx2)
+    two = transform.run(ctx2).metrics
     assert two == pytest.approx(one)
     for split in ("train", "eval", "test"):
         a = read_split(ctx.outputs["transformed_examples"], split, ("noisy", "clean"))

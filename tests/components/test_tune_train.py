@@ -10,7 +10,7 @@ from dae.pipeline.config import Config
 
 @pytest.fixture
 def transformed(tiny_examples, make_ctx):
-    ctx = make_ctx({"examples": tiny_examples}, transform.OUTPUTS)
+    ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
     transform.run(ctx)
     return ctx.outputs
 
@@ -25,8 +25,8 @@ def small(config):
 
 
 def test_tune_writes_best_hyperparameters_and_resumes(transformed, make_ctx, small):
-    ctx = make_ctx(dict(transformed), tune.OUTPUTS, small)
-    first = tune.run(ctx)
+    ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
+    first = tune.run(ctx).metrics
     assert first["tune_trials"] == 2
     best = read_json(ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json")
     assert best["family"] == "dense" and "units_0" in best["values"]
@@ -34,17 +34,17 @@ def test_tune_writes_best_hyperparameters_and_resumes(transformed, make_ctx, sma
     before = {p.name: read_json(p / "trial.json")["score"] for p in project.glob("trial_*")}
     # overwrite=False: asking for one more trial runs exactly one, the two finished are kept.
     small.tune.max_trials = 3
-    again = tune.run(make_ctx(dict(transformed), tune.OUTPUTS, small))
+    again = tune.run(make_ctx(dict(transformed), tune.SPEC.outputs, small)).metrics
     after = {p.name: read_json(p / "trial.json")["score"] for p in project.glob("trial_*")}
     assert again["tune_trials"] == 3 and len(after) == 3
     assert {k: after[k] for k in before} == before
 
 
 def test_a_different_search_does_not_resume_an_old_one(transformed, make_ctx, small):
-    ctx = make_ctx(dict(transformed), tune.OUTPUTS, small)
+    ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
     tune.run(ctx)
     small.model.family = "conv"
-    summary = tune.run(make_ctx(dict(transformed), tune.OUTPUTS, small))
+    summary = tune.run(make_ctx(dict(transformed), tune.SPEC.outputs, small)).metrics
     best = read_json(ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json")
     assert (
         summary["tune_trials"] == 2 and best["family"] == "conv" and "filters_1" in best["values"]
@@ -56,18 +56,18 @@ def test_hyperband_is_the_default_oracle(transformed, make_ctx, small):
     assert Config().tune.tuner == "hyperband"
     small.tune.tuner = Config().tune.tuner
     small.tune.max_epochs = 2
-    ctx = make_ctx(dict(transformed), tune.OUTPUTS, small)
-    assert tune.run(ctx)["tune_trials"] >= 2
+    ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
+    assert tune.run(ctx).metrics["tune_trials"] >= 2
     oracle = read_json(next(ctx.outputs["tuner_results"].glob("*/oracle.json")))
     assert "hyperband_iterations" in oracle
 
 
 def test_train_fits_and_keeps_the_best_weights(transformed, make_ctx, small):
-    ctx = make_ctx(dict(transformed), tune.OUTPUTS, small)
+    ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
     tune.run(ctx)
     inputs = {**transformed, "best_hyperparameters": ctx.outputs["best_hyperparameters"]}
-    tctx = make_ctx(inputs, train.OUTPUTS, small)
-    summary = train.run(tctx)
+    tctx = make_ctx(inputs, train.SPEC.outputs, small)
+    summary = train.run(tctx).metrics
     history = read_json(tctx.outputs["model_run"] / "history.json")
     assert len(history["loss"]) == summary["train_epochs"] == 3
     assert history["loss"][-1] < history["loss"][0]
@@ -92,10 +92,10 @@ def test_train_fits_and_keeps_the_best_weights(transformed, make_ctx, small):
 
 
 def _tune_then_train(transformed, make_ctx, cfg):
-    ctx = make_ctx(dict(transformed), tune.OUTPUTS, cfg)
-    summary = tune.run(ctx)
+    ctx = make_ctx(dict(transformed), tune.SPEC.outputs, cfg)
+    summary = tune.run(ctx).metrics
     inputs = {**transformed, "best_hyperparameters": ctx.outputs["best_hyperparameters"]}
-    tctx = make_ctx(inputs, train.OUTPUTS, cfg)
+    tctx = make_ctx(inputs, train.SPEC.outputs, cfg)
     train.run(tctx)
     best = read_json(ctx.outputs["best_hyperparameters"] / "best_hyperparameters.json")
     return summary, best, tctx.outputs

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from dae.artifacts import StageError, read_json
+from dae.artifacts import read_json
+from dae.component import StageError
 from dae.components import validate
 
 
@@ -47,14 +48,14 @@ def test_mean_drift_is_an_anomaly():
 
 
 def test_run_writes_statistics_and_stops_on_anomaly(tiny_examples, make_ctx, config):
-    ctx = make_ctx({"examples": tiny_examples}, validate.OUTPUTS)
-    summary = validate.run(ctx)
+    ctx = make_ctx({"examples": tiny_examples}, validate.SPEC.outputs)
+    summary = validate.run(ctx).metrics
     stats = read_json(ctx.outputs["statistics"] / "statistics.json")
     assert stats["splits"]["train"]["count"] == 96
     assert summary["train_mean"] == pytest.approx(stats["splits"]["train"]["mean"])
 
     config.validate_.expected_mean = 0.9
-    ctx = make_ctx({"examples": tiny_examples}, validate.OUTPUTS, config)
+    ctx = make_ctx({"examples": tiny_examples}, validate.SPEC.outputs, config)
     with pytest.raises(StageError, match="data anomaly: train pixel mean"):
         validate.run(ctx)
     assert read_json(ctx.outputs["statistics"] / "anomalies.json")

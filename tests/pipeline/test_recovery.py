@@ -102,6 +102,7 @@ def test_killed_during_train_resumes_from_the_last_epoch(smoke_root, tmp_path):
     assert killed and "killed" in killed[0]["error"]
 
 
+@pytest.mark.slow
 def test_killed_during_transform_never_uses_partial_shards(tmp_path):
     # Many examples, so that transform runs long enough to be killed; the rest kept cheap.
     small = ["train.epochs=1", "tune.max_trials=1", "tune.max_epochs=1", "model.family=dense"]

@@ -1,17 +1,17 @@
 """The runner's contract, with stand-in components (the real ones run in test_end_to_end)."""
 
 import json
-from types import SimpleNamespace
 
 import pytest
+from stand_ins import stand_in
 
-from dae.artifacts import StageError
+from dae.component import StageError
 from dae.pipeline import runner
 from dae.pipeline.config import Config
 from dae.pipeline.dag import DAG, Node
 
 
-def component(outputs=("out",), fail=None, resumable=()):
+def component(outputs=("out",), fail=None, resumable=(), inputs=()):
     def run(ctx):
         for path in ctx.outputs.values():
             (path / "data.txt").write_text(ctx.run_id)
@@ -19,24 +19,27 @@ def component(outputs=("out",), fail=None, resumable=()):
             raise fail
         return {"seen": sorted(ctx.inputs)}
 
-    return SimpleNamespace(INPUTS=(), OUTPUTS=outputs, RESUMABLE=resumable, run=run)
+    return stand_in(run, inputs, outputs, resumable=resumable)
 
 
 def test_dag_bindings_match_what_components_declare():
-    produced = set()
+    produced: dict[str, type] = {}
     for n in DAG:
-        assert set(n.inputs) == set(n.component.INPUTS), n.name
-        for ref in n.inputs.values():
+        spec = n.component.SPEC
+        assert set(n.inputs) == set(spec.inputs), n.name
+        for name, ref in n.inputs.items():
             assert ref in produced, f"{n.name} reads {ref} before it is produced"
-        produced |= {f"{n.name}.{o}" for o in n.component.OUTPUTS}
+            assert produced[ref] is spec.inputs[name], f"{n.name}.{name}: {ref} is another type"
+        produced |= {f"{n.name}.{o}": kind for o, kind in spec.outputs.items()}
 
 
 def test_execute_marks_success_and_wires_inputs(tmp_path):
     runner.execute(Node("a", component()), Config(), tmp_path, tmp_path / "serving")
     result = runner.execute(
-        Node("b", component(), {"x": "a.out"}), Config(), tmp_path, tmp_path / "serving"
-    )
-    assert result["seen"] == ["x"] and (tmp_path / "b" / runner.SUCCESS).exists()
+        Node("b", component(inputs=("x",)), {"x": "a.out"}), Config(), tmp_path,
+        tmp_path / "serving",
+    )  # fmt: skip
+    assert result.metrics["seen"] == ["x"] and (tmp_path / "b" / runner.SUCCESS).exists()
     assert json.loads((tmp_path / "b" / "stage.json").read_text())["summary"] == {"seen": ["x"]}
 
 
@@ -48,7 +51,8 @@ def test_failed_stage_leaves_no_success_marker_and_blocks_downstream(tmp_path):
     assert (tmp_path / "a" / "out" / "data.txt").exists()
     assert not (tmp_path / "a" / runner.SUCCESS).exists()
     with pytest.raises(StageError, match="needs 'a', which has not succeeded"):
-        runner.execute(Node("b", component(), {"x": "a.out"}), Config(), tmp_path, tmp_path)
+        runner.execute(Node("b", component(inputs=("x",)), {"x": "a.out"}), Config(), tmp_path,
+                       tmp_path)  # fmt: skip
 
 
 def test_rerun_clears_outputs_but_keeps_resumable_ones(tmp_path):
@@ -63,7 +67,7 @@ def test_rerun_clears_outputs_but_keeps_resumable_ones(tmp_path):
 
 @pytest.mark.parametrize("error", [StageError("bad data"), KeyboardInterrupt("SIGTERM")])
 def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
-    dag = (Node("a", component()), Node("b", component(fail=error), {"x": "a.out"}))
+    dag = (Node("a", component()), Node("b", component(fail=error, inputs=("x",)), {"x": "a.out"}))
     monkeypatch.setattr(runner, "DAG", dag)
     monkeypatch.setattr(runner, "STAGES", ("a", "b"))
     with pytest.raises(type(error)):
@@ -76,14 +80,16 @@ def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
 
 
 def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch):
-    assert runner.downstream("transform") == ["tune", "train", "evaluate", "push", "report"]
+    assert runner.downstream("transform") == ["tune", "train", "resolver", "evaluate", "push",
+                                              "report"]  # fmt: skip
     assert runner.downstream("evaluate") == ["push", "report"] and runner.downstream("push") == []
     rdir = runner.run_dir(tmp_path, "r1")
     for stage in ("ingest", "validate", "transform", "tune", "train", "evaluate", "push"):
         (rdir / stage).mkdir(parents=True)
         (rdir / stage / runner.SUCCESS).touch()
-    stand_in = Node("validate", component(outputs=("statistics",)), {"x": "ingest.examples"})
-    monkeypatch.setattr(runner, "node", lambda name: stand_in)
+    validate = Node("validate", component(outputs=("statistics",), inputs=("x",)),
+                    {"x": "ingest.examples"})  # fmt: skip
+    monkeypatch.setattr(runner, "node", lambda name: validate)
     runner.run_stage(Config(), tmp_path, "r1", "validate", ["seed=1"])
     assert sorted(p.parent.name for p in rdir.glob(f"*/{runner.SUCCESS}")) == [
         "ingest", "validate",
@@ -101,7 +107,7 @@ def test_a_signal_during_an_atomic_stage_waits_for_it(tmp_path, monkeypatch):
         (ctx.outputs["out"] / "version").write_text("complete")
         return {"pushed_version": 7}
 
-    atomic = SimpleNamespace(INPUTS=(), OUTPUTS=("out",), ATOMIC=True, run=run)
+    atomic = stand_in(run, atomic=True)
     monkeypatch.setattr(runner, "DAG", (Node("push", atomic),))
     monkeypatch.setattr(runner, "STAGES", ("push",))
     old = signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt()))

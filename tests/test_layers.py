@@ -1,0 +1,55 @@
+"""The intended layers hold (import-linter's contracts), and a violation is caught; the
+generic layer of pipeline/ knows no stage by name."""
+
+import ast
+import tomllib
+from pathlib import Path
+
+import pytest
+from layers import REPO, lint_imports, package_tree
+
+from dae.pipeline.dag import STAGES
+
+
+def test_the_import_contracts_hold(tmp_path):
+    proc = lint_imports(package_tree(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 kept, 0 broken" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("serving/rest.py", "from dae.components import models", "serving reads SavedModels"),
+        ("components/evaluate.py", "from dae.components import train", "no stage imports"),
+        ("components/models.py", "import dae.pipeline.cli", "nothing imports the CLI"),
+        ("dae/artifacts.py", "from dae.serving import export", "-> shared formats"),
+    ],
+)
+def test_a_broken_layer_is_caught(tmp_path, module, line, contract):
+    tree = package_tree(tmp_path)
+    path = tree / "dae" / module.removeprefix("dae/")
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    proc = lint_imports(tree)
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (name,) = [c["name"] for c in contracts["contracts"] if contract in c["name"]]
+    assert proc.returncode != 0 and f"{name} BROKEN" in proc.stdout.splitlines()
+
+
+def _strings(path: Path) -> set[str]:
+    return {
+        node.value for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }  # fmt: skip
+
+
+def test_no_module_of_pipeline_names_a_stage():
+    """Only the DAG's definition may. Some stage names are other things' names too: the
+    config's sections (config.py) and a dataset's split (prepare_data.py)."""
+    homonyms = {"config.py": {"validate", "tune", "train", "evaluate", "push"},
+                "prepare_data.py": {"train"}}  # fmt: skip
+    for path in sorted((REPO / "pipeline").glob("*.py")):
+        if path.name == "dag.py":
+            continue
+        named = _strings(path) & set(STAGES) - homonyms.get(path.name, set())
+        assert not named, f"{path.name} names stage(s) {sorted(named)}"
