@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def export_untrained(folder: Path, shape=(28, 28, 1)) -> Path:

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SEEDS = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
 TARGET_GAIN_DB, TARGET_PSNR_DB, TARGET_ELBO = 3.0, 21.0, 95.0

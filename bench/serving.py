@@ -24,10 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-# This file is named like the `serving` package: keep its folder off the import path.
-HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.Server
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 

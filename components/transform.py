@@ -160,4 +160,5 @@ SPEC = Spec(
     inputs={"examples": Examples, "statistics": ExampleStatistics},
     outputs={"transformed_examples": Examples, "transform_graph": TransformGraph},
     parameters=parameters,
+    preflight=preflight,
 )

@@ -132,3 +132,26 @@ def copy_root(src: Path, dst: Path) -> Path:
         c.execute(sa.text("UPDATE artifacts SET uri = replace(uri, :old, :new)"),
                   {"old": str(src), "new": str(dst)})  # fmt: skip
     return dst
+
+
+def tiny_servable(base: Path, family: str = "dense", epochs: int = 2, seed: int = 0) -> Path:
+    """A tiny denoiser of `family` (default hyperparameters), fitted for a few steps to
+    denoise `digit_like` images and pushed under `base` as its next version, as push does
+    (a VAE with its encode and decode signatures): the version's path. Seconds, not a run."""
+    import keras
+
+    from dae.components import models, vae
+    from dae.serving import export
+
+    keras.utils.set_random_seed(seed)
+    images, _ = digit_like(256, seed=seed + 5)
+    clean = images.astype(np.float32) / 255
+    rng = np.random.default_rng(seed)
+    noisy = np.clip(clean + rng.normal(0, 0.3, clean.shape), 0, 1).astype(np.float32)
+    shape = clean.shape[1:]
+    mean, std = float(clean.mean()), float(clean.std())
+    trainer = models.build_model(models.hyperparameters(), family, shape, mean, std)
+    trainer.fit(noisy, clean, epochs=epochs, batch_size=64, verbose=0)
+    model = models.deployable(trainer)
+    _, path = export.push(model, base, vae_parts=vae.parts(model))
+    return path

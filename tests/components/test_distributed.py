@@ -70,6 +70,7 @@ def _finish(procs: dict[str, tuple[subprocess.Popen, Path]], timeout: float) -> 
 # ---- Keras Tuner's chief/worker mode ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_chief_and_two_workers_search_together(run, tmp_path):
     root, run_id = run
     rdir = root / "runs" / run_id
@@ -108,6 +109,7 @@ def test_a_chief_and_two_workers_search_together(run, tmp_path):
         assert f"worker {w} ran {len(reports[w])} trials" in logs[w]
 
 
+@pytest.mark.slow
 def test_a_chief_takes_over_a_search_run_in_one_process(tiny_examples, make_ctx, config,
                                                         monkeypatch):  # fmt: skip
     """Keras Tuner reloads a search only from the tuner's own state file (chief.json): the
@@ -171,6 +173,7 @@ def _digests(logs: dict[str, str]) -> dict[str, str]:
     return {name: DIGEST.search(text).group(1) for name, text in logs.items()}
 
 
+@pytest.mark.slow
 def test_two_workers_train_one_model(run, tmp_path):
     import keras
 
@@ -222,6 +225,7 @@ def _backup_dir(root: Path, run_id: str, out: Path) -> Path:
     return Path(read_json(out / "stage.json")["outputs"]["checkpoints"]) / key
 
 
+@pytest.mark.slow
 def test_a_vae_trains_under_the_strategy(run, tmp_path):
     """The VAE's own train_step (a sampled latent, its own loss trackers) under the
     strategy too: a fixed small VAE architecture keeps it quick."""

@@ -29,6 +29,7 @@ def test_fingerprint_follows_the_files(tmp_path):
     assert a["sha256"] != b["sha256"] and a["files"]["a.tfrecord"] != b["files"]["a.tfrecord"]
 
 
+@pytest.mark.slow
 def test_ingest_reads_real_mnist_through_tfds(make_ctx, config):
     """Uses the data `make data` prepares (real MNIST through TFDS's own builder)."""
     config.data.max_train_examples = 200

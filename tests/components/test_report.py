@@ -90,9 +90,10 @@ def _report_for(family, tiny_run, name):
     write_json(inputs["model"] / "model.json", {"family": family, "hyperparameters": {}})
     history = {"loss": [0.3, 0.2], "val_loss": [0.31, 0.25], "mse": [0.1, 0.05]}
     write_json(inputs["model_run"] / "history.json", history)
+    write_json(d / "baseline" / "baseline.json", {"version": None})  # nothing in service
     outs = {"evaluation": inputs["evaluation"], "blessing": inputs["blessing"]}
-    ctx = StageContext(cfg, inputs, outs, "r1", tmp, tmp / "serving", lambda m: None)
-    evaluate.run(ctx)
+    judged = {**inputs, "baseline": d / "baseline"}
+    evaluate.run(StageContext(cfg, judged, outs, "r1", tmp, tmp / "serving", lambda m: None))
     out = d / "report"
     out.mkdir()
     logged = []

@@ -53,3 +53,10 @@ def test_a_component_declares_the_config_it_reads(node):
     assert read, f"{node.name}: found no config reads (the scan is broken)"
     missing = {p for p in read if not _covered(p, declared)}
     assert not missing, f"{node.name} reads {sorted(missing)} but declares {sorted(declared)}"
+
+
+@pytest.mark.parametrize("node", DAG, ids=lambda n: n.name)
+def test_a_preflight_check_is_declared(node):
+    """A module's preflight() runs only if its SPEC names it (the runner reads the SPEC)."""
+    check = getattr(node.component, "preflight", None)
+    assert node.component.SPEC.preflight is check

@@ -91,6 +91,7 @@ def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp
     assert np.array_equal(first["noisy"], second["noisy"])
 
 
+@pytest.mark.slow
 def test_two_beam_workers_make_the_same_examples(tiny_examples, make_ctx, config, tmp_path):
     """The DirectRunner in multi_processing mode with 2 workers: same seeds, same output."""
     ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)

@@ -24,6 +24,7 @@ def small(config):
     return config
 
 
+@pytest.mark.slow
 def test_tune_writes_best_hyperparameters_and_resumes(transformed, make_ctx, small):
     ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
     first = tune.run(ctx).metrics
@@ -40,6 +41,7 @@ def test_tune_writes_best_hyperparameters_and_resumes(transformed, make_ctx, sma
     assert {k: after[k] for k in before} == before
 
 
+@pytest.mark.slow
 def test_a_different_search_does_not_resume_an_old_one(transformed, make_ctx, small):
     ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
     tune.run(ctx)
@@ -52,6 +54,7 @@ def test_a_different_search_does_not_resume_an_old_one(transformed, make_ctx, sm
     assert len([p for p in ctx.outputs["tuner_results"].iterdir() if p.is_dir()]) == 2
 
 
+@pytest.mark.slow
 def test_hyperband_is_the_default_oracle(transformed, make_ctx, small):
     assert Config().tune.tuner == "hyperband"
     small.tune.tuner = Config().tune.tuner
@@ -62,6 +65,7 @@ def test_hyperband_is_the_default_oracle(transformed, make_ctx, small):
     assert "hyperband_iterations" in oracle
 
 
+@pytest.mark.slow
 def test_train_fits_and_keeps_the_best_weights(transformed, make_ctx, small):
     ctx = make_ctx(dict(transformed), tune.SPEC.outputs, small)
     tune.run(ctx)
@@ -101,6 +105,7 @@ def _tune_then_train(transformed, make_ctx, cfg):
     return summary, best, tctx.outputs
 
 
+@pytest.mark.slow
 def test_one_search_spans_families_and_train_rebuilds_the_winner(transformed, make_ctx, small):
     import keras
 
@@ -119,6 +124,7 @@ def test_one_search_spans_families_and_train_rebuilds_the_winner(transformed, ma
     assert info["family"] == best["family"] and info["hyperparameters"] == best["values"]
 
 
+@pytest.mark.slow
 def test_a_vae_trains_and_keeps_its_loss_terms(transformed, make_ctx, small):
     import keras
 
@@ -135,6 +141,7 @@ def test_a_vae_trains_and_keeps_its_loss_terms(transformed, make_ctx, small):
     assert read_json(out["model"] / "model.json")["vae"] is True
 
 
+@pytest.mark.slow
 def test_a_baseline_is_not_searched(transformed, make_ctx, small):
     small.model.baseline = "seed_conv"
     summary, best, out = _tune_then_train(transformed, make_ctx, small)

@@ -27,6 +27,8 @@ ALLOWED_SKIPS = {
     "CKV_K8S_15": "dev only",
 }
 
+pytestmark = pytest.mark.slow  # checkov, in its own venv, over every overlay and the Dockerfile
+
 
 def _checkov() -> str:
     candidates = [os.environ.get("DAE_CHECKOV"), str(REPO / ".venv-checkov" / "bin" / "checkov")]

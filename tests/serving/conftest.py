@@ -1,17 +1,19 @@
-"""Fixtures for serving tests: a real `dae serve` over a copy of a smoke run's model."""
+"""Fixtures for serving tests: a real `dae serve` over copies of a tiny model pushed here."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-from support import Server, copy_version
+from support import Server, copy_version, tiny_servable
 
 
-@pytest.fixture(scope="module")
-def model_dir(smoke_root) -> Path:
-    """The servable version the session's smoke run pushed."""
-    return smoke_root[0] / "serving" / "denoiser" / "1"
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> Path:
+    """A servable version of a tiny dense denoiser (28x28x1 in [0, 1] -> same), fitted a
+    few steps on digit-like images and pushed as push does: built in seconds, so serving
+    tests need no pipeline run. Tests copy it and must not change it."""
+    return tiny_servable(tmp_path_factory.mktemp("tiny-model") / "denoiser")
 
 
 def _servers(root: Path, model_dir: Path):
@@ -37,9 +39,10 @@ def make_server(tmp_path, model_dir):
         s.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(tmp_path_factory, model_dir):
-    """One server for a module's read-only tests (predict, status, bad input)."""
+    """One server for the read-only tests of every module (predict, status, bad input):
+    a test must leave it as it found it."""
     make, servers = _servers(tmp_path_factory.mktemp("serve"), model_dir)
     yield make()
     servers[0].stop()

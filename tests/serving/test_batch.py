@@ -10,10 +10,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from support import Server, dae, digit_like, free_port, write_examples
+from support import dae, digit_like, free_port, write_examples
 
 from dae.artifacts import encode_example
-from dae.components import models
 from dae.pipeline import cli
 from dae.serving import export
 from dae.serving.destinations import to_uint8
@@ -22,23 +21,17 @@ SHAPE = (28, 28, 1)
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory):
-    """A tiny untrained model pushed as version 1, and numpy in/out through it."""
-    root = tmp_path_factory.mktemp("batch")
-    model = models.build_model(models.hyperparameters(), "dense", SHAPE, 0.1, 0.3)
-    base = root / "serving" / "denoiser"
-    _, version_dir = export.push(model, base)
+def pushed(model_dir):
+    """conftest's tiny model, pushed as version 1 of its base, and numpy in/out through it."""
     return SimpleNamespace(
-        base=base, version=version_dir, denoise=export.load_servable(version_dir)
+        base=model_dir.parent, version=model_dir, denoise=export.load_servable(model_dir)
     )
 
 
 @pytest.fixture(scope="module")
-def endpoint(pushed):
-    """A real `dae serve` on free ports over the pushed model."""
-    server = Server(pushed.base)
-    yield server
-    server.stop()
+def endpoint(server):
+    """A real `dae serve` on free ports over the same model (conftest's shared server)."""
+    return server
 
 
 def denoise(capsys, *args: str) -> tuple[int, str, str]:

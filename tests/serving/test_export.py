@@ -39,7 +39,7 @@ def test_push_exports_servable_versions_in_order(model, tmp_path):
 def test_failed_export_leaves_no_version(model, tmp_path, monkeypatch):
     export.push(model, tmp_path / "m")
 
-    def broken(model, path):
+    def broken(model, path, vae_parts=None):
         (path / "variables").mkdir(parents=True)
         raise RuntimeError("disk full")
 

@@ -1,5 +1,5 @@
 """`dae serve` as a client sees it: real tensorflow-serving-api stubs and plain HTTP against a
-real server process, over the model a smoke run pushed."""
+real server process, over a tiny pushed model (conftest's model_dir)."""
 
 import threading
 import time
