@@ -9,7 +9,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CONFIG ?= configs/default.yaml
 ROOT ?= ./dae-root
 
-.PHONY: install data run smoke test lint imports format clean checkov
+.PHONY: install data run smoke test lint imports format clean checkov postgres
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m venv $(VENV)
@@ -46,6 +46,12 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The metadata-store tests start a real PostgreSQL server (tests/postgres.py): Debian's.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/postgres > /dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends postgresql; }
+
 # The layers (pyproject.toml's import-linter contracts), on the package as it installs.
 imports: install
 	$(BIN)/python tests/layers.py
@@ -54,7 +60,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint imports data checkov
+test: lint imports data checkov postgres
 	$(BIN)/pytest -q
 
 clean:

@@ -107,6 +107,21 @@ def fit(
     return history.history
 
 
+def _reporting(progress):
+    """Each finished epoch: its losses (the console adds the pace and the time left)."""
+    import keras
+
+    class Report(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            progress.advance(loss=logs.get("loss"), val_loss=logs.get("val_loss"))
+
+        def on_train_end(self, logs=None):
+            progress.close()
+
+    return Report()
+
+
 def _following_epochs(dataset):
     """Tells fresh noise which epoch begins: after BackupAndRestore, not epoch 0."""
     import keras
@@ -172,6 +187,7 @@ def run(ctx: StageContext) -> StageResult:
             backup=backup,
             noise=fresh,
             seed=cfg.seed,
+            callbacks=[_reporting(ctx.progress("epoch", cfg.train.epochs))],
         )
         final = deployable(model)
         final.save(out / Model.KERAS)

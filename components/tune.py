@@ -77,6 +77,26 @@ def families(cfg) -> list[str]:
     return list(cfg.tune.families or [cfg.model.family])
 
 
+def planned_trials(tuner) -> int | None:
+    import keras_tuner as kt
+
+    if isinstance(tuner.oracle, kt.oracles.HyperbandOracle):
+        return compat.hyperband_trials(tuner.oracle)
+    return tuner.oracle.max_trials
+
+
+def report_trials(tuner, progress) -> None:
+    """Each finished trial: its score and the best so far."""
+    finish = tuner.on_trial_end
+
+    def on_trial_end(trial):
+        finish(trial)
+        best = tuner.oracle.get_best_trials(1)
+        progress.advance(score=trial.score, best=best[0].score if best else None)
+
+    tuner.on_trial_end = on_trial_end
+
+
 def search_id(cfg, moments: dict) -> str:
     """Names the search by what defines it, so a resumed search is the same search (more
     trials may be asked for) and a different one starts afresh beside it."""
@@ -132,7 +152,10 @@ def run(ctx: StageContext) -> StageResult:
     distributed.resume_oracle(tuner)
     if role == "chief":
         ctx.log(f"tune: chief serving the oracle on port {os.environ['KERASTUNER_ORACLE_PORT']}")
+    progress = ctx.progress("trial", planned_trials(tuner))
+    report_trials(tuner, progress)
     best = search(tuner, *data, cfg.tune.max_epochs, cfg.tune.batch_size)
+    progress.close()
     trials = tuner.oracle.get_best_trials(1)
     score = trials[0].score if trials else None
     _write(ctx, best.values.get("family", families(cfg)[0]), families(cfg), best)

@@ -233,3 +233,21 @@ def beam_fn_api_runner(options):
         _fail(lib, patch, "ProvisionInfo.pipeline_options")
     info = info_cls(pipeline_options=encode(options.get_all_options()))
     return runner_cls(provision_info=extended(info))
+
+
+def hyperband_trials(oracle) -> int | None:
+    """How many trials a Hyperband search runs: each bracket's rounds' sizes, from the
+    oracle's own schedule (private methods), times its iterations; None if unbounded."""
+    lib, patch = "keras_tuner", "hyperband_trials"
+    module = _module(lib, patch, "keras_tuner.src.tuners.hyperband")
+    cls = _attr(lib, patch, module, "HyperbandOracle")
+    brackets = _attr(lib, patch, cls, "_get_num_brackets", ("self",))
+    rounds = _attr(lib, patch, cls, "_get_num_rounds", ("self", "bracket_num"))
+    size = _attr(lib, patch, cls, "_get_size", ("self", "bracket_num", "round_num"))
+    iterations = oracle.hyperband_iterations
+    if iterations == float("inf"):
+        return None
+    per_iteration = sum(
+        size(oracle, b, r) for b in range(brackets(oracle)) for r in range(rounds(oracle, b))
+    )
+    return int(per_iteration * iterations)

@@ -19,6 +19,17 @@ class StageError(RuntimeError):
     """A stage stopped for a reason the user can act on; the message is one line."""
 
 
+class Progress:
+    """Steps of a long stage (trials, epochs) as it reports them; the runner's shows them
+    (this one shows nothing)."""
+
+    def advance(self, **fields: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class StageContext:
     """What the runner hands a component: its artifact folders and the run's settings."""
@@ -30,6 +41,8 @@ class StageContext:
     run_dir: Path
     serving_dir: Path  # <root>/serving: where servables are pushed and resolved from
     log: Callable[[str], None] = print
+    # progress(unit, total) -> a Progress: "epoch" of 15, "trial" of 6 (None: unknown).
+    progress: Callable[[str, int | None], Progress] = lambda unit, total: Progress()
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_BUSY = 75  # EX_TEMPFAIL: the root is in use; a Job must not retry it at once
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -22,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--root", default="./dae-root", help="pipeline root (default ./dae-root)")
+        sp.add_argument("--quiet", action="store_true", help="only the summary, no progress")
+        sp.add_argument("--verbose", action="store_true",
+                        help="also TensorFlow's native log lines and known warnings")  # fmt: skip
         sp.add_argument(
             "--set",
             dest="overrides",
@@ -94,21 +98,9 @@ def _summary(metrics: dict, root: Path, model_name: str) -> str:
 
 def _dispatch(args) -> int:
     from dae.component import StageError
-    from dae.pipeline import runner
-    from dae.pipeline.config import apply_overrides, load_config
 
-    if args.command == "run":
-        root = Path(args.root).expanduser()
-        config = load_config(args.config, args.profile, args.overrides)
-        metrics = runner.run_pipeline(config, root, use_cache=False if args.no_cache else None)
-        print(_summary(metrics, root, config.push.model_name))
-        return 0
-    if args.command == "stage":
-        root = Path(args.root).expanduser()
-        config = apply_overrides(runner.load_run_config(root, args.run_id), args.overrides)
-        result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
-        print(f"{args.name}: done in {result.seconds:.1f}s")
-        return 0
+    if args.command in ("run", "stage"):
+        return _pipeline(args)
     if args.command in ("runs", "lineage"):
         return _history(args)
     if args.command == "serve":
@@ -130,17 +122,38 @@ def _dispatch(args) -> int:
     return prepare_data.main(args.args)
 
 
+def _pipeline(args) -> int:
+    """`dae run` and `dae stage`: the only commands that load the stages (and TensorFlow)."""
+    from dae.pipeline import runner
+    from dae.pipeline.config import apply_overrides, load_config
+    from dae.pipeline.console import Console
+
+    runner.console = Console.for_terminal(args.quiet, _TERMINAL)
+    root = Path(args.root).expanduser()
+    if args.command == "run":
+        config = load_config(args.config, args.profile, args.overrides)
+        metrics = runner.run_pipeline(config, root, use_cache=False if args.no_cache else None)
+        print(_summary(metrics, root, config.push.model_name))
+        return 0
+    config = apply_overrides(runner.load_run_config(root, args.run_id), args.overrides)
+    result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
+    print(f"{args.name}: done in {result.seconds:.1f}s")
+    return 0
+
+
 def _history(args) -> int:
     import json
 
     from dae.component import StageError
     from dae.pipeline import history
-    from dae.pipeline.metadata import MetadataStore, default_url
+    from dae.pipeline.metadata import ENV_URL, MetadataStore, store_url
 
     root = Path(args.root).expanduser()
-    if not (root / "metadata.sqlite").is_file():
-        raise StageError(f"no metadata store under {root} (has `dae run` used this --root?)")
-    store = MetadataStore(default_url(root))
+    url = store_url(None, root)
+    if url.startswith("sqlite") and not (root / "metadata.sqlite").is_file():
+        raise StageError(f"no metadata store under {root} (has `dae run` used this --root? "
+                         f"A server database is read from ${ENV_URL})")  # fmt: skip
+    store = MetadataStore(url)
     if args.command == "lineage":
         info = history.lineage(store, root, args.name, args.version)
         print(json.dumps(info, indent=2) if args.json else history.lineage_text(info))
@@ -157,19 +170,46 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+_TERMINAL = None  # the real stderr, when native log lines are filtered (progress bars)
+
+
+def _quiet_libraries(args) -> None:
+    """TensorFlow's native start-up lines and known harmless warnings stay off the screen,
+    unless --verbose or the user's own TF_CPP_MIN_LOG_LEVEL asks for them."""
+    global _TERMINAL
+    if getattr(args, "verbose", False) or "TF_CPP_MIN_LOG_LEVEL" in os.environ:
+        return
+    from dae.pipeline import console
+
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    console.quiet_python_warnings()
+    if _TERMINAL is None:
+        _TERMINAL = console.filter_native_logs()
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # A Kubernetes Job is stopped with SIGTERM: record the run as failed, like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     args = _parser().parse_args(argv)
+    _quiet_libraries(args)
+    import sqlalchemy as sa
+
     from dae.component import StageError
     from dae.pipeline.config import ConfigError
+    from dae.pipeline.locks import RootBusy
 
     try:
         return _dispatch(args)
     except ConfigError as e:
         print(f"dae: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RootBusy as e:
+        print(f"dae: error: {e}", file=sys.stderr)
+        return EXIT_BUSY
+    except sa.exc.OperationalError as e:  # the server's words, never the URL's password
+        reason = str(e.orig or e).strip().splitlines()[0]
+        print(f"dae: error: the metadata store cannot be reached: {reason}", file=sys.stderr)
+        return EXIT_FAILED
     except StageError as e:
         print(f"dae: error: {e}", file=sys.stderr)
         return EXIT_FAILED

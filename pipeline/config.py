@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from dae.components.models import BASELINES, FAMILIES
 
@@ -125,7 +125,8 @@ class Config(_Section):
     seed: int = Field(42, ge=0)
     # Skip a stage whose inputs, parameters and code match an earlier successful execution.
     cache: bool = True
-    # Metadata store: a SQLAlchemy-style URL; null means sqlite:///<root>/metadata.sqlite.
+    # Metadata store: a SQLAlchemy URL without a password (a run's config is written to its
+    # folder); null: $DAE_METADATA_URL (from a Secret), else sqlite:///<root>/metadata.sqlite.
     metadata_url: str | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
@@ -140,6 +141,19 @@ class Config(_Section):
     model_config = ConfigDict(
         extra="forbid", validate_assignment=True, populate_by_name=True, allow_inf_nan=False
     )
+
+    @field_validator("metadata_url")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        import sqlalchemy as sa
+
+        try:
+            parsed = sa.engine.make_url(url) if url else None
+        except sa.exc.ArgumentError:
+            raise ValueError("not a database URL (e.g. postgresql+psycopg://host/db)") from None
+        if parsed is not None and parsed.password:
+            raise ValueError("holds a password; set DAE_METADATA_URL (from a Secret) instead")
+        return url
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

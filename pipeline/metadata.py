@@ -3,13 +3,17 @@
 Artifacts (type, uri, fingerprint, properties), executions (component, parameters, code
 fingerprint, cache key, status, times, error), events linking them (input/output), and
 contexts (the pipeline, each run). SQLAlchemy Core over a URL: SQLite in the pipeline root
-by default, a server database on a cluster. Every write is one transaction.
+by default, PostgreSQL on a cluster (its URL from the environment, `DAE_METADATA_URL`,
+which a Kubernetes Secret sets: never from a file a ConfigMap holds, never in a log line).
+Every write is one transaction, and concurrent writers from many processes or machines
+lose nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -68,8 +72,25 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+ENV_URL = "DAE_METADATA_URL"
+SCHEMA_LOCK = 0x64AE_5C4E  # an advisory lock key: one process creates the tables
+
+
 def default_url(root: Path) -> str:
     return f"sqlite:///{Path(root).resolve() / 'metadata.sqlite'}"
+
+
+def store_url(configured: str | None, root: Path) -> str:
+    """The config's metadata_url, else $DAE_METADATA_URL, else SQLite in the root."""
+    return configured or os.environ.get(ENV_URL) or default_url(root)
+
+
+def redact(url: str) -> str:
+    """A URL fit for a message: the password replaced."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable metadata URL>"
 
 
 class MetadataStore:
@@ -78,14 +99,39 @@ class MetadataStore:
         if url.startswith("sqlite"):
             # Concurrent writers wait for each other instead of failing at once.
             kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True  # a server restarted since the last query
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        _meta.create_all(self.engine)
+            sa.event.listen(self.engine, "begin", _sqlite_begin)
+        self._create_tables()
+
+    def _create_tables(self, attempts: int = 5) -> None:
+        """Processes starting together race to create the tables: PostgreSQL serializes
+        them with a lock; on SQLite the loser finds them made and looks again."""
+        for attempt in range(attempts):
+            try:
+                with self.engine.begin() as c:
+                    if c.dialect.name == "postgresql":
+                        c.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": SCHEMA_LOCK})
+                    _meta.create_all(c)
+                return
+            except sa.exc.OperationalError as e:
+                if "already exists" not in str(e) or attempt == attempts - 1:
+                    raise
 
     # -- writes --------------------------------------------------------------------------
 
     def context(self, type_: str, name: str, properties: dict | None = None) -> int:
+        """The id of the (type, name) context, created if new (by whichever process wins
+        the race for it: the others read it back)."""
+        try:
+            return self._context(type_, name, properties)
+        except sa.exc.IntegrityError:
+            return self._context(type_, name, properties)
+
+    def _context(self, type_: str, name: str, properties: dict | None) -> int:
         with self.engine.begin() as c:
             row = c.execute(
                 sa.select(contexts.c.id).where(contexts.c.type == type_, contexts.c.name == name)
@@ -103,7 +149,8 @@ class MetadataStore:
 
     def update_context(self, context_id: int, **fields: Any) -> None:
         with self.engine.begin() as c:
-            query = sa.select(contexts.c.properties).where(contexts.c.id == context_id)
+            query = (sa.select(contexts.c.properties).where(contexts.c.id == context_id)
+                     .with_for_update())  # fmt: skip
             props = json.loads(c.execute(query).scalar_one())
             props.update(fields)
             c.execute(contexts.update().where(contexts.c.id == context_id)
@@ -206,7 +253,15 @@ class MetadataStore:
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    dbapi_conn.isolation_level = None  # transactions begin where SQLAlchemy says (below)
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers don't block the writer
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_begin(conn) -> None:
+    """Take the write lock when a transaction begins, not at its first write: a read then
+    write (update_context) by two processes would otherwise lose one of them. PostgreSQL
+    gets the same from SELECT ... FOR UPDATE."""
+    conn.exec_driver_sql("BEGIN IMMEDIATE")

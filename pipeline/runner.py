@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
-import os
 import secrets
 import shutil
 import signal
@@ -28,7 +26,10 @@ from dae.artifacts import read_json, write_json
 from dae.component import StageContext, StageError, StageResult
 from dae.pipeline.cache import unread_settings
 from dae.pipeline.config import Config, dump_config
+from dae.pipeline.console import Console
 from dae.pipeline.dag import DAG, STAGES, Node, node
+from dae.pipeline.locks import root_lock
+from dae.pipeline.metadata import store_url
 from dae.pipeline.tracking import Outcome, Tracker, code_version, open_store
 
 SUCCESS = "_SUCCESS"
@@ -37,8 +38,11 @@ METRIC_KEYS = ("psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "ms
                "mse_denoised", "blessed", "blessing_reason", "pushed_version")  # fmt: skip
 
 
+console = Console("plain")  # what a run shows; `dae run` sets it for its terminal
+
+
 def log(message: str) -> None:
-    print(message, flush=True)
+    console.log(message)
 
 
 def new_run_id() -> str:
@@ -102,7 +106,8 @@ def execute(
         else:  # an output named like its stage is the stage folder itself (runs/<id>/report/)
             outputs[name] = sdir if name == n.name else sdir / name
         outputs[name].mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log)
+    ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log,
+                       lambda unit, total: console.progress(n.name, unit, total))  # fmt: skip
     start = time.perf_counter()
     result = n.component.run(ctx)
     if not isinstance(result, StageResult):
@@ -168,40 +173,12 @@ def _finish(rdir: Path, results: dict[str, Outcome], status: str, error: str | N
     return metrics
 
 
-@contextlib.contextmanager
-def root_lock(root: Path, what: str, shared: bool = False):
-    """One `dae run` per root at a time; a second one is refused, not interleaved. `dae
-    stage` processes share the root (a distributed tuning or training job is several of
-    them) but never with a run. The kernel drops the lock when its holder dies (SIGKILL)."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another dae process"
-            if shared and holder == "another dae process":
-                holder = "a dae run"
-            raise StageError(
-                f"{root} is in use by {holder}; wait for it to finish or use another --root"
-            ) from None
-        if not shared:
-            f.truncate(0)
-            f.write(f"{what} (pid {os.getpid()})")
-            f.flush()
-        try:
-            yield
-        finally:
-            if not shared:
-                f.truncate(0)
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _abandon_killed_runs(root: Path, store) -> None:
-    """Runs still marked running belong to a killed process (we hold the root's lock)."""
+    """Runs of this root still marked running belong to a killed process (we hold the
+    root's lock). A server database may hold other roots' runs: those are left alone."""
     for record in store.runs():
-        if record["properties"].get("status") == "running":
-            run_id = record["name"]
+        run_id = record["name"]
+        if record["properties"].get("status") == "running" and run_dir(root, run_id).is_dir():
             store.abandon_running(run_id, "interrupted: the process was killed")
             store.update_context(record["id"], status="failed", error="killed")
             if (run_dir(root, run_id) / "run.json").exists():
@@ -241,7 +218,7 @@ def run_pipeline(
     preflight(config)
     run_id = run_id or new_run_id()
     use_cache = config.cache if use_cache is None else use_cache
-    with root_lock(root, f"dae run {run_id}"):
+    with root_lock(root, f"dae run {run_id}", url=store_url(config.metadata_url, root)):
         store = open_store(config, root)
         _abandon_killed_runs(root, store)
         rdir = run_dir(root, run_id)
@@ -305,7 +282,8 @@ def run_stage(
         raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
     root = Path(root)
     rdir = run_dir(root, run_id)
-    with root_lock(root, f"dae stage {stage} --run {run_id}", shared=True):
+    url = store_url(config.metadata_url, root)
+    with root_lock(root, f"dae stage {stage} --run {run_id}", shared=True, url=url):
         store = open_store(config, root)
         tracker = Tracker(store, root, run_id, config, use_cache=False)
         tracker.resume = True  # an explicit re-run picks up an interrupted one's state

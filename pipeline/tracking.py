@@ -19,7 +19,7 @@ from dae.artifacts import Artifact, write_json
 from dae.component import External
 from dae.pipeline import cache
 from dae.pipeline.dag import Node
-from dae.pipeline.metadata import MetadataStore, default_url, now
+from dae.pipeline.metadata import MetadataStore, now, store_url
 
 SUCCESS = "_SUCCESS"
 
@@ -51,7 +51,7 @@ def code_version() -> str:
 
 
 def open_store(config, root: Path) -> MetadataStore:
-    return MetadataStore(config.metadata_url or default_url(root))
+    return MetadataStore(store_url(config.metadata_url, root))
 
 
 def _type(name: str) -> type[Artifact]:

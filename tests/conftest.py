@@ -53,6 +53,22 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the session."""
+    from postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres) -> str:
+    """The URL of a fresh database on it (password included: the test is the Secret)."""
+    return postgres.create_database()
+
+
+@pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory):
     """One real smoke run (real MNIST, every stage) shared by the tests that need its
     outputs: (root, run_dir, stdout). Tests must not change what it wrote."""

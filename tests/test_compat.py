@@ -303,3 +303,26 @@ def test_uvicorn_takes_signals_without_hiding_them_from_asyncio():
                           timeout=60)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["asyncio", "True", "uvicorn", "True"]
+
+
+def test_hyperband_trials_counts_every_round_of_every_bracket():
+    import keras_tuner as kt
+
+    def oracle(max_epochs, factor, iterations=1):
+        return kt.oracles.HyperbandOracle(
+            objective="val_loss", max_epochs=max_epochs, factor=factor,
+            hyperband_iterations=iterations,
+        )  # fmt: skip
+
+    # max_epochs 3, factor 3: bracket 0 runs 2 trials; bracket 1 runs 3, then 1 of them on.
+    assert compat.hyperband_trials(oracle(3, 3)) == 2 + 3 + 1
+    assert compat.hyperband_trials(oracle(3, 3, iterations=2)) == 12
+    assert compat.hyperband_trials(oracle(10, 3)) == 30
+
+
+def test_hyperband_trials_fails_loudly_without_the_schedule(monkeypatch):
+    from keras_tuner.src.tuners import hyperband
+
+    monkeypatch.delattr(hyperband.HyperbandOracle, "_get_size")
+    with pytest.raises(CompatError, match=r"keras_tuner \S+: .*_get_size is gone"):
+        compat.hyperband_trials(SimpleNamespace(hyperband_iterations=1))
