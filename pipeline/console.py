@@ -94,8 +94,13 @@ class Progress:
         if console.mode == "tty":
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=f"[{stage}] {unit}", unit=unit,
-                            file=console.stream, leave=True, dynamic_ncols=True)  # fmt: skip
+            try:  # a terminal that reports no width (a fresh pseudo-terminal) gets 100
+                width = os.get_terminal_size(console.stream.fileno()).columns
+            except (OSError, ValueError):
+                width = 0
+            self.bar = tqdm(total=total, desc=f"[{stage}] {unit}", unit=unit, leave=True,
+                            file=console.stream, ncols=None if width else 100,
+                            dynamic_ncols=bool(width))  # fmt: skip
 
     def advance(self, **fields) -> None:
         self.done += 1
