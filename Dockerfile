@@ -22,7 +22,8 @@ FROM apache/beam_flink${FLINK_VERSION}_job_server:${BEAM_VERSION} AS beam-flink-
 # builds (python:3.11-slim-bookworm@sha256:...).
 FROM python:3.11-slim-bookworm AS base
 
-# --- the virtualenv: the same lock as `make run`, then dae itself without resolving again.
+# --- the virtualenv: the runtime lock (requirements.lock; the test, lint and manifest tools are
+# in requirements-dev.lock and never enter the image), then dae itself without resolving again.
 FROM base AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -11,10 +11,10 @@ ROOT ?= ./dae-root
 
 .PHONY: install data run smoke test lint imports format clean checkov postgres
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q -r requirements-dev.lock
 	$(BIN)/pip install -q --no-deps -e .
 	$(BIN)/pip check
 	touch $(STAMP)

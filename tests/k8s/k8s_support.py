@@ -1,10 +1,16 @@
 """Helpers of the Kubernetes manifest tests: render overlays (offline: kubectl's built-in
-kustomize), walk the rendered objects and their Pod templates."""
+kustomize), as they are or with a component added the way the README says, walk the rendered
+objects and their Pod templates, validate custom resources against their operators' CRDs,
+and evaluate NetworkPolicies."""
 
 from __future__ import annotations
 
+import gzip
+import ipaddress
+import json
 import shutil
 import subprocess
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
+CRDS = Path(__file__).resolve().parent / "crds"
 OVERLAYS = ("dev", "prod")
 # Overlays plus the KServe alternative, which an overlay opts into as a component.
 VARIANTS = {
@@ -23,7 +30,7 @@ VARIANTS = {
 NAMESPACES = {"dev": "dae-dev", "prod": "dae"}
 
 DAE_IMAGE = "dae"  # the image the Dockerfile builds, as named in k8s/base
-POD_KINDS = {"Deployment", "Job", "CronJob"}
+POD_KINDS = {"Deployment", "Job", "CronJob", "StatefulSet"}
 KSERVE_MODEL_FIELDS = {"modelFormat", "runtime", "runtimeVersion", "storageUri", "protocolVersion"}
 KSERVE_PREDICTOR_FIELDS = {
     "model", "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
@@ -52,6 +59,23 @@ def render(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
+def copy_tree(tmp: Path) -> Path:
+    """A copy of k8s/ to edit an overlay in (relative paths inside keep working)."""
+    copy = tmp / "k8s"
+    shutil.copytree(K8S, copy)
+    return copy
+
+
+def add_component(k8s: Path, overlay: str, component: str) -> Path:
+    """The README's opt-in, literally: `../../<component>` appended to the overlay's
+    `components:` list (created if the overlay has none)."""
+    path = k8s / overlay / "kustomization.yaml"
+    kustomization = yaml.safe_load(path.read_text())
+    kustomization.setdefault("components", []).append(f"../../{component}")
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    return k8s / overlay
+
+
 def by_kind(objects: list[dict], kind: str) -> dict[str, dict]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
@@ -63,31 +87,58 @@ def find(objects: list[dict], kind: str, name: str) -> dict:
 
 
 def pod_template(obj: dict) -> dict:
-    """The Pod template of a Deployment, Job or CronJob."""
+    """The Pod template of a Deployment, StatefulSet, Job or CronJob."""
     if obj["kind"] == "CronJob":
         return obj["spec"]["jobTemplate"]["spec"]["template"]
     return obj["spec"]["template"]
 
 
+def flink_pod_labels(flink: dict, role: str) -> dict:
+    """The labels Flink itself puts on a native session cluster's Pods (its KubernetesUtils'
+    constants), whatever the pod templates say."""
+    component = {"jobManager": "jobmanager", "taskManager": "taskmanager"}[role]
+    return {
+        "app": flink["metadata"]["name"],
+        "type": "flink-native-kubernetes",
+        "component": component,
+    }
+
+
 def pod_templates(objects: list[dict]):
-    """(label, pod template) for every Pod the objects make, custom resources included."""
+    """(label, pod template) for every Pod the objects make, custom resources included. The
+    labels of a FlinkDeployment's Pods include Flink's own, those of KServe's predictor
+    KServe's `serving.kserve.io/inferenceservice`."""
     for o in objects:
         name = f"{o['kind']}/{o['metadata']['name']}"
         if o["kind"] in POD_KINDS:
             yield name, pod_template(o)
         elif o["kind"] == "FlinkDeployment":
+            top = o["spec"]["podTemplate"]
             for role in ("jobManager", "taskManager"):
                 tpl = o["spec"][role]["podTemplate"]
                 # The operator layers the role's template over the top-level one.
-                spec = {**o["spec"]["podTemplate"]["spec"], **tpl["spec"]}
-                yield f"{name} {role}", {"metadata": tpl.get("metadata", {}), "spec": spec}
+                spec = {**top["spec"], **tpl["spec"]}
+                labels = {
+                    **top.get("metadata", {}).get("labels", {}),
+                    **tpl.get("metadata", {}).get("labels", {}),
+                    **flink_pod_labels(o, role),
+                }
+                yield f"{name} {role}", {"metadata": {"labels": labels}, "spec": spec}
         elif o["kind"] == "InferenceService":
             # The predictor is a PodSpec plus KServe's fields; its model a Container plus them.
             predictor = o["spec"]["predictor"]
             model = {k: v for k, v in predictor["model"].items() if k not in KSERVE_MODEL_FIELDS}
             spec = {k: v for k, v in predictor.items() if k not in KSERVE_PREDICTOR_FIELDS}
             container = {"name": "kserve-container", **model}
-            yield f"{name} predictor", {"metadata": {}, "spec": {**spec, "containers": [container]}}
+            labels = {
+                **predictor.get("labels", {}),
+                "serving.kserve.io/inferenceservice": o["metadata"]["name"],
+            }
+            metadata = {"labels": labels, "annotations": predictor.get("annotations", {})}
+            yield (
+                f"{name} predictor",
+                {"metadata": metadata, "spec": {**spec, "containers": [container]}},
+            )
 
 
 def containers(pod: dict) -> list[dict]:
@@ -120,3 +171,117 @@ def labels_match(selector: dict, labels: dict) -> bool:
         if not ok:
             return False
     return True
+
+
+# ---- custom resources ------------------------------------------------------------------------
+
+
+def _strict(schema):
+    """What `kubectl apply` (server-side strict field validation) enforces: an object schema
+    with properties admits no other field unless it preserves unknown fields."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _strict(v) for k, v in schema.items()}
+    if (
+        out.get("type") == "object"
+        and "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    return out
+
+
+@cache
+def crd_schemas() -> dict[tuple[str, str], dict]:
+    """{(apiVersion, kind): strict JSON schema} of the CRDs in tests/k8s/crds (see its
+    README: the operators' released CRDs, their served version's openAPIV3Schema)."""
+    out = {}
+    for path in sorted(CRDS.glob("*.json.gz")):
+        crd = json.loads(gzip.decompress(path.read_bytes()))
+        root = crd["openAPIV3Schema"]
+        props = root.setdefault("properties", {})
+        for key, kind in (("apiVersion", "string"), ("kind", "string"), ("metadata", "object")):
+            props.setdefault(key, {"type": kind})  # the API server's, implicit in CRDs
+        out[(f"{crd['group']}/{crd['version']}", crd["kind"])] = _strict(root)
+    return out
+
+
+def crd_errors(obj: dict) -> list[str]:
+    import jsonschema
+
+    schema = crd_schemas()[(obj["apiVersion"], obj["kind"])]
+    validator = jsonschema.Draft7Validator(schema)
+    return [
+        f"{'.'.join(map(str, e.path)) or '<root>'}: {e.message}" for e in validator.iter_errors(obj)
+    ]
+
+
+# ---- NetworkPolicies ---------------------------------------------------------------------------
+
+
+def selecting(policies, labels: dict, kind: str) -> list[dict]:
+    """The policies of a type (Ingress / Egress) that select a Pod with these labels."""
+    return [
+        p
+        for p in policies
+        if kind in p["spec"].get("policyTypes", ["Ingress"])
+        and labels_match(p["spec"]["podSelector"], labels)
+    ]
+
+
+def _port_ok(rule: dict, port: int, protocol: str) -> bool:
+    ports = rule.get("ports")
+    if not ports:
+        return True
+    return any(
+        p.get("protocol", "TCP") == protocol
+        and (p.get("port") is None or p["port"] == port or port <= p.get("endPort", -1))
+        for p in ports
+    )
+
+
+def _peer_ok(peer: dict, labels: dict | None, namespace_labels: dict | None, ip: str | None):
+    if "ipBlock" in peer:
+        if ip is None:
+            return False
+        block = peer["ipBlock"]
+        addr = ipaddress.ip_address(ip)
+        inside = addr in ipaddress.ip_network(block["cidr"])
+        return inside and not any(addr in ipaddress.ip_network(e) for e in block.get("except", []))
+    if labels is None:
+        return False
+    if "namespaceSelector" in peer:
+        if namespace_labels is None or not labels_match(
+            peer["namespaceSelector"], namespace_labels
+        ):
+            return False
+    elif namespace_labels is not None:
+        return False  # a podSelector alone means the policy's own namespace
+    return labels_match(peer.get("podSelector", {}), labels)
+
+
+def allows(policies, direction: str, pod: dict, peer: dict, port: int, protocol="TCP") -> bool:
+    """Whether traffic between `pod` (labels of the Pod the policies protect) and `peer` is
+    allowed in `direction` (Ingress: peer -> pod, Egress: pod -> peer) on port/protocol.
+    `peer` is {"labels": ..., "namespace": labels of another namespace or None for the same,
+    "ip": address outside the cluster}."""
+    chosen = selecting(policies, pod, direction)
+    if not chosen:
+        return True  # not isolated in that direction
+    key = "from" if direction == "Ingress" else "to"
+    rules = [r for p in chosen for r in p["spec"].get(direction.lower(), [])]
+    for rule in rules:
+        peers = rule.get(key)
+        if peers is None or peers == []:
+            peer_ok = True  # no `from`/`to`: every source / destination
+        else:
+            peer_ok = any(
+                _peer_ok(p, peer.get("labels"), peer.get("namespace"), peer.get("ip"))
+                for p in peers
+            )
+        if peer_ok and _port_ok(rule, port, protocol):
+            return True
+    return False

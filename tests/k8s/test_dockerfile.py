@@ -1,11 +1,14 @@
 """The Dockerfile (no Docker engine needed): it builds what the manifests run. Its entrypoint
-is the `dae` console script, it installs from the same lock as `make run`, prepares the data
-where the mounted config looks for it, runs as the uid the Pods require, and bundles Beam
-pieces of the same release as the Beam in the lock."""
+is the `dae` console script, it installs the runtime lock (requirements.lock) and nothing of
+the development lock (requirements-dev.lock: pytest, ruff, kubernetes-validate, import-linter
+and what only they need), prepares the data where the mounted config looks for it, runs as
+the uid the Pods require, and bundles Beam pieces of the same release as the Beam in the
+lock."""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
 import json
 import re
 import shlex
@@ -17,6 +20,13 @@ from k8s_support import K8S, REPO, by_kind, containers, find, is_dae, pod_templa
 from dae.pipeline.config import load_config
 
 DOCKERFILE = REPO / "Dockerfile"
+DEV_TOOLS = {"pytest", "ruff", "kubernetes-validate", "import-linter", "grimp"}
+# What pip, setuptools' build and the venv bring; not pinned by the locks.
+INSTALLER = {"pip", "setuptools", "wheel"}
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -57,13 +67,37 @@ def _expand(text: str) -> str:
     return text
 
 
-def _lock() -> dict[str, str]:
+def _lock(name: str = "requirements.lock") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "requirements.lock").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         if "==" in line and not line.startswith("#"):
             name, version = line.split("==")
-            pins[name.strip().lower().replace("_", "-")] = version.strip()
+            pins[_norm(name.strip())] = version.strip()
     return pins
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The distributions these requirements pull in on this platform (the installed venv's
+    metadata), extras followed."""
+    from packaging.requirements import Requirement
+
+    seen: dict[str, set[str]] = {}
+    todo = [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        name, extras = _norm(req.name), set(req.extras)
+        if name in seen and extras <= seen[name]:
+            continue
+        seen[name] = seen.get(name, set()) | extras
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # reported by the caller: not in the lock
+        for spec in map(Requirement, requires):
+            envs = [{"extra": e} for e in seen[name] or {""}]
+            if spec.marker is None or any(spec.marker.evaluate(e) for e in envs):
+                todo.append(spec)
+    return set(seen)
 
 
 def _runs(stage: str) -> str:
@@ -99,6 +133,8 @@ def test_installs_the_lock_then_dae_without_resolving():
     assert "pip check" in build
     copies = [rest.split() for word, rest in _stages()["build"] if word == "COPY"]
     assert ["requirements.lock", "/src/requirements.lock"] in copies
+    everything = " ".join(rest for _, rest in _instructions())
+    assert "requirements-dev" not in everything, "the image installs the runtime lock only"
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     dirs = setuptools["package-dir"]
     for package in setuptools["packages"]:  # from its folder: package-dir's, or its own name
@@ -106,6 +142,37 @@ def test_installs_the_lock_then_dae_without_resolving():
                      key=len, default=None)  # fmt: skip
         top = dirs[parent] if parent else package.split(".")[0]
         assert [top, f"/src/{top}"] in copies, f"the image lacks the {package} package"
+    for tool in DEV_TOOLS:
+        assert not re.search(rf"pip install[^&]*\b{tool}\b", everything), tool
+
+
+def test_the_runtime_lock_holds_no_development_tool():
+    runtime, dev = _lock(), _lock("requirements-dev.lock")
+    assert not DEV_TOOLS & set(runtime), "test and lint tools belong in requirements-dev.lock"
+    assert set(dev) >= DEV_TOOLS
+    assert not set(runtime) & set(dev), "each pin in one lock"
+    lines = (REPO / "requirements-dev.lock").read_text().splitlines()
+    assert "-r requirements.lock" in lines, "installing the dev lock installs both"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    for requirement in extras["dev"]:
+        name, version = requirement.split("==")
+        assert dev[_norm(name)] == version, requirement
+
+
+def test_the_runtime_lock_has_what_dae_needs_and_only_that():
+    """Everything dae's dependencies pull in is pinned in requirements.lock; nothing in
+    requirements-dev.lock is needed by them (so the image, which installs the runtime lock
+    only, lacks nothing)."""
+    dependencies = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = _closure(dependencies) - INSTALLER
+    runtime, dev = _lock(), _lock("requirements-dev.lock")
+    assert needed <= set(runtime), f"not in requirements.lock: {sorted(needed - set(runtime))}"
+    assert not needed & set(dev), f"the runtime needs: {sorted(needed & set(dev))}"
+    tools = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    only_dev = _closure(tools["dev"]) - needed - INSTALLER
+    assert only_dev == set(dev), f"dev lock vs what only the tools need: {only_dev ^ set(dev)}"
 
 
 def test_dockerignore_admits_what_the_dockerfile_copies():

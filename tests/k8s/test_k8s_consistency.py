@@ -35,6 +35,10 @@ CLAIM = "dae-root"
 CONFIG_MOUNT = "/etc/dae"
 SUBCOMMANDS = {"run", "stage", "serve", "data", "denoise"}
 SAMPLE_RUN_ID = "20260101-000000-abcd"
+# The Secret the README's command creates (not in the manifests: it holds the password).
+SECRET_KEYS = {("dae-metadata", "url"), ("dae-metadata", "password")}
+# The official postgres image runs as its own postgres user; everything else as 10001.
+POSTGRES_UID = 999
 
 
 def _args(container: dict) -> list[str]:
@@ -66,7 +70,7 @@ def _flag(args: list[str], name: str) -> str:
 
 
 def _workloads(objects):
-    return [o for o in objects if o["kind"] in ("Deployment", "Job", "CronJob")]
+    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
 
 
 def _serving(objects):
@@ -212,20 +216,35 @@ def test_every_pod_reference_exists(rendered, variant):
     objects = rendered[variant]
     configmaps = by_kind(objects, "ConfigMap")
     claims = by_kind(objects, "PersistentVolumeClaim")
+    templates = {
+        f"StatefulSet/{n}": [
+            t["metadata"]["name"] for t in s["spec"].get("volumeClaimTemplates", [])
+        ]
+        for n, s in by_kind(objects, "StatefulSet").items()
+    }
     for name, pod in pod_templates(objects):
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        claim_templates = templates.get(name, [])
         for c in containers(pod):
             for m in c.get("volumeMounts", []):
-                assert m["name"] in volumes, f"{name}: mount of unknown volume {m['name']}"
+                assert m["name"] in volumes or m["name"] in claim_templates, (
+                    f"{name}: mount of unknown volume {m['name']}"
+                )
             for e in c.get("env", []):
                 ref = e.get("valueFrom", {}).get("configMapKeyRef")
                 if ref:
                     assert ref["key"] in configmaps[ref["name"]]["data"], (name, ref)
+                ref = e.get("valueFrom", {}).get("secretKeyRef")
+                if ref:  # the one Secret the README's command creates, with its two keys
+                    assert (ref["name"], ref["key"]) in SECRET_KEYS, (name, ref)
         for v in volumes.values():
             if "configMap" in v:
                 assert v["configMap"]["name"] in configmaps, (name, v)
             if "persistentVolumeClaim" in v:
                 assert v["persistentVolumeClaim"]["claimName"] in claims, (name, v)
+            if "secret" in v:
+                for item in v["secret"]["items"]:
+                    assert (v["secret"]["secretName"], item["key"]) in SECRET_KEYS, (name, v)
 
 
 # ---- hardening -------------------------------------------------------------------------------
@@ -260,10 +279,13 @@ def test_every_pod_is_hardened(rendered, variant):
             assert not sc.get("capabilities", {}).get("add"), where
             assert not sc.get("privileged"), where
             uid = sc.get("runAsUser", pod_sc.get("runAsUser"))
-            assert uid and uid >= 1000, f"{where}: run as a fixed non-root uid"
+            if c.get("image", "").startswith("postgres:"):
+                assert uid == POSTGRES_UID, f"{where}: the image's postgres user"
+            else:
+                assert uid and uid >= 1000, f"{where}: run as a fixed non-root uid"
             if c["name"] != "flink-main-container":  # the operator sets the Flink resources
                 assert _resources_ok(c), f"{where}: needs cpu and memory requests and limits"
-            if c["name"] not in ("wait-for-model",):
+            if not c["name"].startswith("wait-for-"):  # init containers that only wait
                 tmp = _mounts(c).get("/tmp")
                 assert tmp and tmp["name"] in writable, f"{where}: /tmp must be a writable volume"
             for image in [c.get("image")] if c.get("image") else []:
@@ -282,6 +304,9 @@ def _dae_argvs(container: dict) -> list[list[str]]:
         return [list(args)]
     if command == ["/opt/apache/beam/boot"]:
         assert args == ["--worker_pool"]
+        return []
+    if command[:2] == ["python", "-c"]:  # wait-for-metadata: a socket, no dae command
+        assert "DAE_METADATA_URL" in command[2] and not args
         return []
     if command[:2] == ["sh", "-c"]:
         lines = [ln.strip() for ln in command[2].strip().splitlines()]
@@ -318,6 +343,8 @@ def test_every_dae_container_runs_a_dae_command_the_cli_accepts(rendered, varian
         for c in containers(pod):
             if not is_dae(c):
                 continue
+            if c["name"] == "wait-for-metadata":
+                assert c["command"][:2] == ["python", "-c"], name
             for argv in _dae_argvs(c):
                 assert argv and argv[0] in SUBCOMMANDS, (
                     f"{name}: `dae {argv[:1]}` is no dae subcommand"
@@ -552,8 +579,10 @@ def test_distributed_jobs_wait_for_a_run_id(rendered, variant):
 def test_every_pod_is_covered_by_a_network_policy(rendered, variant):
     objects = rendered[variant]
     policies = by_kind(objects, "NetworkPolicy").values()
-    for workload in _workloads(objects):
-        labels = pod_template(workload)["metadata"]["labels"]
-        assert any(labels_match(p["spec"]["podSelector"], labels) for p in policies), (
-            f"{workload['kind']}/{workload['metadata']['name']} accepts any inbound traffic"
-        )
+    for name, pod in pod_templates(objects):
+        labels = pod["metadata"]["labels"]
+        assert any(
+            labels_match(p["spec"]["podSelector"], labels)
+            and "Ingress" in p["spec"].get("policyTypes", ["Ingress"])
+            for p in policies
+        ), f"{name} accepts any inbound traffic"

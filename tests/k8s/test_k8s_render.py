@@ -1,6 +1,8 @@
-"""Each overlay renders, to the objects we expect, and every object is schema-valid: Kubernetes
-kinds against the OpenAPI schemas kubernetes-validate ships (offline), custom resources
-(FlinkDeployment, InferenceService) against the fields their operators require."""
+"""Each overlay renders (as it is, and with the KServe component added as the README says), to
+the objects we expect, and every object is schema-valid: Kubernetes kinds against the OpenAPI
+schemas kubernetes-validate ships (offline), custom resources (FlinkDeployment,
+InferenceService) against their operators' released CRDs (tests/k8s/crds), as strictly as
+`kubectl apply` checks them, and against what the operators require beyond the schema."""
 
 from __future__ import annotations
 
@@ -8,7 +10,15 @@ import re
 
 import kubernetes_validate
 import pytest
-from k8s_support import NAMESPACES, VARIANTS, by_kind, find, labels_match, pod_templates
+from k8s_support import (
+    NAMESPACES,
+    VARIANTS,
+    by_kind,
+    crd_errors,
+    find,
+    labels_match,
+    pod_templates,
+)
 
 # The newest Kubernetes whose schemas kubernetes-validate ships, and the oldest we support
 # (backoffLimitPerIndex and podFailurePolicy need 1.29+; CronJob timeZone 1.27).
@@ -17,7 +27,7 @@ KUBERNETES_VERSIONS = ("1.29", "1.37")
 BASE = {
     ("Namespace", None),
     ("ConfigMap", "dae-config"),
-    ("ConfigMap", "dae-batching"),
+    ("ConfigMap", "dae-tfserving"),
     ("ConfigMap", "dae-run-id"),
     ("PersistentVolumeClaim", "dae-root"),
     ("CronJob", "dae-retrain"),
@@ -35,23 +45,37 @@ BASE = {
     ("Job", "dae-train"),
     ("NetworkPolicy", "dae-train"),
     ("NetworkPolicy", "dae-batch-no-ingress"),
+    ("NetworkPolicy", "dae-batch-egress"),
     ("Job", "dae-evaluate-push"),
 }
-FLINK = {("FlinkDeployment", "dae-flink"), ("Job", "dae-transform-flink")}
+POSTGRES = {
+    ("Service", "dae-postgres"),
+    ("StatefulSet", "dae-postgres"),
+    ("NetworkPolicy", "dae-postgres"),
+    ("NetworkPolicy", "dae-batch-egress-metadata"),
+}
+FLINK = {
+    ("ServiceAccount", "dae-flink"),
+    ("Role", "dae-flink"),
+    ("RoleBinding", "dae-flink"),
+    ("FlinkDeployment", "dae-flink"),
+    ("Job", "dae-transform-flink"),
+    ("NetworkPolicy", "dae-flink"),
+    ("NetworkPolicy", "dae-transform-submit-egress"),
+}
 TF_SERVING = {
     ("Deployment", "dae-serving"),
     ("Service", "dae-serving"),
     ("HorizontalPodAutoscaler", "dae-serving"),
     ("PodDisruptionBudget", "dae-serving"),
     ("NetworkPolicy", "dae-serving"),
-    ("ConfigMap", "dae-batching"),
 }
 KSERVE = {("InferenceService", "denoiser"), ("NetworkPolicy", "denoiser-predictor")}
 EXPECTED = {
-    "dev": BASE,
-    "prod": BASE | FLINK,
-    "dev+kserve": (BASE - TF_SERVING) | KSERVE,
-    "prod+kserve": (BASE - TF_SERVING) | FLINK | KSERVE,
+    "dev": BASE | POSTGRES,
+    "prod": BASE | POSTGRES | FLINK,
+    "dev+kserve": (BASE - TF_SERVING) | POSTGRES | KSERVE,
+    "prod+kserve": (BASE - TF_SERVING) | POSTGRES | FLINK | KSERVE,
 }
 CUSTOM = {
     "flink.apache.org/v1beta1": "FlinkDeployment",
@@ -95,12 +119,35 @@ def test_objects_validate_against_the_kubernetes_schema(rendered, variant, versi
             assert obj["kind"] == CUSTOM[obj["apiVersion"]]
             with pytest.raises(kubernetes_validate.SchemaNotFoundError):
                 kubernetes_validate.validate(obj, version, strict=True)
-            continue
+            continue  # test_custom_resources_validate_against_their_crds
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:
             path = ".".join(str(p) for p in e.path)
             pytest.fail(f"{_key(obj)} invalid for Kubernetes {version} at {path}: {e.message}")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_custom_resources_validate_against_their_crds(rendered, variant):
+    """FlinkDeployment against the Flink Kubernetes Operator 1.15.0's CRD, InferenceService
+    against KServe 0.20.0's: an unknown or misplaced field fails, as `kubectl apply` would."""
+    seen = set()
+    for obj in rendered[variant]:
+        if obj["apiVersion"] in CUSTOM:
+            errors = crd_errors(obj)
+            assert not errors, f"{_key(obj)} violates its CRD:\n" + "\n".join(errors)
+            seen.add(obj["kind"])
+    expected = {"FlinkDeployment"} if variant.startswith("prod") else set()
+    assert seen == expected | ({"InferenceService"} if "kserve" in variant else set())
+
+
+def test_crd_validation_rejects_unknown_fields(rendered):
+    isvc = find(rendered["prod+kserve"], "InferenceService", "denoiser")
+    bad = {**isvc, "spec": {"predictor": {**isvc["spec"]["predictor"], "replicas": 3}}}
+    assert any("replicas" in e for e in crd_errors(bad))
+    flink = find(rendered["prod"], "FlinkDeployment", "dae-flink")
+    bad = {**flink, "spec": {**flink["spec"], "serviceAccountName": "x"}}
+    assert any("serviceAccountName" in e for e in crd_errors(bad))
 
 
 def _validate_pod(template: dict, where: str) -> None:
@@ -122,7 +169,10 @@ def test_flink_deployment_has_what_the_operator_requires(rendered):
     assert (
         spec["image"].split(":")[1].startswith(spec["flinkVersion"][1:].replace("_", ".") + ".")
     ), "the image's Flink release must be flinkVersion"
-    assert spec["serviceAccount"], "native mode: the JobManager creates TaskManager Pods"
+    # Native mode: the JobManager creates the TaskManager Pods with this account, which the
+    # component must bring (the operator's chart makes one only in its own namespace).
+    account = find(rendered["prod"], "ServiceAccount", spec["serviceAccount"])
+    assert account["metadata"]["name"] == spec["serviceAccount"]
     assert spec.get("mode", "native") == "native"
     assert "job" not in spec, "a session cluster: jobs are submitted to it"
     for role in ("jobManager", "taskManager"):
@@ -149,7 +199,7 @@ def test_inference_service_has_what_kserve_requires(rendered, variant):
     assert re.fullmatch(r"pvc://[a-z0-9-]+/.+", model["storageUri"])
     claim = model["storageUri"][len("pvc://") :].split("/")[0]
     find(objects, "PersistentVolumeClaim", claim)
-    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
     assert 1 <= predictor["minReplicas"] <= predictor["maxReplicas"]
     for name, template in pod_templates([isvc]):
         _validate_pod(template, name)

@@ -163,5 +163,5 @@ def test_two_runs_at_once_on_one_root(cached_root):
     while not (cached_root / ".lock").read_text().strip() and time.monotonic() < deadline:
         time.sleep(0.1)
     second = dae("run", "--profile", "smoke", "--root", str(cached_root), check=False)
-    assert second.returncode == 1 and "is in use by dae run" in second.stderr
+    assert second.returncode == 75 and "is in use by dae run" in second.stderr
     assert first.wait(timeout=300) == 0

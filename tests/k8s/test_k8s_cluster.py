@@ -1,0 +1,659 @@
+"""What a first `kubectl apply -k` on a real cluster needs beyond schema-valid objects: a
+storage class for the shared volume, a root the pipeline's uid can write, the metadata
+database and its Secret, Jobs that do not retry a busy root, NetworkPolicies that let the
+pipeline through and nothing else, Flink's own RBAC, TF Serving's metrics, thread pools,
+batching, spread and rollout deadline, and the InferenceService keys KServe reads today."""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from k8s_support import (
+    K8S,
+    OVERLAYS,
+    REPO,
+    VARIANTS,
+    add_component,
+    allows,
+    by_kind,
+    containers,
+    copy_tree,
+    find,
+    flink_pod_labels,
+    is_dae,
+    labels_match,
+    pod_template,
+    pod_templates,
+    render,
+    selecting,
+)
+
+from dae.pipeline.config import load_config
+
+CLAIM = "dae-root"
+UID = 10001  # the Dockerfile's USER, every pipeline Pod's runAsUser/runAsGroup
+SECRET = "dae-metadata"
+PIPELINE_COMMANDS = {"run", "stage", "runs", "lineage"}  # what reads the metadata store
+METADATA_ENDPOINT = "169.254.169.254"
+KUBE_DNS = {
+    "labels": {"k8s-app": "kube-dns"},
+    "namespace": {"kubernetes.io/metadata.name": "kube-system"},
+}
+RWX_PROVISIONERS = {
+    "efs.csi.aws.com", "filestore.csi.storage.gke.io", "file.csi.azure.com", "nfs.csi.k8s.io",
+}  # fmt: skip
+
+
+def _readme_section() -> str:
+    text = (REPO / "README.md").read_text()
+    start = text.index("\n## Running on Kubernetes\n")
+    end = text.index("\n## ", start + 1)
+    return text[start:end]
+
+
+def _readme_manifests() -> list[dict]:
+    """The objects the README's `kubectl apply -f - <<'YAML'` commands create."""
+    blocks = re.findall(r"<<'YAML'\n(.*?)\nYAML\n", _readme_section(), flags=re.S)
+    assert blocks, "no `kubectl apply -f - <<'YAML'` command in the README's cluster section"
+    return [yaml.safe_load(b) for b in blocks]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def _pipeline_commands(container: dict) -> list[str]:
+    """The `dae` subcommands a dae-image container runs."""
+    command, args = container.get("command"), container.get("args", [])
+    if command is None:
+        return [args[0]] if args else []
+    if command[:2] == ["sh", "-c"]:
+        calls = [ln.split() for ln in command[2].splitlines()]
+        return [
+            w[w.index("dae") + 1] for w in calls if w[:1] == ["dae"] or w[:2] == ["exec", "dae"]
+        ]
+    return []
+
+
+def _runs_pipeline(container: dict) -> bool:
+    return is_dae(container) and bool(set(_pipeline_commands(container)) & PIPELINE_COMMANDS)
+
+
+def _uses_metadata(pod: dict) -> bool:
+    return any(_runs_pipeline(c) or c["name"] == "wait-for-metadata" for c in containers(pod))
+
+
+def _effective(pod: dict, container: dict, key: str):
+    return container.get("securityContext", {}).get(key, pod["spec"]["securityContext"].get(key))
+
+
+# ---- the shared volume -------------------------------------------------------------------------
+
+
+def shared_volume_problems(objects: list[dict]) -> list[str]:
+    """A claim that Pods mount, ReadWriteMany, with no storage class: the cluster's default
+    class would get it, and no big cloud's default class is ReadWriteMany (Pending forever)."""
+    mounted = {}
+    for name, pod in pod_templates(objects):
+        for v in pod["spec"].get("volumes", []):
+            if "persistentVolumeClaim" in v:
+                mounted.setdefault(v["persistentVolumeClaim"]["claimName"], name)
+    for isvc in by_kind(objects, "InferenceService").values():
+        uri = isvc["spec"]["predictor"]["model"]["storageUri"]
+        if uri.startswith("pvc://"):
+            mounted.setdefault(uri[len("pvc://") :].split("/")[0], "InferenceService")
+    claims = by_kind(objects, "PersistentVolumeClaim")
+    return [
+        f"{user} mounts PersistentVolumeClaim/{claim} (ReadWriteMany), which names no storage class"
+        for claim, user in mounted.items()
+        if "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
+        and not claims[claim]["spec"].get("storageClassName")
+    ]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_shared_volume_names_its_storage_class(rendered, variant):
+    assert not shared_volume_problems(rendered[variant])
+
+
+def test_the_check_fails_when_the_overlay_loses_its_storage_class(tmp_path):
+    """The marked patch is the prod overlay's only way to set the class: without it, the
+    check above fails (and the claim would wait for a ReadWriteMany default that is not)."""
+    k8s = copy_tree(tmp_path)
+    path = k8s / "overlays" / "prod" / "kustomization.yaml"
+    text = path.read_text()
+    assert "STORAGE CLASS" in text, "the overlay marks where the storage class is set"
+    kustomization = yaml.safe_load(text)
+
+    def body(patch: dict) -> str:
+        return patch.get("patch") or (path.parent / patch["path"]).read_text()
+
+    sets_class = [p for p in kustomization["patches"] if "storageClassName" in body(p)]
+    assert len(sets_class) == 1, sets_class
+    assert sets_class[0]["target"] == {"kind": "PersistentVolumeClaim", "name": CLAIM}
+    kustomization["patches"].remove(sets_class[0])
+    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
+    problems = shared_volume_problems(render(path.parent))
+    assert problems and all(f"PersistentVolumeClaim/{CLAIM}" in p for p in problems)
+
+
+def test_the_base_leaves_the_storage_class_to_the_overlays():
+    (claim,) = by_kind(render(K8S / "base"), "PersistentVolumeClaim").values()
+    assert "storageClassName" not in claim["spec"]
+
+
+def test_the_readme_creates_the_class_the_overlay_names(rendered):
+    name = find(rendered["prod"], "PersistentVolumeClaim", CLAIM)["spec"]["storageClassName"]
+    classes = [m for m in _readme_manifests() if m["kind"] == "StorageClass"]
+    assert {c["metadata"]["name"] for c in classes} == {name}
+    by_provisioner = {c["provisioner"]: c for c in classes}
+    assert set(by_provisioner) == RWX_PROVISIONERS
+    # Where the driver ignores fsGroup, the class itself hands the root to the pipeline's uid.
+    efs = by_provisioner["efs.csi.aws.com"]["parameters"]
+    assert efs["provisioningMode"] == "efs-ap"
+    assert (efs["uid"], efs["gid"]) == (str(UID), str(UID))
+    azure = by_provisioner["file.csi.azure.com"]["mountOptions"]
+    assert f"uid={UID}" in azure and f"gid={UID}" in azure
+    for cls in classes:  # nothing world-writable: the last octal digit of every mode is 0
+        modes = [o.split("=")[1] for o in cls.get("mountOptions", []) if "mode=" in o]
+        modes += [
+            v
+            for k, v in cls.get("parameters", {}).items()
+            if k in ("mountPermissions", "directoryPerms")
+        ]
+        assert all(int(m, 8) & 0o007 == 0 for m in modes), cls
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_writer_of_the_shared_volume_can_write_its_root(rendered, variant):
+    """The volume's root belongs to root on most drivers: fsGroup (applied once, at the root:
+    OnRootMismatch) must be the group the writers run as. No container runs as root to fix
+    ownership (Pod Security "restricted" would refuse it)."""
+    writers = 0
+    for name, pod in pod_templates(rendered[variant]):
+        claims = {
+            v["name"]
+            for v in pod["spec"].get("volumes", [])
+            if v.get("persistentVolumeClaim", {}).get("claimName") == CLAIM
+        }
+        for c in containers(pod):
+            assert _effective(pod, c, "runAsNonRoot") is True, (name, c["name"])
+            rw = [
+                m
+                for m in c.get("volumeMounts", [])
+                if m["name"] in claims and not m.get("readOnly")
+            ]
+            if not rw:
+                continue
+            writers += 1
+            sc = pod["spec"]["securityContext"]
+            assert _effective(pod, c, "runAsUser") == UID, (name, c["name"])
+            assert _effective(pod, c, "runAsGroup") == sc["fsGroup"] == UID, (name, c["name"])
+            assert sc["fsGroupChangePolicy"] == "OnRootMismatch", name
+    assert writers >= 5
+
+
+def test_dev_never_pulls_the_locally_loaded_image(rendered):
+    """kind / minikube get the dae image loaded (`kind load docker-image`): a pull would fail."""
+    for variant in ("dev", "dev+kserve"):
+        for name, pod in pod_templates(rendered[variant]):
+            for c in containers(pod):
+                if is_dae(c):
+                    assert c["imagePullPolicy"] == "IfNotPresent", (variant, name, c["name"])
+
+
+# ---- the metadata database and its Secret ------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_pipeline_pod_reads_the_store_url_from_the_secret(rendered, variant):
+    seen = 0
+    for name, pod in pod_templates(rendered[variant]):
+        for c in containers(pod):
+            env = _env(c).get("DAE_METADATA_URL")
+            if _runs_pipeline(c) or c["name"] == "wait-for-metadata":
+                seen += 1
+                assert env, f"{name} {c['name']}: no DAE_METADATA_URL"
+                assert "value" not in env, f"{name}: the URL holds a password: a Secret only"
+                assert env["valueFrom"] == {"secretKeyRef": {"name": SECRET, "key": "url"}}, name
+            else:  # serving, Flink, the Beam workers, the database itself
+                assert env is None, f"{name} {c['name']} needs no metadata store"
+    assert seen >= 7
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_no_configmap_holds_the_url_or_a_password(rendered, variant):
+    for cm in by_kind(rendered[variant], "ConfigMap").values():
+        text = yaml.safe_dump(cm.get("data", {})).lower()
+        assert "postgresql" not in text and "password" not in text, cm["metadata"]["name"]
+    assert load_config(K8S / "base" / "config.yaml", "default", []).metadata_url is None
+
+
+def _secret_command() -> dict[str, str]:
+    lines = [ln for ln in _readme_section().splitlines() if "create secret generic" in ln]
+    assert len(lines) == 1, "one command creates the database Secret"
+    words = shlex.split(lines[0].split("&&", 1)[1])
+    assert words[words.index("generic") + 1] == SECRET
+    literals = [w.split("=", 1)[1] for w in words if w.startswith("--from-literal=")]
+    return dict(lit.split("=", 1) for lit in literals)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_readme_secret_matches_the_database(rendered, overlay):
+    objects = rendered[overlay]
+    keys = _secret_command()
+    assert set(keys) == {"url", "password"}
+    url = urlsplit(keys["url"])
+    assert url.scheme == "postgresql+psycopg"
+    sts = find(objects, "StatefulSet", "dae-postgres")
+    (db,) = pod_template(sts)["spec"]["containers"]
+    env = {k: e.get("value") for k, e in _env(db).items()}
+    service = find(objects, "Service", sts["spec"]["serviceName"])
+    assert (url.hostname, url.port) == (
+        service["metadata"]["name"],
+        service["spec"]["ports"][0]["port"],
+    )
+    assert (url.username, url.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
+    assert url.password == keys["password"] == "$PW", "one generated password for both keys"
+    assert "openssl rand" in _readme_section()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_postgres_is_hardened_and_keeps_its_data(rendered, overlay):
+    objects = rendered[overlay]
+    sts = find(objects, "StatefulSet", "dae-postgres")
+    pod = pod_template(sts)
+    (db,) = pod["spec"]["containers"]
+    assert re.fullmatch(r"postgres:15\.\d+", db["image"]), "the official image, pinned"
+    sc = pod["spec"]["securityContext"]
+    assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (999, 999, 999)
+    assert sts["spec"]["replicas"] == 1
+    env = _env(db)
+    assert "POSTGRES_PASSWORD" not in env, "the password is read from a file"
+    mounts = {m["mountPath"]: m for m in db["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    password = Path(env["POSTGRES_PASSWORD_FILE"]["value"])
+    secret = volumes[mounts[str(password.parent)]["name"]]["secret"]
+    assert secret["secretName"] == SECRET
+    assert secret["items"] == [{"key": "password", "path": password.name}]
+    assert secret["defaultMode"] & 0o007 == 0, "not world-readable"
+    # PGDATA: a subdirectory of the claim-template volume (initdb wants an empty one).
+    pgdata = Path(env["PGDATA"]["value"])
+    (template,) = sts["spec"]["volumeClaimTemplates"]
+    data = mounts[str(pgdata.parent)]
+    assert data["name"] == template["metadata"]["name"] and pgdata.name
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in template["spec"], "the default (block) class"
+    for path in ("/var/run/postgresql", "/tmp"):
+        assert "emptyDir" in volumes[mounts[path]["name"]], path
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert "pg_isready" in " ".join(db[probe]["exec"]["command"]), probe
+    service = find(objects, "Service", sts["spec"]["serviceName"])
+    assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
+    (port,) = service["spec"]["ports"]
+    (container_port,) = db["ports"]
+    assert port["port"] == 5432 and port["targetPort"] == container_port["name"]
+    assert container_port["containerPort"] == 5432
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_the_pipeline_reaches_the_database(rendered, variant):
+    objects = rendered[variant]
+    policies = by_kind(objects, "NetworkPolicy").values()
+    db = pod_template(find(objects, "StatefulSet", "dae-postgres"))["metadata"]["labels"]
+    users = 0
+    for name, pod in pod_templates(objects):
+        labels = pod["metadata"]["labels"]
+        if labels == db:
+            continue
+        reaches = allows(policies, "Egress", labels, {"labels": db}, 5432) and allows(
+            policies, "Ingress", db, {"labels": labels}, 5432
+        )
+        assert reaches == _uses_metadata(pod), name
+        users += reaches
+    assert users >= 6
+    # Not from another namespace, whatever its Pods' labels.
+    elsewhere = {
+        "labels": {"app.kubernetes.io/name": "dae"},
+        "namespace": {"kubernetes.io/metadata.name": "x"},
+    }
+    assert not allows(policies, "Ingress", db, elsewhere, 5432)
+    assert not allows(policies, "Egress", db, {"ip": "8.8.8.8"}, 443), "the server calls nobody"
+
+
+# ---- Jobs and a busy root ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_jobs_do_not_retry_a_busy_root(rendered, variant):
+    """`dae run` / `dae stage` exit 75 when another run holds the root: fail the Job at once."""
+    jobs = 0
+    for obj in rendered[variant]:
+        if obj["kind"] not in ("Job", "CronJob"):
+            continue
+        spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
+        runners = [c["name"] for c in spec["template"]["spec"]["containers"] if _runs_pipeline(c)]
+        if not runners:
+            continue
+        jobs += 1
+        assert spec["template"]["spec"]["restartPolicy"] == "Never"
+        rules = spec.get("podFailurePolicy", {}).get("rules", [])
+        busy = [
+            r for r in rules
+            if r["action"] == "FailJob"
+            and r.get("onExitCodes", {}).get("operator") == "In"
+            and 75 in r["onExitCodes"]["values"]
+            and r["onExitCodes"].get("containerName") in runners
+        ]  # fmt: skip
+        assert busy, f"{obj['kind']}/{obj['metadata']['name']} would retry exit code 75"
+    assert jobs >= 6
+
+
+# ---- the pipeline's egress -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_pipeline_pods_reach_dns_and_their_peers_but_not_the_outside(rendered, variant):
+    objects = rendered[variant]
+    policies = by_kind(objects, "NetworkPolicy").values()
+    pods = {name: pod["metadata"]["labels"] for name, pod in pod_templates(objects)}
+    pipeline = {
+        n: labels for n, labels in pods.items() if labels.get("app.kubernetes.io/name") == "dae"
+    }
+    assert {n for n, pod in pod_templates(objects) if _uses_metadata(pod)} == set(pipeline)
+    for name, labels in pipeline.items():
+        assert selecting(policies, labels, "Egress"), f"{name}: egress unrestricted"
+        for protocol in ("UDP", "TCP"):
+            assert allows(policies, "Egress", labels, KUBE_DNS, 53, protocol), name
+        for ip, port in (
+            (METADATA_ENDPOINT, 80),
+            ("8.8.8.8", 443),
+            ("8.8.8.8", 53),
+            ("10.0.0.1", 443),
+        ):
+            assert not allows(policies, "Egress", labels, {"ip": ip}, port), (name, ip, port)
+        # No rule opens a network: addresses only, none of them the metadata endpoint.
+        for policy in selecting(policies, labels, "Egress"):
+            for rule in policy["spec"]["egress"]:
+                assert rule.get("to"), f"{policy['metadata']['name']}: a rule without `to`"
+                for peer in rule["to"]:
+                    if "ipBlock" in peer:
+                        assert peer["ipBlock"]["cidr"].endswith("/32"), peer
+                        assert not peer["ipBlock"]["cidr"].startswith(METADATA_ENDPOINT), peer
+                    else:
+                        assert peer.get("podSelector", {}).get("matchLabels"), peer
+    # ... and each other, where they must.
+    by_component = {labels.get("app.kubernetes.io/component"): labels for labels in pods.values()}
+    pairs = [("tune-worker", "tune-chief", 8000), ("train-worker", "train-worker", 2222)]
+    for src, dst, port in pairs:
+        a, b = by_component[src], by_component[dst]
+        assert allows(policies, "Egress", a, {"labels": b}, port), (src, dst)
+        assert allows(policies, "Ingress", b, {"labels": a}, port), (src, dst)
+    run, chief = by_component["run"], by_component["tune-chief"]
+    end_to_end = allows(policies, "Egress", run, {"labels": chief}, 8000) and allows(
+        policies, "Ingress", chief, {"labels": run}, 8000
+    )
+    assert not end_to_end, "only tuner workers reach the oracle"
+
+
+# ---- Flink -----------------------------------------------------------------------------------
+
+
+def test_flink_brings_its_service_account_and_role(rendered):
+    objects = rendered["prod"]
+    flink = find(objects, "FlinkDeployment", "dae-flink")
+    account = flink["spec"]["serviceAccount"]
+    find(objects, "ServiceAccount", account)
+    bindings = [
+        b for b in by_kind(objects, "RoleBinding").values()
+        if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"])
+    ]  # fmt: skip
+    assert len(bindings) == 1
+    ref = bindings[0]["roleRef"]
+    assert ref["kind"] == "Role" and ref["apiGroup"] == "rbac.authorization.k8s.io"
+    rules = find(objects, "Role", ref["name"])["rules"]
+    # What the operator's job role grants (docs/operations/rbac.md), no wildcard.
+    needed = {("", "pods"), ("", "configmaps"), ("apps", "deployments")}
+    needed.add(("apps", "deployments/finalizers"))
+    verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+    granted = {
+        (g, r) for rule in rules if verbs <= set(rule["verbs"])
+        for g in rule["apiGroups"] for r in rule["resources"]
+    }  # fmt: skip
+    assert needed <= granted
+    assert all("*" not in rule["verbs"] + rule["resources"] for rule in rules)
+
+
+def test_flink_rest_port_is_open_to_the_submitter_and_the_operator_only(rendered):
+    objects = rendered["prod"]
+    policies = by_kind(objects, "NetworkPolicy").values()
+    flink = find(objects, "FlinkDeployment", "dae-flink")
+    jm, tm = flink_pod_labels(flink, "jobManager"), flink_pod_labels(flink, "taskManager")
+    labels = {name: pod["metadata"]["labels"] for name, pod in pod_templates(objects)}
+    submitter = labels["Job/dae-transform-flink"]
+    operator = {
+        "labels": {"app.kubernetes.io/name": "flink-kubernetes-operator"},
+        "namespace": {"kubernetes.io/metadata.name": "flink-operator"},
+    }
+    assert allows(policies, "Ingress", jm, {"labels": submitter}, 8081)
+    assert allows(policies, "Egress", submitter, {"labels": jm}, 8081)
+    assert allows(policies, "Ingress", jm, operator, 8081)
+    assert allows(policies, "Ingress", jm, {"labels": tm}, 6123), "TaskManagers register"
+    assert allows(policies, "Ingress", tm, {"labels": jm}, 6122), "the JobManager deploys tasks"
+    for name in ("Deployment/dae-serving", "Job/dae-run-once", "Job/dae-tune-workers"):
+        assert not allows(policies, "Ingress", jm, {"labels": labels[name]}, 8081), name
+    assert not allows(policies, "Ingress", jm, {"labels": submitter}, 6123)
+    stranger = {"labels": submitter, "namespace": {"kubernetes.io/metadata.name": "other"}}
+    assert not allows(policies, "Ingress", jm, stranger, 8081)
+
+
+def test_only_the_beam_workers_mount_the_volume_in_flink(rendered):
+    """The transform's Beam workers write its outputs themselves (read-write, unavoidably);
+    the JobManager and the Flink containers never see the volume."""
+    flink = find(rendered["prod"], "FlinkDeployment", "dae-flink")
+    for name, pod in pod_templates([flink]):
+        claims = {v["name"] for v in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
+        mounting = [
+            c["name"] for c in containers(pod)
+            if any(m["name"] in claims for m in c.get("volumeMounts", []))
+        ]  # fmt: skip
+        assert mounting == (["beam-worker-pool"] if "taskManager" in name else []), name
+
+
+# ---- TF Serving (the Deployment, or KServe's predictor) ------------------------------------------
+
+
+def _serving_pod(objects) -> tuple[dict, dict, int, int]:
+    """(pod template, serving container, REST port, gRPC port), whichever serves."""
+    for name, pod in pod_templates(objects):
+        if name == "Deployment/dae-serving":
+            (c,) = [c for c in pod["spec"]["containers"] if c["name"] == "tf-serving"]
+            return pod, c, 8501, 8500
+        if name.startswith("InferenceService/"):
+            (c,) = pod["spec"]["containers"]
+            return pod, c, 8080, 9000  # the kserve-tensorflow-serving runtime's own flags
+    raise AssertionError("no serving Pod")
+
+
+def _quantity(q: str) -> float:
+    return float(q[:-1]) / 1000 if str(q).endswith("m") else float(q)
+
+
+def _resolve(container: dict, arg: str) -> str:
+    """Kubernetes' $(VAR) expansion for resourceFieldRef env: ceil(limit / divisor)."""
+
+    def value(m):
+        ref = _env(container)[m.group(1)]["valueFrom"]["resourceFieldRef"]
+        assert ref["containerName"] == container["name"] and ref["resource"] == "limits.cpu"
+        limit = _quantity(container["resources"]["limits"]["cpu"])
+        return str(math.ceil(limit / _quantity(ref.get("divisor", "1"))))
+
+    return re.sub(r"\$\((\w+)\)", value, arg)
+
+
+def _flags(container: dict) -> dict[str, str]:
+    out = {}
+    for arg in container.get("args", []):
+        name, _, value = arg.partition("=")
+        assert name not in out, f"{name} given twice"
+        out[name] = _resolve(container, value)
+    return out
+
+
+def _config_file(objects, pod: dict, container: dict, path: str) -> str:
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(Path(path).parent)]
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    return find(objects, "ConfigMap", volume["configMap"]["name"])["data"][Path(path).name]
+
+
+def _text_proto(text: str) -> dict:
+    """TF Serving's text-format configs, flat: `a { value: 1 }` -> {a: 1},
+    `a { b: true c: "x" }` -> {a.b: True, a.c: "x"}."""
+    text = re.sub(r"#.*", "", text)
+    out = {}
+
+    def scalar(raw: str):
+        if raw.startswith('"'):
+            return raw.strip('"')
+        return {"true": True, "false": False}[raw] if raw in ("true", "false") else int(raw)
+
+    for name, body in re.findall(r"(\w+)\s*\{([^}]*)\}", text):
+        for key, raw in re.findall(r"(\w+)\s*:\s*(\"[^\"]*\"|\S+)", body):
+            out[name if key == "value" else f"{name}.{key}"] = scalar(raw)
+    return out
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tf_serving_thread_pools_follow_the_cpu_limit(rendered, variant):
+    _, container, _, _ = _serving_pod(rendered[variant])
+    flags = _flags(container)
+    cores = _quantity(container["resources"]["limits"]["cpu"])
+    assert int(flags["--tensorflow_intra_op_parallelism"]) == math.ceil(cores)
+    assert int(flags["--tensorflow_inter_op_parallelism"]) == math.ceil(cores)
+    assert int(flags["--rest_api_num_threads"]) == math.ceil(4 * cores), "TF Serving's 4 per CPU"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tf_serving_exports_prometheus_metrics(rendered, variant):
+    objects = rendered[variant]
+    pod, container, rest, _ = _serving_pod(objects)
+    flags = _flags(container)
+    config = _text_proto(_config_file(objects, pod, container, flags["--monitoring_config_file"]))
+    assert config["prometheus_config.enable"] is True
+    annotations = pod["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(rest), "served on the REST port"
+    assert annotations["prometheus.io/path"] == config["prometheus_config.path"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_tf_serving_splits_requests_larger_than_a_batch(rendered, variant):
+    """As the embedded server: a request over the batch size is split into several model
+    calls. With splitting on, max_batch_size is the largest request TF Serving accepts, and
+    it must fit the queue (shared_batch_scheduler refuses a task larger than its capacity)."""
+    objects = rendered[variant]
+    pod, container, _, _ = _serving_pod(objects)
+    flags = _flags(container)
+    assert flags["--enable_batching"] == "true"
+    params = _text_proto(_config_file(objects, pod, container, flags["--batching_parameters_file"]))
+    assert params["enable_large_batch_splitting"] is True
+    execution, largest = params["max_execution_batch_size"], params["max_batch_size"]
+    assert 1 <= execution <= largest <= params["max_enqueued_batches"] * execution
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_serving_replicas_spread_over_nodes(rendered, variant):
+    pod, _, _, _ = _serving_pod(rendered[variant])
+    labels = pod["metadata"]["labels"]
+    (by_node,) = [
+        t for t in pod["spec"]["topologySpreadConstraints"]
+        if t["topologyKey"] == "kubernetes.io/hostname"
+    ]  # fmt: skip
+    assert by_node["maxSkew"] == 1 and by_node["whenUnsatisfiable"] == "DoNotSchedule"
+    assert by_node["nodeTaintsPolicy"] == "Honor", "tainted nodes are no empty domains"
+    assert labels_match(by_node["labelSelector"], labels)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_serving_rollout_deadline_outlasts_the_first_training(rendered, overlay):
+    """The first rollout waits for `dae-run-once` to push a model: the Deployment must not be
+    declared failed (ProgressDeadlineExceeded) while it legitimately waits."""
+    objects = rendered[overlay]
+    deployment = find(objects, "Deployment", "dae-serving")
+    (container,) = [c for c in pod_template(deployment)["spec"]["containers"]]
+    startup = (
+        container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"]
+    )
+    first_run = find(objects, "Job", "dae-run-once")["spec"]["activeDeadlineSeconds"]
+    assert deployment["spec"]["progressDeadlineSeconds"] > first_run + startup
+
+
+# ---- KServe --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["dev+kserve", "prod+kserve"])
+def test_inference_service_uses_the_keys_kserve_reads(rendered, variant):
+    objects = rendered[variant]
+    isvc = find(objects, "InferenceService", "denoiser")
+    annotations = isvc["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Standard"  # KServe >= 0.16
+    assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
+    # Read by no current KServe release (the HPA reconciler reads spec.predictor.scaleMetric
+    # and scaleTarget; v0.14 was the last to validate these annotations).
+    for legacy in ("serving.kserve.io/metric", "serving.kserve.io/metrics",
+                   "serving.kserve.io/targetUtilizationPercentage"):  # fmt: skip
+        assert legacy not in annotations, legacy
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["scaleMetric"] == "cpu" and 1 <= predictor["scaleTarget"] <= 100
+    # Off: in Standard mode KServe's switch would point scrapers at a queue-proxy port.
+    assert predictor["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "false"
+    # The overlay's own patches still reach it (they run after the component).
+    hpa_min = {"dev+kserve": 1, "prod+kserve": 3}[variant]
+    assert predictor["minReplicas"] == hpa_min
+
+
+@pytest.mark.parametrize("variant", ["dev+kserve", "prod+kserve"])
+def test_inference_service_exposes_rest_and_grpc(rendered, variant):
+    objects = rendered[variant]
+    pod, container, rest, grpc = _serving_pod(objects)
+    ports = container["ports"]
+    # KServe's Service maps port 80 to the first container port and exposes the others as
+    # themselves, appProtocol h2c for a name holding "grpc".
+    assert ports[0]["containerPort"] == rest
+    assert [p["containerPort"] for p in ports if "grpc" in p["name"]] == [grpc]
+    policy = find(objects, "NetworkPolicy", "denoiser-predictor")
+    policies = [policy]
+    labels = pod["metadata"]["labels"]
+    for port in (rest, grpc):
+        assert allows(policies, "Ingress", labels, {"labels": {"any": "client"}}, port)
+    assert not allows(policies, "Ingress", labels, {"labels": {"any": "client"}}, 8500)
+    # The first Pod waits for a pushed version (so the kubelet never creates the subPath).
+    (wait,) = pod["spec"]["initContainers"]
+    isvc = find(objects, "InferenceService", "denoiser")
+    claim, sub = isvc["spec"]["predictor"]["model"]["storageUri"][len("pvc://") :].split("/", 1)
+    mount = {m["name"]: m for m in wait["volumeMounts"]}
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] in mount]
+    assert volume["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+    assert mount[volume["name"]].get("readOnly") is True
+    assert f"{mount[volume['name']]['mountPath']}/{sub}/[0-9]*" in wait["command"][2]
+
+
+def test_the_documented_kserve_form_renders_in_each_overlay(tmp_path):
+    """The README's opt-in, line for line, on copies of both overlays (conftest renders the
+    same way; this pins that the overlays keep a `components:` list to add to)."""
+    for overlay in OVERLAYS:
+        k8s = copy_tree(tmp_path / overlay)
+        before = yaml.safe_load((k8s / "overlays" / overlay / "kustomization.yaml").read_text())
+        objects = render(add_component(k8s, f"overlays/{overlay}", "components/kserve"))
+        after = yaml.safe_load((k8s / "overlays" / overlay / "kustomization.yaml").read_text())
+        assert after["components"] == before.get("components", []) + ["../../components/kserve"]
+        assert by_kind(objects, "InferenceService") and not by_kind(objects, "Deployment")
+    readme = " ".join(_readme_section().split())
+    assert "add `../../components/kserve` to the overlay's `components:` list" in readme
