@@ -9,7 +9,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CONFIG ?= configs/default.yaml
 ROOT ?= ./dae-root
 
-.PHONY: install data run smoke test lint imports format clean checkov postgres
+.PHONY: install data run smoke test lint imports format clean checkov postgres browser
 
 $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PY) -m venv $(VENV)
@@ -52,6 +52,13 @@ postgres:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends postgresql; }
 
+# The explorer's browser test drives Debian's Chromium through its chromedriver.
+browser:
+	@[ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ] || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+
 # The layers (pyproject.toml's import-linter contracts), on the package as it installs.
 imports: install
 	$(BIN)/python tests/layers.py
@@ -60,7 +67,7 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint imports data checkov postgres
+test: lint imports data checkov postgres browser
 	$(BIN)/pytest -q
 
 clean:

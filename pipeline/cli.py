@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_parser("denoise", help="denoise a batch of images", description=batch.__doc__)
     )
 
+    from dae.serving import explorer
+
+    explorer.add_arguments(sub.add_parser("explore", help="a web page to play with a served model",
+                                          description=explorer.__doc__))  # fmt: skip
+
     data = sub.add_parser("data", help="prepare offline datasets (see `dae data prepare -h`)")
     data.add_argument("action", choices=["prepare"])
     data.add_argument("args", nargs=argparse.REMAINDER, help="NAME... [--data-dir D]")
@@ -116,6 +121,13 @@ def _dispatch(args) -> int:
         try:
             return batch.main(args)
         except batch.BatchError as e:
+            raise StageError(str(e)) from None
+    if args.command == "explore":
+        from dae.serving import explorer
+
+        try:
+            return explorer.main(args)
+        except explorer.ExploreError as e:
             raise StageError(str(e)) from None
     from dae.pipeline import prepare_data
 
