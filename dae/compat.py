@@ -21,7 +21,12 @@ import inspect
 from typing import Any
 
 MARK = "__dae_compat__"  # on every function a patch installs: the patch's name
-DISTRIBUTIONS = {"keras": "keras", "keras_tuner": "keras-tuner", "apache_beam": "apache-beam"}
+DISTRIBUTIONS = {
+    "tensorflow": "tensorflow",
+    "keras": "keras",
+    "keras_tuner": "keras-tuner",
+    "apache_beam": "apache-beam",
+}
 
 
 class CompatError(RuntimeError):
@@ -251,3 +256,15 @@ def hyperband_trials(oracle) -> int | None:
         size(oracle, b, r) for b in range(brackets(oracle)) for r in range(rounds(oracle, b))
     )
     return int(per_iteration * iterations)
+
+
+def tf_gradient_registry() -> dict:
+    """TensorFlow's global gradient registry (name -> function), which tf.saved_model.load
+    fills and nothing empties: a model server drops an unloaded version's entries."""
+    lib, patch = "tensorflow", "tf_gradient_registry"
+    ops = _module(lib, patch, "tensorflow.python.framework.ops")
+    registry = getattr(_attr(lib, patch, ops, "_gradient_registry"), "_registry", None)
+    if not isinstance(registry, dict):
+        _fail(lib, patch, "tensorflow.python.framework.ops._gradient_registry._registry",
+              "is not a dict")  # fmt: skip
+    return registry

@@ -266,12 +266,20 @@ def _run_server(args, source, want, dest, tally, client) -> None:
             send(batch)
 
 
+def _resolved(given: str, what: str) -> Path:
+    try:
+        return Path(given).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # Python 3.11: RuntimeError("Symlink loop from ...")
+        reason = "is a symlink loop" if "loop" in str(e).lower() else f"cannot be resolved: {e}"
+        raise BatchError(f"--{what} {given} {reason}") from None
+
+
 def _check_paths(args) -> None:
     """The output never replaces what the job reads; a server address is HOST:PORT."""
-    out = Path(args.output).expanduser().resolve()
+    out = _resolved(args.output, "output")
     for what, given in (("input", args.input), ("model", args.model)):
         if given and not given.startswith("tfds:"):
-            read = Path(given).expanduser().resolve()
+            read = _resolved(given, what)
             if read == out or out in read.parents:
                 raise BatchError(f"--output {args.output} would replace the {what} {given}")
     if args.server and "://" not in args.server:

@@ -24,6 +24,10 @@ class QueueFull(Exception):
     """The batch queue is full: the caller should answer RESOURCE_EXHAUSTED."""
 
 
+class TooLarge(ValueError):
+    """A request the queue could never hold, however long it waited: INVALID_ARGUMENT."""
+
+
 @dataclass(frozen=True)
 class BatchingParameters:
     max_batch_size: int = 32
@@ -102,15 +106,26 @@ class Batcher:
     async def submit(
         self, key: Hashable, run: Callable[[np.ndarray], dict[str, np.ndarray]], rows: np.ndarray
     ) -> dict[str, np.ndarray]:
-        if len(rows) > self.params.max_batch_size:  # split, as enable_large_batch_splitting
-            step = self.params.max_batch_size
-            parts = [self.submit(key, run, rows[i : i + step]) for i in range(0, len(rows), step)]
-            done = await asyncio.gather(*parts)
-            return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
-        if self._waiting >= self.params.max_enqueued_batches:
+        """Rows over `max_batch_size` are split (enable_large_batch_splitting); every part is
+        admitted at once or none is, so a refused request has had nothing computed."""
+        step, limit = self.params.max_batch_size, self.params.max_enqueued_batches
+        parts = [rows[i : i + step] for i in range(0, len(rows), step)]
+        if len(parts) > limit:
+            raise TooLarge(
+                f"a request of {len(rows)} rows takes {len(parts)} batches of max_batch_size "
+                f"{step}, more than the {limit} max_enqueued_batches the queue holds"
+            )
+        if self._waiting + len(parts) > limit:
             raise QueueFull(
                 f"the batch queue is full ({self._waiting} batches waiting); retry later"
             )
+        futures = [self._enqueue(key, run, part) for part in parts]  # no await in between
+        if len(futures) == 1:
+            return await futures[0]
+        done = await asyncio.gather(*futures)
+        return {k: np.concatenate([d[k] for d in done]) for k in done[0]}
+
+    def _enqueue(self, key: Hashable, run: Callable, rows: np.ndarray) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         queue = self._open(key, run)
         if queue.rows + len(rows) > self.params.max_batch_size:
@@ -126,7 +141,7 @@ class Batcher:
         elif queue.timer is None and not queue.due:
             delay = self.params.batch_timeout_micros / 1e6
             queue.timer = loop.call_later(delay, self._timeout, queue)
-        return await item.future
+        return item.future
 
     def _open(self, key: Hashable, run: Callable) -> _Queue:
         queue = self._queues.get(key)

@@ -32,12 +32,17 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 SERVABLE_FILE = "dae_servable.json"  # the input range the graph expects, for validation
 
 
+def _is_version(name: str) -> bool:
+    """ASCII digits only, as TF Serving's SimpleAtoi: '²' or '١' pass str.isdigit()."""
+    return name.isascii() and name.isdigit() and len(name) <= 18
+
+
 def versions(base: Path) -> list[int]:
     """The servable versions under `base`, ascending; temporary folders are not versions."""
     base = Path(base)
     if not base.is_dir():
         return []
-    return sorted(int(p.name) for p in base.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in base.iterdir() if _is_version(p.name) and p.is_dir())
 
 
 def latest_version(base: Path) -> int | None:
@@ -115,7 +120,7 @@ def warmup_records(shape, batch_sizes=(1, 64)) -> list[bytes]:
 
 def _next_version(base: Path) -> int:
     """One past every integer-named entry, files included (renaming onto one fails)."""
-    taken = [int(p.name) for p in base.iterdir() if p.name.isdigit()]
+    taken = [int(p.name) for p in base.iterdir() if _is_version(p.name)]
     return max(taken, default=0) + 1
 
 

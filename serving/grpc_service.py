@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (
 )
 
 from dae.serving import status
-from dae.serving.predict import Predictor
+from dae.serving.predict import Predictor, check_dims, clip, invalid
 from dae.serving.servable import ServingError
 
 log = logging.getLogger("dae.serving.grpc")
@@ -33,6 +33,7 @@ def _numpy_dtypes() -> dict[int, np.dtype]:
 
 
 _DTYPES = _numpy_dtypes() if sys.byteorder == "little" else {}
+DT_STRING = 7  # types_pb2.DT_STRING
 # tf.make_tensor_proto sends uint16 as int_val, not tensor_content: that one is left to it.
 _ENUMS = {v: k for k, v in _DTYPES.items() if v != np.dtype("<u2")}
 
@@ -76,21 +77,68 @@ def _version(spec) -> int | None:
     return spec.version.value if spec.HasField("version") else None
 
 
-class _Handler:
-    async def _guard(self, context, call):
-        start = time.perf_counter()
+class _Undecodable:
+    """What a handler gets for request bytes that are not its message."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _safe(deserializer):
+    """grpc.aio answers UNKNOWN, with a traceback in the log, when a request does not parse;
+    TF Serving (C++) answers INTERNAL. A client's bytes are its mistake: INVALID_ARGUMENT."""
+
+    def parse(data: bytes):
         try:
+            return deserializer(data)
+        except Exception as e:  # DecodeError, or RecursionError on deep nesting
+            return _Undecodable(f"the request is not a valid message: {clip(e, 200)}")
+
+    return parse
+
+
+class _SafeHandlers(grpc.GenericRpcHandler):
+    """The generated services, each request deserializer wrapped in `_safe`."""
+
+    def __init__(self, handlers):
+        self.handlers = handlers
+
+    def add_generic_rpc_handlers(self, handlers) -> None:  # the generated add_*_to_server call
+        self.handlers.extend(handlers)
+
+    def service(self, details):
+        for h in self.handlers:
+            found = h.service(details)
+            if found is not None:
+                return found._replace(request_deserializer=_safe(found.request_deserializer))
+        return None
+
+
+class _Handler:
+    async def _guard(self, context, request, call):
+        """Run `call`; every outcome counted by its code; errors as the status, without a
+        traceback for a client's mistake (and aborted outside the except block, so no
+        exception keeps the request's buffers alive)."""
+        start = time.perf_counter()
+        name = call.__qualname__.split(".")[1]
+        code = "OK"
+        try:
+            if isinstance(request, _Undecodable):
+                raise invalid(request.message)
             response = await call()
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("gRPC %s OK %.1f ms", call.__qualname__.split(".")[1],
-                          (time.perf_counter() - start) * 1e3)  # fmt: skip
-            return response
         except ServingError as e:
-            log.debug("gRPC %s %s: %s", call.__qualname__.split(".")[1], e.code, e)
-            await context.abort(_abort_code(e.code), str(e))
+            code, message = e.code, str(e)
         except Exception as e:  # a bug of ours: INTERNAL, and the server keeps answering
-            log.exception("internal error")
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+            log.exception("internal error in %s", name)
+            code, message = "INTERNAL", f"{type(e).__name__}: {e}"
+        size = 0 if isinstance(request, _Undecodable) else request.ByteSize()
+        self.predictor.record(code, size)
+        if code == "OK":
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("gRPC %s OK %.1f ms", name, (time.perf_counter() - start) * 1e3)
+            return response
+        log.debug("gRPC %s %s: %s", name, code, message)
+        await context.abort(_abort_code(code), clip(message, 2000))
 
 
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, _Handler):
@@ -98,28 +146,40 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
         self.predictor = predictor
         self.max_message_bytes = max_message_bytes
 
+    def _decode(self, request, sig) -> dict[str, np.ndarray]:
+        """The inputs as arrays; each tensor's declared shape checked first (a short float_val
+        is repeated to fill it, so a few bytes could otherwise ask for gigabytes)."""
+        inputs = {}
+        for name, proto in request.inputs.items():
+            if proto.tensor_shape.unknown_rank:
+                raise invalid(f"tensor parsing error: input '{clip(name)}' has an unknown rank")
+            dims = [d.size for d in proto.tensor_shape.dim]
+            itemsize = _DTYPES.get(proto.dtype, np.dtype("f8")).itemsize
+            check_dims(sig, name, dims, itemsize, self.predictor.limits, proto.dtype == DT_STRING)
+            try:
+                inputs[name] = to_ndarray(proto)
+            except Exception as e:
+                raise invalid(f"tensor parsing error: input '{name}': {clip(e, 200)}") from None
+        return inputs
+
     async def Predict(self, request, context):
         async def call():
             size = request.ByteSize()
             if size > self.max_message_bytes:
-                raise ServingError(
-                    "INVALID_ARGUMENT",
-                    f"request of {size} bytes is over the {self.max_message_bytes} limit",
-                )
-            inputs = {}
-            for name, proto in request.inputs.items():
-                try:
-                    inputs[name] = to_ndarray(proto)
-                except Exception as e:
-                    raise ServingError("INVALID_ARGUMENT", f"input '{name}': {e}") from None
-            spec = request.model_spec
-            servable, sig, outputs = await self.predictor.predict(
-                spec.name, _version(spec), spec.signature_name, inputs
+                raise invalid(f"request of {size} bytes is over the {self.max_message_bytes} limit")
+            spec, predictor = request.model_spec, self.predictor
+            version, label = _version(spec), spec.version_label or None
+            sig = predictor.signature(
+                predictor.servable(spec.name, version, label), spec.signature_name
+            )
+            inputs = self._decode(request, sig)
+            servable, sig, outputs = await predictor.predict(
+                spec.name, version, spec.signature_name, inputs, label
             )
             wanted = list(request.output_filter) or list(outputs)
             unknown = [k for k in wanted if k not in outputs]
             if unknown:
-                raise ServingError("INVALID_ARGUMENT", f"unknown output_filter {unknown}")
+                raise invalid(f"unknown output_filter {clip(unknown)}")
             response = predict_pb2.PredictResponse()
             response.model_spec.name = servable.name
             response.model_spec.version.value = servable.version
@@ -128,17 +188,26 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
                 fill_tensor_proto(response.outputs[k], outputs[k])
             return response
 
-        return await self._guard(context, call)
+        return await self._guard(context, request, call)
 
     async def GetModelMetadata(self, request, context):
         async def call():
             bad = [f for f in request.metadata_field if f != "signature_def"]
             if bad or not request.metadata_field:
-                raise ServingError("INVALID_ARGUMENT", "metadata_field must be ['signature_def']")
+                raise invalid("metadata_field must be ['signature_def']")
             spec = request.model_spec
-            return status.metadata_response(self.predictor.servable(spec.name, _version(spec)))
+            servable = self.predictor.servable(spec.name, _version(spec), spec.version_label)
+            return status.metadata_response(servable)
 
-        return await self._guard(context, call)
+        return await self._guard(context, request, call)
+
+    async def _unimplemented(self, request, context):
+        async def call():
+            raise invalid("denoisers have no classify or regress signature: use Predict")
+
+        return await self._guard(context, request, call)
+
+    Classify = Regress = MultiInference = _unimplemented
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
@@ -148,12 +217,17 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
     async def GetModelStatus(self, request, context):
         async def call():
             spec = request.model_spec
+            if spec.version_label:
+                self.predictor.servable(spec.name, None, spec.version_label)  # its error
             return status.status_response(self.predictor, spec.name, _version(spec))
 
-        return await self._guard(context, call)
+        return await self._guard(context, request, call)
 
     async def HandleReloadConfigRequest(self, request, context):
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "dae serves one model base path")
+        async def call():
+            raise ServingError("UNIMPLEMENTED", "dae serves one model base path")
+
+        return await self._guard(context, request, call)
 
 
 def make_server(predictor: Predictor, address: str, max_message_bytes: int):
@@ -165,10 +239,12 @@ def make_server(predictor: Predictor, address: str, max_message_bytes: int):
             ("grpc.max_send_message_length", limit),
         ]  # fmt: skip
     )
+    handlers = _SafeHandlers([])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(predictor, max_message_bytes), server
+        PredictionServicer(predictor, max_message_bytes), handlers
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(predictor), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(predictor), handlers)
+    server.add_generic_rpc_handlers((handlers,))
     try:
         port = server.add_insecure_port(address)
     except RuntimeError:  # grpcio raises "Failed to bind" (older versions returned 0)

@@ -16,6 +16,9 @@ from pathlib import Path
 import numpy as np
 
 TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords")
+# A PNG declaring more pixels is skipped before decoding: a few KB of zeros can declare
+# 12000x12000 (Pillow only warns below twice its own 89 Mpx limit).
+MAX_PIXELS = 1 << 24
 
 
 class SourceError(Exception):
@@ -89,15 +92,22 @@ class Source:
         raise NotImplementedError
 
 
-def read_png(path: Path) -> np.ndarray:
+def read_png(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A PNG's pixels as uint8 (8-bit) or uint16 (16-bit gray), HWC. Palette images become
-    RGB(A), or gray when the palette is. Raises ValueError."""
+    RGB(A), or gray when the palette is. Raises ValueError, for an image declaring more
+    than `max_pixels` before decoding it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
             if im.format != "PNG":
                 raise ValueError(f"not a PNG file ({im.format or 'unknown'} format)")
+            width, height = im.size
+            if width * height > max_pixels:
+                raise ValueError(
+                    f"declares {width}x{height} pixels, over the {max_pixels} pixel limit "
+                    "(not decoded)"
+                )
             im.load()
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")

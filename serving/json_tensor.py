@@ -20,6 +20,7 @@ import orjson
 import simdjson
 
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b"[],")
+MAX_RANK = 32  # deeper nesting takes the generic path, which names the problem
 
 
 def dumps(array: np.ndarray) -> bytes:
@@ -42,7 +43,7 @@ def _skeleton(shape: tuple[int, ...]) -> bytes:
 def _shape(value) -> tuple[int, ...] | None:
     shape = []
     while isinstance(value, simdjson.Array):
-        if not len(value):
+        if not len(value) or len(shape) == MAX_RANK:
             return None
         shape.append(len(value))
         value = value[0]

@@ -2,24 +2,84 @@
 inputs against its signature, run it (through the batcher when batching is on).
 
 Validation is stricter than TF Serving's, which leaves shape errors to the model: every
-bad input is an INVALID_ARGUMENT that names the problem, never an internal error.
+bad input is an INVALID_ARGUMENT that names the problem, never an internal error. A
+request may not ask for more than `max_rows` rows, nor declare a tensor larger than
+`max_bytes` decoded (a short `float_val` is repeated to fill its shape): both are checked
+before anything is allocated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
-from dae.serving.batching import Batcher, QueueFull
+from dae.serving.batching import Batcher, QueueFull, TooLarge
 from dae.serving.servable import ServableManager, ServingError, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_MAX_ROWS = 1024
 
 
 def invalid(message: str) -> ServingError:
     return ServingError("INVALID_ARGUMENT", message)
+
+
+def clip(text, limit: int = 64) -> str:
+    """Client text echoed in an error, cut short: a 10 KB name must not fill (and overflow)
+    a client's 8 KB gRPC trailer."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_rows: int = DEFAULT_MAX_ROWS  # --max-request-rows
+    max_bytes: int = 64 * 1024 * 1024  # --max-request-bytes, also for a decoded tensor
+
+
+def _shape_text(shape) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+
+
+def check_dims(
+    sig: Signature, name: str, dims: list[int], itemsize: int, limits: Limits, text=False
+) -> None:
+    """A tensor's declared shape, before it is decoded: a known input (of numbers unless
+    `text`), no negative size, the signature's shape, at most `max_rows` rows and
+    `max_bytes` once decoded."""
+    info = sig.inputs.get(name)
+    if info is None:
+        expected = ", ".join(sig.inputs)
+        raise invalid(f"unknown input '{clip(name)}'; signature '{sig.name}' takes: {expected}")
+    if text and info.dtype.kind not in "OSU":
+        raise invalid(f"input '{name}' must be numeric {info.dtype.name}, got non-numeric values")
+    if any(d < 0 for d in dims):
+        raise invalid(f"input '{clip(name)}' has a negative dimension in its shape {dims[:8]}")
+    if info.shape is not None and (
+        len(dims) != len(info.shape)
+        or any(d is not None and d != got for d, got in zip(info.shape, dims, strict=True))
+    ):
+        raise invalid(f"input '{name}' has shape {clip(dims)}, expected {_shape_text(info.shape)}")
+    if dims:
+        check_rows(name, dims[0], limits)
+    size = math.prod(dims) * itemsize
+    if size > limits.max_bytes:
+        raise invalid(
+            f"input '{name}' of shape {clip(dims)} is {size} bytes decoded, over the "
+            f"--max-request-bytes limit of {limits.max_bytes}"
+        )
+
+
+def check_rows(name: str, rows: int, limits: Limits) -> None:
+    if rows > limits.max_rows:
+        raise invalid(
+            f"input '{name}' has {rows} rows, over the server's --max-request-rows "
+            f"{limits.max_rows}: send smaller batches"
+        )
 
 
 def _cast(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -32,13 +92,16 @@ def _cast(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def validate_inputs(
-    sig: Signature, inputs: dict[str, np.ndarray], input_range: tuple[float, float] | None
+    sig: Signature,
+    inputs: dict[str, np.ndarray],
+    input_range: tuple[float, float] | None,
+    limits: Limits = Limits(),
 ) -> dict[str, np.ndarray]:
     """Inputs checked and cast to the signature's dtypes, or an INVALID_ARGUMENT."""
     expected = ", ".join(sig.inputs)
     for name in inputs:
         if name not in sig.inputs:
-            raise invalid(f"unknown input '{name}'; signature '{sig.name}' takes: {expected}")
+            raise invalid(f"unknown input '{clip(name)}'; signature '{sig.name}' takes: {expected}")
     out = {}
     batch = None
     for name, info in sig.inputs.items():
@@ -47,12 +110,17 @@ def validate_inputs(
         value = _cast(name, np.asarray(inputs[name]), info.dtype)
         if value.ndim == 0 or value.shape[0] == 0:
             raise invalid(f"input '{name}' is an empty batch")
-        if info.shape is not None:
-            want = "[" + ", ".join("N" if d is None else str(d) for d in info.shape) + "]"
-            if value.ndim != len(info.shape) or any(
+        if info.shape is not None and (
+            value.ndim != len(info.shape)
+            or any(
                 d is not None and d != got for d, got in zip(info.shape, value.shape, strict=True)
-            ):
-                raise invalid(f"input '{name}' has shape {list(value.shape)}, expected {want}")
+            )
+        ):
+            raise invalid(
+                f"input '{name}' has shape {clip(list(value.shape))}, "
+                f"expected {_shape_text(info.shape)}"
+            )
+        check_rows(name, value.shape[0], limits)
         if batch is not None and value.shape[0] != batch:
             raise invalid(f"inputs disagree on batch size ({batch} vs {value.shape[0]})")
         batch = value.shape[0]
@@ -72,10 +140,20 @@ def validate_inputs(
 class Predictor:
     """Shared by the REST and gRPC front ends (and so by one batching queue)."""
 
-    def __init__(self, manager: ServableManager, batcher: Batcher | None = None):
+    def __init__(
+        self, manager: ServableManager, batcher: Batcher | None = None, limits: Limits = Limits()
+    ):
         self.manager = manager
         self.batcher = batcher
-        self.counts: Counter[str] = Counter()  # Predict outcomes by status code name
+        self.limits = limits
+        self.counts: Counter[str] = Counter()  # answered requests by status code name
+        self.janitor = None  # memory.Janitor: told of every large request once answered
+
+    def record(self, code: str, nbytes: int = 0) -> None:
+        """Every answered request, of every API and protocol, by its status code."""
+        self.counts[code] += 1
+        if self.janitor is not None:
+            self.janitor.note(nbytes)
 
     def metrics(self) -> str:
         """Prometheus text, in the spirit of TF Serving's /monitoring/prometheus/metrics."""
@@ -93,36 +171,29 @@ class Predictor:
             ]
         return "\n".join(lines) + "\n"
 
-    def servable(self, model: str, version: int | None):
+    def servable(self, model: str, version: int | None, label: str | None = None):
         if model != self.manager.name:
-            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({model})")
+            raise ServingError(
+                "NOT_FOUND", f"Servable not found for request: Latest({clip(model)})"
+            )
+        if label:  # TF Serving's answer when no labels are configured (server_core.cc)
+            raise invalid(f"Unrecognized servable version label: {clip(label)}")
         return self.manager.get(version)
 
     def signature(self, servable, name: str | None) -> Signature:
         name = name or DEFAULT_SIGNATURE
         if name not in servable.signatures:
             known = ", ".join(sorted(servable.signatures))
-            raise invalid(f"Serving signature name: '{name}' not found (signatures: {known})")
+            raise invalid(f"Serving signature name: '{clip(name)}' not found (signatures: {known})")
         return servable.signatures[name]
 
     async def predict(
-        self, model: str, version: int | None, signature: str | None, inputs: dict
-    ) -> tuple[object, Signature, dict[str, np.ndarray]]:
-        try:
-            result = await self._predict(model, version, signature, inputs)
-        except ServingError as e:
-            self.counts[e.code] += 1
-            raise
-        except Exception:
-            self.counts["INTERNAL"] += 1
-            raise
-        self.counts["OK"] += 1
-        return result
-
-    async def _predict(self, model, version, signature, inputs):
-        servable = self.servable(model, version)
+        self, model: str, version: int | None, signature: str | None, inputs: dict,
+        label: str | None = None,
+    ) -> tuple[object, Signature, dict[str, np.ndarray]]:  # fmt: skip
+        servable = self.servable(model, version, label)
         sig = self.signature(servable, signature)
-        arrays = validate_inputs(sig, inputs, servable.input_ranges.get(sig.name))
+        arrays = validate_inputs(sig, inputs, servable.input_ranges.get(sig.name), self.limits)
         if self.batcher is not None and len(arrays) == 1:
             ((name, rows),) = arrays.items()
             key = (servable.version, id(servable), sig.name, rows.shape[1:], rows.dtype.str)
@@ -132,6 +203,8 @@ class Predictor:
                 )
             except QueueFull as e:
                 raise ServingError("RESOURCE_EXHAUSTED", str(e)) from None
+            except TooLarge as e:
+                raise invalid(str(e)) from None
         else:
             loop = asyncio.get_running_loop()
             out = await loop.run_in_executor(None, servable.run, sig.name, arrays)

@@ -1,8 +1,13 @@
-"""TF Serving's REST API on Starlette: same paths, bodies and status codes.
+"""TF Serving's REST API as a plain ASGI app: same paths, bodies and status codes.
 
-POST /v1/models/{name}[/versions/{v}]:predict   row ("instances") or columnar ("inputs")
-GET  /v1/models/{name}[/versions/{v}]           model version status
-GET  /v1/models/{name}[/versions/{v}]/metadata  signature_def
+POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   row or columnar
+GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           model version status
+GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature_def
+
+Paths follow TF Serving's (model_servers/http_rest_api_util.cc): matched without case,
+versions of ASCII digits only; anything else is a 400 "Malformed request". Every answer,
+errors included, is JSON (`{"error": "..."}`); protocol-level errors are written by
+`http_protocol` in the same shape.
 """
 
 from __future__ import annotations
@@ -11,101 +16,112 @@ import logging
 import re
 import time
 
-import numpy as np
 import orjson
 from google.protobuf import json_format
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from dae.serving import json_tensor, status
-from dae.serving.predict import Predictor, invalid
+from dae.serving.predict import Predictor, clip, invalid
+from dae.serving.rest_body import (
+    BodyTooLarge,
+    ClientGone,
+    format_predict_response,
+    parse_predict_body,
+    read_body,
+    signature_name,
+)
 from dae.serving.servable import ServingError
 
 log = logging.getLogger("dae.serving.rest")
 
-PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
-    r"(?P<verb>/metadata|:predict|:classify|:regress)?$"
-)
+_SPEC = r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
+POST_PATH = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)$", re.IGNORECASE)
+GET_PATH = re.compile(_SPEC + r"(?P<verb>/metadata)?$", re.IGNORECASE)
 METRICS_PATH = "/monitoring/prometheus/metrics"
+# TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
                "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "UNIMPLEMENTED": 501,
-               "INTERNAL": 500}  # fmt: skip
-
-
-def _json(obj, code: int = 200) -> Response:
-    body = orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, status_code=code, media_type="application/json")
-
-
-def _error(e: ServingError) -> Response:
-    return _json({"error": str(e)}, HTTP_STATUS.get(e.code, 500))
-
-
-def _array(value, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value)
-    except ValueError:
-        raise invalid(f"{what} is ragged: all rows must have the same shape") from None
-    if arr.dtype.kind not in "biuf":
-        raise invalid(f"{what} has non-numeric values")
-    return arr
-
-
-def parse_predict_body(body: dict, input_names: list[str]) -> tuple[dict, bool]:
-    """TF Serving's two request formats -> ({input name: array}, row format?)."""
-    if not isinstance(body, dict):
-        raise invalid("request body must be a JSON object")
-    if ("instances" in body) == ("inputs" in body):
-        raise invalid("request must have exactly one of 'instances' (row) or 'inputs' (columnar)")
-    if "instances" in body:
-        rows = body["instances"]
-        if not isinstance(rows, list):
-            raise invalid("'instances' must be a list")
-        if rows and all(isinstance(r, dict) for r in rows):
-            names = set().union(*rows)
-            return {n: _array([r.get(n) for r in rows], f"input '{n}'") for n in names}, True
-        if len(input_names) != 1:
-            raise invalid(f"this signature takes named inputs {input_names}: send objects")
-        return {input_names[0]: _array(rows, "'instances'")}, True
-    cols = body["inputs"]
-    if isinstance(cols, dict):
-        return {n: _array(v, f"input '{n}'") for n, v in cols.items()}, False
-    if len(input_names) != 1:
-        raise invalid(f"this signature takes named inputs {input_names}: send an object")
-    return {input_names[0]: _array(cols, "'inputs'")}, False
-
-
-def format_predict_response(outputs: dict[str, np.ndarray], row: bool) -> dict:
-    if not row:
-        return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
-    if len(outputs) == 1:
-        return {"predictions": next(iter(outputs.values()))}
-    n = len(next(iter(outputs.values())))
-    return {"predictions": [{k: v[i] for k, v in outputs.items()} for i in range(n)]}
+               "DEADLINE_EXCEEDED": 408, "INTERNAL": 500}  # fmt: skip
+INT64_MAX = 2**63 - 1
 
 
 def _version(raw: str | None) -> int | None:
     if raw is None:
         return None
-    if not raw.isdigit():
-        raise invalid(f"version must be an integer, got '{raw}'")
+    if len(raw) > 19 or int(raw) > INT64_MAX:  # ASCII digits: the path's pattern
+        raise invalid(f"Failed to convert version: {clip(raw)} to numeric.")
     return int(raw)
 
 
-def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
-    async def predict(request: Request, name: str, version: int | None) -> Response:
-        length = int(request.headers.get("content-length") or 0)
-        if length > max_body_bytes:
-            raise invalid(f"request body of {length} bytes is over the {max_body_bytes} limit")
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            raise invalid(f"request body is over the {max_body_bytes} byte limit")
+async def _send(send, code: int, body: bytes, media=b"application/json", close=False) -> None:
+    headers = [(b"content-type", media), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RestApp:
+    """The ASGI callable uvicorn runs."""
+
+    def __init__(self, predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0):
+        self.predictor = predictor
+        self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return
+        start, method, path = time.perf_counter(), scope["method"], scope["path"]
+        if path == METRICS_PATH and method == "GET":
+            await _send(send, 200, self.predictor.metrics().encode(), b"text/plain; version=0.0.4")
+            return
+        code, close = "OK", False
+        try:
+            body = await self._route(scope, receive, method, path)
+        except ClientGone:
+            log.info("client %s disconnected before its request was read: %s %s",
+                     _client(scope), method, clip(path))  # fmt: skip
+            return
+        except ServingError as e:
+            code, close = e.code, isinstance(e, BodyTooLarge) or e.code == "DEADLINE_EXCEEDED"
+            log.debug("%s: %s", e.code, e)
+            body = orjson.dumps({"error": str(e)})
+        except Exception as e:  # a bug of ours: 500, and the server keeps answering
+            log.exception("internal error on %s %s", method, clip(path))
+            code, body = "INTERNAL", orjson.dumps({"error": f"{type(e).__name__}: {e}"})
+        self.predictor.record(code, scope.get("dae.body_bytes", 0))
+        await _send(send, HTTP_STATUS.get(code, 200 if code == "OK" else 500), body, close=close)
+        if log.isEnabledFor(logging.DEBUG):
+            ms = (time.perf_counter() - start) * 1e3
+            log.debug("%s %s %s %.1f ms", method, clip(path), code, ms)
+
+    async def _route(self, scope, receive, method: str, path: str) -> bytes:
+        m = (POST_PATH if method == "POST" else GET_PATH).match(path)
+        if not m or method not in ("POST", "GET"):
+            raise invalid(f"Malformed request: {method} {clip(path)}")
+        name, label, verb = m["name"], m["label"], (m["verb"] or "").lower()
+        version = _version(m["version"])
+        if verb == "predict":
+            return await self._predict(scope, receive, name, version, label)
+        if verb in ("classify", "regress"):  # TF Serving: the model has no such signature
+            raise invalid(f"{verb} needs a {verb} signature; denoisers offer predict only")
+        predictor = self.predictor
+        if verb == "/metadata":
+            msg = status.metadata_response(predictor.servable(name, version, label))
+            out = json_format.MessageToDict(msg, preserving_proto_field_name=True)
+            return orjson.dumps(status.rest_metadata(out))
+        if label:
+            predictor.servable(name, None, label)  # the label's error
+        msg = status.status_response(predictor, name, version)
+        return orjson.dumps(json_format.MessageToDict(
+            msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+        ))  # fmt: skip
+
+    async def _predict(self, scope, receive, name, version, label) -> bytes:
+        predictor = self.predictor
+        raw = await read_body(scope, receive, self.max_body_bytes, self.body_timeout)
         fast = json_tensor.loads(raw, ("instances", "inputs"))
         if fast:  # one float tensor: only for a signature that takes exactly that
-            sig = predictor.signature(predictor.servable(name, version), fast[2])
+            sig = predictor.signature(predictor.servable(name, version, label), fast[2])
             (input_name, info), *others = sig.inputs.items()
             fast = None if others or info.dtype.kind != "f" else fast
         if fast:
@@ -114,58 +130,23 @@ def make_app(predictor: Predictor, max_body_bytes: int) -> Starlette:
             try:
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
-                raise invalid(f"JSON parse error: {e}") from None
-            sig = predictor.signature(
-                predictor.servable(name, version),
-                body.get("signature_name") if isinstance(body, dict) else None,
-            )
-            inputs, row = parse_predict_body(body, list(sig.inputs))
-        _, _, outputs = await predictor.predict(name, version, sig.name, inputs)
+                raise invalid(f"JSON parse error: {clip(e, 200)}") from None
+            servable = predictor.servable(name, version, label)
+            sig = predictor.signature(servable, signature_name(body))
+            inputs, row = parse_predict_body(body, sig, raw)
+        _, _, outputs = await predictor.predict(name, version, sig.name, inputs, label)
         if len(outputs) == 1:
             key = b'{"predictions":' if row else b'{"outputs":'
-            body = key + json_tensor.dumps(next(iter(outputs.values()))) + b"}"
-            return Response(body, media_type="application/json")
-        return _json(format_predict_response(outputs, row))
+            return key + json_tensor.dumps(next(iter(outputs.values()))) + b"}"
+        return orjson.dumps(
+            format_predict_response(outputs, row), option=orjson.OPT_SERIALIZE_NUMPY
+        )
 
-    async def dispatch(request: Request) -> Response:
-        start = time.perf_counter()
-        response = await route(request)
-        if log.isEnabledFor(logging.DEBUG):
-            ms = (time.perf_counter() - start) * 1e3
-            log.debug(
-                "%s %s %d %.1f ms", request.method, request.url.path, response.status_code, ms
-            )
-        return response
 
-    async def route(request: Request) -> Response:
-        if request.url.path == METRICS_PATH:
-            return Response(predictor.metrics(), media_type="text/plain; version=0.0.4")
-        m = PATH.match(request.url.path)
-        try:
-            if not m:
-                raise ServingError("NOT_FOUND", f"Malformed request: {request.url.path}")
-            name, verb = m["name"], m["verb"]
-            version = _version(m["version"])
-            if verb == ":predict" and request.method == "POST":
-                return await predict(request, name, version)
-            if verb in (":classify", ":regress"):
-                raise ServingError("UNIMPLEMENTED", f"{verb[1:]} is not offered by denoisers")
-            if request.method != "GET" or verb == ":predict":
-                raise ServingError("INVALID_ARGUMENT", f"Malformed request: {request.method}")
-            if verb == "/metadata":
-                msg = status.metadata_response(predictor.servable(name, version))
-                out = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-                return _json(status.rest_metadata(out))
-            msg = status.status_response(predictor, name, version)
-            return _json(json_format.MessageToDict(
-                msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
-            ))  # fmt: skip
-        except ServingError as e:
-            log.debug("%s: %s", e.code, e)
-            return _error(e)
-        except Exception as e:  # a bug of ours: 500, and the server keeps answering
-            log.exception("internal error on %s", request.url.path)
-            return _error(ServingError("INTERNAL", f"{type(e).__name__}: {e}"))
+def _client(scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
 
-    routes = [Route("/{path:path}", dispatch, methods=["GET", "POST", "PUT", "DELETE"])]
-    return Starlette(routes=routes)
+
+def make_app(predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0) -> RestApp:
+    return RestApp(predictor, max_body_bytes, body_timeout)

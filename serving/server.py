@@ -14,6 +14,8 @@ import os
 import signal
 from pathlib import Path
 
+from dae.serving.predict import DEFAULT_MAX_ROWS
+
 log = logging.getLogger("dae.serving")
 
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
@@ -36,7 +38,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     p.add_argument(
         "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
-        help="larger requests get INVALID_ARGUMENT / 400 (default 64 MiB)",
+        help="larger requests (or tensors, once decoded) get INVALID_ARGUMENT / 400 "
+        "(default 64 MiB)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-request-rows", type=int, default=DEFAULT_MAX_ROWS,
+        help=f"more rows in one request get INVALID_ARGUMENT / 400 (default {DEFAULT_MAX_ROWS}; "
+        "TF Serving has no such cap)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rest-header-timeout-seconds", type=float, default=10.0,
+        help="a REST request's line and headers must arrive within this (default 10; then 408)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rest-body-timeout-seconds", type=float, default=60.0,
+        help="and its body within this (default 60; then 408)",
+    )  # fmt: skip
+    p.add_argument(
+        "--rest-max-connections", type=int, default=512,
+        help="REST connections open at once; one more gets 503 (default 512)",
     )  # fmt: skip
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
@@ -48,7 +68,7 @@ class ServeError(Exception):
 def build(args):
     """Everything but the event loop: manager, batcher, predictor. Raises ServeError."""
     from dae.serving.batching import Batcher, parse_batching_parameters
-    from dae.serving.predict import Predictor
+    from dae.serving.predict import Limits, Predictor
     from dae.serving.servable import ServableManager
 
     base = Path(args.model_base_path).expanduser()
@@ -65,8 +85,12 @@ def build(args):
             batcher = Batcher(parse_batching_parameters(text))
         except ValueError as e:
             raise ServeError(str(e)) from None
-    if args.num_versions < 1:
-        raise ServeError("--num-versions must be at least 1")
+    for flag in ("num_versions", "max_request_rows", "max_request_bytes", "rest_max_connections"):
+        if getattr(args, flag) < 1:
+            raise ServeError(f"--{flag.replace('_', '-')} must be at least 1")
+    for flag in ("rest_header_timeout_seconds", "rest_body_timeout_seconds"):
+        if not getattr(args, flag) > 0:
+            raise ServeError(f"--{flag.replace('_', '-')} must be positive")
     if batcher is not None:
         # The batch threads are the parallelism: with an op thread pool as wide as the
         # machine, concurrent model calls (and the event loop) fight for the same cores;
@@ -79,16 +103,20 @@ def build(args):
         except RuntimeError:  # TF already ran in this process (an embedding caller): keep it
             logging.getLogger("dae.serving").debug("TF threads already set; left as they are")
     manager = ServableManager(name, base, args.num_versions)
-    return Predictor(manager, batcher)
+    return Predictor(manager, batcher, Limits(args.max_request_rows, args.max_request_bytes))
 
 
 async def serve(args, predictor, ready=None) -> None:
     import uvicorn
 
     from dae.serving.grpc_service import make_server
+    from dae.serving.http_protocol import protocol
+    from dae.serving.memory import Janitor
     from dae.serving.rest import make_app
 
     manager = predictor.manager
+    predictor.janitor = Janitor()
+    manager.after_swap = predictor.janitor.due
     await asyncio.get_running_loop().run_in_executor(
         None, manager.start, args.file_system_poll_wait_seconds
     )
@@ -101,9 +129,12 @@ async def serve(args, predictor, ready=None) -> None:
         raise ServeError(f"{e} (in use, not allowed, or not an address of this machine)") from None
     await grpc_server.start()
     config = uvicorn.Config(
-        make_app(predictor, args.max_request_bytes), host=args.host, port=args.rest_api_port,
-        log_level="warning", access_log=False, lifespan="off",
-        http="httptools",  # not "auto": its silent h11 fallback adds ~0.4 ms a batch-64 call
+        make_app(predictor, args.max_request_bytes, args.rest_body_timeout_seconds),
+        host=args.host, port=args.rest_api_port, log_level="warning", access_log=False,
+        lifespan="off", ws="none",
+        # httptools (not "auto": its silent h11 fallback adds ~0.4 ms a batch-64 call),
+        # with JSON errors, pipelining in order, a header timeout and a connection cap.
+        http=protocol(args.rest_header_timeout_seconds, args.rest_max_connections),
     )  # fmt: skip
     rest = uvicorn.Server(config)
     # SIGINT/SIGTERM stop both front ends: ours below, through asyncio. uvicorn's serve() also
@@ -133,6 +164,7 @@ async def serve(args, predictor, ready=None) -> None:
     await grpc_server.stop(grace=5)
     await rest_task
     manager.stop()
+    predictor.janitor.stop()
     log.info("requests: %s", dict(predictor.counts) or "none")
     if predictor.batcher:
         b = predictor.batcher

@@ -326,3 +326,12 @@ def test_hyperband_trials_fails_loudly_without_the_schedule(monkeypatch):
     monkeypatch.delattr(hyperband.HyperbandOracle, "_get_size")
     with pytest.raises(CompatError, match=r"keras_tuner \S+: .*_get_size is gone"):
         compat.hyperband_trials(SimpleNamespace(hyperband_iterations=1))
+
+
+def test_tf_gradient_registry_is_the_one_models_register_into(monkeypatch):
+    from tensorflow.python.framework import ops
+
+    assert compat.tf_gradient_registry() is ops._gradient_registry._registry
+    monkeypatch.delattr(ops, "_gradient_registry")
+    with pytest.raises(CompatError, match=r"tensorflow \S+: .*_gradient_registry is gone"):
+        compat.tf_gradient_registry()
