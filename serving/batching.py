@@ -30,16 +30,21 @@ class TooLarge(ValueError):
 
 @dataclass(frozen=True)
 class BatchingParameters:
+    """`max_batch_size` is the rows of one model call. With TF Serving's
+    `enable_large_batch_splitting` and `max_execution_batch_size`, the call takes the latter
+    and `max_batch_size` is the largest request accepted (`max_request_rows`)."""
+
     max_batch_size: int = 32
     batch_timeout_micros: int = 1000
     num_batch_threads: int = 2
     max_enqueued_batches: int = 100
+    max_request_rows: int | None = None
 
 
 _FIELD = re.compile(r"(\w+)\s*(?::\s*(\S+)|\{\s*value\s*:\s*([^}\s]+)\s*\})")
 # Fields of TF Serving's BatchingParameters that change nothing for dense, fixed-size inputs.
-_ACCEPTED = {"pad_variable_length_inputs", "allowed_batch_sizes", "enable_large_batch_splitting",
-             "max_execution_batch_size", "thread_pool_name"}  # fmt: skip
+_ACCEPTED = {"pad_variable_length_inputs", "allowed_batch_sizes", "thread_pool_name"}
+_SPLITTING = ("enable_large_batch_splitting", "max_execution_batch_size")
 
 
 def parse_batching_parameters(text: str) -> BatchingParameters:
@@ -50,10 +55,14 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
     consumed = _FIELD.sub("", body)
     if consumed.strip():
         raise ValueError(f"batching parameters: cannot parse {consumed.strip().split()[0]!r}")
+    splitting: dict[str, str] = {}
     for name, plain, wrapped in _FIELD.findall(body):
         if name in _ACCEPTED:
             continue
-        if name not in known:
+        if name in _SPLITTING:
+            splitting[name] = wrapped or plain
+            continue
+        if name not in known - {"max_request_rows"}:
             raise ValueError(f"batching parameters: unknown field '{name}'")
         raw = wrapped or plain
         try:
@@ -62,6 +71,14 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
             raise ValueError(f"batching parameters: {name} must be an integer, got {raw}") from None
         if values[name] < (0 if name == "batch_timeout_micros" else 1):
             raise ValueError(f"batching parameters: {name} must be positive, got {raw}")
+    if splitting.get("enable_large_batch_splitting", "false").lower() == "true":
+        execution = splitting.get("max_execution_batch_size")
+        if execution is not None:
+            if not execution.isdigit() or int(execution) < 1:
+                raise ValueError(f"batching parameters: max_execution_batch_size must be a "
+                                 f"positive integer, got {execution}")  # fmt: skip
+            largest = values.get("max_batch_size", BatchingParameters.max_batch_size)
+            values |= {"max_batch_size": int(execution), "max_request_rows": largest}
     return BatchingParameters(**values)
 
 
@@ -109,6 +126,10 @@ class Batcher:
         """Rows over `max_batch_size` are split (enable_large_batch_splitting); every part is
         admitted at once or none is, so a refused request has had nothing computed."""
         step, limit = self.params.max_batch_size, self.params.max_enqueued_batches
+        largest = self.params.max_request_rows
+        if largest is not None and len(rows) > largest:
+            raise TooLarge(f"a request of {len(rows)} rows is over max_batch_size {largest}, "
+                           "the largest request accepted")  # fmt: skip
         parts = [rows[i : i + step] for i in range(0, len(rows), step)]
         if len(parts) > limit:
             raise TooLarge(

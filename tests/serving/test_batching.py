@@ -5,7 +5,13 @@ import time
 import numpy as np
 import pytest
 
-from dae.serving.batching import Batcher, BatchingParameters, QueueFull, parse_batching_parameters
+from dae.serving.batching import (
+    Batcher,
+    BatchingParameters,
+    QueueFull,
+    TooLarge,
+    parse_batching_parameters,
+)
 
 
 def test_parse_tf_serving_text_format():
@@ -87,6 +93,32 @@ def test_large_requests_are_split_and_keys_never_mix():
     big, other = asyncio.run(main())
     np.testing.assert_array_equal(big["y"][:, 0], np.arange(10) * 2)
     assert other["y"].tolist() == [[2.0]] and sorted(calls) == [1, 2, 4, 4]
+
+
+def test_large_batch_splitting_reads_as_tf_serving_does():
+    """With splitting on, a model call takes max_execution_batch_size rows and
+    max_batch_size is the largest request (k8s/base/batching.txt, shared with TF Serving)."""
+    text = """
+    max_batch_size { value: 1024 }
+    max_execution_batch_size { value: 64 }
+    enable_large_batch_splitting { value: true }
+    max_enqueued_batches { value: 64 }
+    """
+    params = parse_batching_parameters(text)
+    assert (params.max_batch_size, params.max_request_rows) == (64, 1024)
+    off = text.replace("value: true", "value: false")
+    assert parse_batching_parameters(off).max_batch_size == 1024  # splitting off: ignored
+    calls = []
+
+    async def main():
+        b = Batcher(params)
+        out = await b.submit("a", _double(calls), np.ones((200, 1), np.float32))
+        with pytest.raises(TooLarge, match="1025 rows is over max_batch_size 1024"):
+            await b.submit("a", _double(calls), np.ones((1025, 1), np.float32))
+        b.close()
+        return out
+
+    assert len(asyncio.run(main())["y"]) == 200 and sorted(calls) == [8, 64, 64, 64]
 
 
 def test_a_full_queue_refuses_instead_of_waiting():
