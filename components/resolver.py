@@ -18,25 +18,25 @@ from dae.files import sha256_file
 from dae.serving.export import latest_version
 
 
-def resolve(base: Path, model_sha256: str) -> dict[str, Any]:
-    """{"version", "uri", "model_sha256"} of the baseline under `base`; version None: none."""
+def resolve(base: Path, model_sha256: str) -> tuple[dict[str, Any], str]:
+    """({"version", "uri", "model_sha256"} of the baseline under `base`, why); version None:
+    none. "Nothing served" and "this very model" are the same answer, byte for byte, so
+    the evaluator's cache key is the same before and after this model's push."""
     version = latest_version(base)
     if version is None:
-        return {"version": None}
+        return {"version": None}, "nothing served"
     uri = Path(base) / str(version)
     served = Servable.fingerprint(uri)
     if served == model_sha256:
-        return {"version": None, "note": f"version {version} is this model"}
-    return {"version": version, "uri": str(uri), "model_sha256": served}
+        return {"version": None}, f"version {version} is this model"
+    return {"version": version, "uri": str(uri), "model_sha256": served}, f"version {version}"
 
 
 def run(ctx: StageContext) -> StageResult:
     base = ctx.serving_dir / ctx.config.push.model_name
-    baseline = resolve(base, sha256_file(ctx.inputs["model"] / Model.KERAS))
+    baseline, why = resolve(base, sha256_file(ctx.inputs["model"] / Model.KERAS))
     write_json(ctx.outputs["baseline"] / ServedModel.FILE, baseline)
-    found = f"version {baseline['version']}" if baseline["version"] else "none"
-    note = f" ({baseline['note']})" if "note" in baseline else ""
-    ctx.log(f"resolver: baseline {found}{note}")
+    ctx.log(f"resolver: baseline {'none' if baseline['version'] is None else why} ({why})")
     return StageResult()
 
 

@@ -41,10 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="run every stage (cache=false)")
     common(run)
 
-    runs = sub.add_parser("runs", help="run history from the metadata store")
-    runs.add_argument("action", choices=["list", "show"])
-    runs.add_argument("run_id", nargs="?", help="for show")
+    runs = sub.add_parser("runs", help="run history from the metadata store; end a run")
+    runs.add_argument("action", choices=["list", "show", "finish", "fail"],
+                      help="finish: write a run's metrics once every stage succeeded; fail: "
+                           "record it failed (what an orchestrator's last steps do)")  # fmt: skip
+    runs.add_argument("run_id", nargs="?", help="for show, finish and fail")
     runs.add_argument("--root", default="./dae-root")
+    runs.add_argument("--reason", default="", help="fail: why (e.g. the workflow's status)")
+    runs.add_argument("--failures", help="fail: the failed steps, as Argo's workflow.failures")
     lineage = sub.add_parser("lineage", help="what produced a served version")
     lineage.add_argument("name", help="model name, e.g. denoiser")
     lineage.add_argument("version", type=int)
@@ -54,7 +58,28 @@ def _parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one stage on an existing run's inputs")
     stage.add_argument("name", help="the stage, as `dae run` names it (e.g. train)")
     stage.add_argument("--run", required=True, dest="run_id", help="the run to work in")
+    stage.add_argument("--cache", action="store_true",
+                       help="skip the stage on a cache hit, as `dae run` does")  # fmt: skip
+    stage.add_argument("--cache-only", action="store_true",
+                       help="take a cache hit if there is one, else run nothing")  # fmt: skip
+    stage.add_argument("--result", metavar="FILE",
+                       help="write how the stage ended to FILE: ran, cached or missed")  # fmt: skip
+    stage.add_argument("--create", action="store_true",
+                       help="first start the run, as `dae run` would, from --config, "
+                            "--profile and --set (again: nothing to do)")  # fmt: skip
+    stage.add_argument("--config", help="with --create: YAML config file")
+    stage.add_argument("--profile", help="with --create: named profile (default: default)")
     common(stage)
+
+    argo = sub.add_parser("argo", help="the pipeline as Argo Workflows manifests")
+    argo.add_argument("action", choices=["compile"])
+    argo.add_argument("--config", help="YAML config file (default: built-in defaults)")
+    argo.add_argument("--profile", default="default", help="named profile: default, smoke")
+    argo.add_argument("--set", dest="overrides", action="append", default=[],
+                      metavar="KEY=VALUE", help="override a config value (repeatable)")  # fmt: skip
+    argo.add_argument("--layout", help="YAML: each stage's Pod size, scale-out and the schedule "
+                                       "(e.g. k8s/components/argo/layout.yaml)")  # fmt: skip
+    argo.add_argument("--output", "-o", help="write the manifests here (default: stdout)")
 
     from dae.serving.server import add_arguments
 
@@ -106,8 +131,12 @@ def _dispatch(args) -> int:
 
     if args.command in ("run", "stage"):
         return _pipeline(args)
+    if args.command == "runs" and args.action in ("finish", "fail"):
+        return _lifecycle(args)
     if args.command in ("runs", "lineage"):
         return _history(args)
+    if args.command == "argo":
+        return _argo(args)
     if args.command == "serve":
         from dae.serving import server
 
@@ -137,7 +166,7 @@ def _dispatch(args) -> int:
 def _pipeline(args) -> int:
     """`dae run` and `dae stage`: the only commands that load the stages (and TensorFlow)."""
     from dae.pipeline import runner
-    from dae.pipeline.config import apply_overrides, load_config
+    from dae.pipeline.config import load_config
     from dae.pipeline.console import Console
 
     runner.console = Console.for_terminal(args.quiet, _TERMINAL)
@@ -147,9 +176,73 @@ def _pipeline(args) -> int:
         metrics = runner.run_pipeline(config, root, use_cache=False if args.no_cache else None)
         print(_summary(metrics, root, config.push.model_name))
         return 0
-    config = apply_overrides(runner.load_run_config(root, args.run_id), args.overrides)
-    result = runner.run_stage(config, root, args.run_id, args.name, args.overrides)
-    print(f"{args.name}: done in {result.seconds:.1f}s")
+    return _stage(args, root)
+
+
+def _stage(args, root: Path) -> int:
+    """`dae stage`: one stage of a run (created first with --create), or its cache hit."""
+    from dae.pipeline import runner
+    from dae.pipeline.config import ConfigError, apply_overrides, load_config
+
+    overrides = args.overrides
+    if args.create:
+        created = load_config(args.config, args.profile or "default", overrides)
+        runner.create_run(created, root, args.run_id)
+        overrides = []  # they are the run's config now
+    elif args.config or args.profile:
+        raise ConfigError("--config and --profile of `dae stage` go with --create")
+    config = apply_overrides(runner.load_run_config(root, args.run_id), overrides)
+    if args.cache_only:
+        result = runner.cached_stage(config, root, args.run_id, args.name)
+        outcome = "cached" if result else "missed"
+        print(f"{args.name}: {'cached' if result else 'no cache hit: the stage must run'}")
+    else:
+        result = runner.run_stage(config, root, args.run_id, args.name, overrides, args.cache)
+        outcome = "cached" if result.cached else "ran"
+        print(f"{args.name}: done in {result.seconds:.1f}s{' (cached)' if result.cached else ''}")
+    if args.result:
+        Path(args.result).write_text(outcome)
+    return 0
+
+
+def _lifecycle(args) -> int:
+    """`dae runs finish|fail RUN_ID`: a run's end, written by the last step of a workflow."""
+    from dae.component import StageError
+    from dae.pipeline import lifecycle
+
+    if not args.run_id:
+        raise StageError(f"dae runs {args.action} needs a RUN_ID")
+    root = Path(args.root).expanduser()
+    if args.action == "finish":
+        metrics = lifecycle.finish_run(root, args.run_id)
+        print(_summary(metrics, root, _model_name(root, metrics)))
+        return 0
+    reason = lifecycle.failure_reason(args.reason, args.failures)
+    print(lifecycle.fail_run(root, args.run_id, reason))
+    return 0
+
+
+def _model_name(root: Path, metrics: dict) -> str:
+    import yaml
+
+    from dae.pipeline.config import Config
+
+    config = root / "runs" / metrics["run_id"] / "config.yaml"
+    return Config.model_validate(yaml.safe_load(config.read_text())).push.model_name
+
+
+def _argo(args) -> int:
+    """`dae argo compile`: the DAG, a config and a layout as Argo Workflows manifests."""
+    from dae.pipeline import argo
+    from dae.pipeline.config import load_config
+
+    config = load_config(args.config, args.profile, args.overrides)
+    text = argo.render(argo.compile_pipeline(config, argo.load_layout(args.layout)))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
     return 0
 
 

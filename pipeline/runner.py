@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 import secrets
 import shutil
 import signal
@@ -28,14 +29,15 @@ from dae.pipeline.cache import unread_settings
 from dae.pipeline.config import Config, dump_config
 from dae.pipeline.console import Console
 from dae.pipeline.dag import DAG, STAGES, Node, node
+from dae.pipeline.lifecycle import METRIC_KEYS, run_dir, run_fields, update_run, write_metrics
 from dae.pipeline.locks import root_lock
 from dae.pipeline.metadata import store_url
 from dae.pipeline.tracking import Outcome, Tracker, code_version, open_store
 
 SUCCESS = "_SUCCESS"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
-METRIC_KEYS = ("psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "mse_noisy",
-               "mse_denoised", "blessed", "blessing_reason", "pushed_version")  # fmt: skip
+__all__ = ["METRIC_KEYS", "run_dir"]  # where callers have always found them
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 console = Console("plain")  # what a run shows; `dae run` sets it for its terminal
@@ -49,19 +51,11 @@ def new_run_id() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def run_dir(root: Path, run_id: str) -> Path:
-    return Path(root) / "runs" / run_id
-
-
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
-def _update_run(path: Path, **fields: Any) -> dict[str, Any]:
-    record = read_json(path / "run.json") if (path / "run.json").exists() else {}
-    record.update(fields)
-    write_json(path / "run.json", record)
-    return record
+_update_run = update_run
 
 
 def output_uri(rdir: Path, producer: str, output: str) -> Path:
@@ -159,18 +153,9 @@ def preflight(config: Config) -> None:
 
 def _finish(rdir: Path, results: dict[str, Outcome], status: str, error: str | None = None):
     """metrics.json: every stage's metrics, with the contract's keys always present."""
-    metrics: dict[str, Any] = dict.fromkeys(METRIC_KEYS)
-    for outcome in results.values():
-        metrics.update(outcome.metrics)
-    metrics["blessed"] = bool(metrics["blessed"])
-    metrics |= {"run_id": rdir.name, "status": status,
-                "stage_seconds": {k: v.seconds for k, v in results.items()},
-                "cached_stages": [k for k, v in results.items() if v.cached]}  # fmt: skip
-    if error:
-        metrics["error"] = error
-    write_json(rdir / "metrics.json", metrics)
-    _update_run(rdir, status=status, finished=_now(), error=error)
-    return metrics
+    stages = {k: {"seconds": v.seconds, "metrics": v.metrics, "cached": v.cached}
+              for k, v in results.items()}  # fmt: skip
+    return write_metrics(rdir, stages, status, error)
 
 
 def _abandon_killed_runs(root: Path, store) -> None:
@@ -210,6 +195,21 @@ def _run_node(n: Node, config: Config, rdir: Path, root: Path, tracker: Tracker)
     return outcome
 
 
+def _open_run(config: Config, root: Path, run_id: str, store, use_cache: bool) -> Tracker:
+    """A new run's folder, config, run.json and record in the store (the root is ours)."""
+    _abandon_killed_runs(root, store)
+    rdir = run_dir(root, run_id)
+    rdir.mkdir(parents=True, exist_ok=False)
+    dump_config(config, rdir / "config.yaml")
+    started = _now()
+    _update_run(rdir, run_id=run_id, status="running", started=started, stages=list(STAGES))
+    tracker = Tracker(store, root, run_id, config, use_cache)
+    tracker.run_record(status="running", started=started, code_version=code_version())
+    for setting in unread_settings(config, [n.component.SPEC for n in DAG]):
+        log(f"note: {setting} has no effect: no stage reads it with this config")
+    return tracker
+
+
 def run_pipeline(
     config: Config, root: Path, run_id: str | None = None, use_cache: bool | None = None
 ) -> dict[str, Any]:
@@ -219,17 +219,8 @@ def run_pipeline(
     run_id = run_id or new_run_id()
     use_cache = config.cache if use_cache is None else use_cache
     with root_lock(root, f"dae run {run_id}", url=store_url(config.metadata_url, root)):
-        store = open_store(config, root)
-        _abandon_killed_runs(root, store)
+        tracker = _open_run(config, root, run_id, open_store(config, root), use_cache)
         rdir = run_dir(root, run_id)
-        rdir.mkdir(parents=True, exist_ok=False)
-        dump_config(config, rdir / "config.yaml")
-        started = _now()
-        _update_run(rdir, run_id=run_id, status="running", started=started, stages=list(STAGES))
-        tracker = Tracker(store, root, run_id, config, use_cache)
-        tracker.run_record(status="running", started=started, code_version=code_version())
-        for setting in unread_settings(config, [n.component.SPEC for n in DAG]):
-            log(f"note: {setting} has no effect: no stage reads it with this config")
         results: dict[str, Outcome] = {}
         for n in DAG:
             log(f"[{n.name}] ...")
@@ -249,11 +240,31 @@ def run_pipeline(
         return metrics
 
 
-def _run_fields(metrics: dict) -> dict:
-    keys = ("status", "error", "pushed_version", "psnr_denoised", "psnr_noisy", "blessed")
-    return {k: metrics.get(k) for k in keys} | {
-        "finished": _now(), "seconds": round(sum(metrics["stage_seconds"].values()), 2),
-    }  # fmt: skip
+def create_run(config: Config, root: Path, run_id: str) -> bool:
+    """Start a run as `dae run` does, under a given id, and run none of its stages: an
+    orchestrator's first step, whose own stages follow as `dae stage`. The same call again
+    (a retried step) finds it and returns False; a run id is used once."""
+    if not RUN_ID.fullmatch(run_id):
+        raise StageError(f"invalid run id {run_id!r}: letters, digits, '.', '_' and '-' only")
+    root = Path(root)
+    preflight(config)
+    with root_lock(root, f"dae stage --create --run {run_id}",
+                   url=store_url(config.metadata_url, root)):  # fmt: skip
+        rdir = run_dir(root, run_id)
+        if (rdir / "run.json").is_file():
+            status = read_json(rdir / "run.json").get("status")
+            if status != "running":
+                raise StageError(f"run '{run_id}' already exists ({status}); a run id is used once")
+            if load_run_config(root, run_id).to_dict() != config.to_dict():
+                raise StageError(f"run '{run_id}' already exists with another config")
+            return False
+        if rdir.is_dir():  # a create killed before it wrote run.json: nothing ran in it
+            shutil.rmtree(rdir)
+        _open_run(config, root, run_id, open_store(config, root), config.cache)
+        return True
+
+
+_run_fields = run_fields
 
 
 def load_run_config(root: Path, run_id: str) -> Config:
@@ -273,26 +284,58 @@ def downstream(stage: str) -> list[str]:
     return out
 
 
-def run_stage(
-    config: Config, root: Path, run_id: str, stage: str, overrides: list[str] = ()
-) -> Outcome:
-    """Re-run one stage of a run (never from cache: that is what it is asked for). Stages
-    downstream of it lose their _SUCCESS: they were computed from outputs now replaced."""
+def _stage_node(stage: str) -> Node:
     if stage not in STAGES:
         raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+    return node(stage)
+
+
+def run_stage(
+    config: Config, root: Path, run_id: str, stage: str, overrides: list[str] = (),
+    use_cache: bool = False,
+) -> Outcome:  # fmt: skip
+    """Re-run one stage of a run (never from cache, unless asked to behave as `dae run`
+    would: then a cache hit is taken when the config allows it). Stages downstream of it
+    lose their _SUCCESS: they were computed from outputs now replaced. A distributed job's
+    secondary never takes a hit: its chief decides, and it runs with its peers."""
+    n = _stage_node(stage)
     root = Path(root)
     rdir = run_dir(root, run_id)
     url = store_url(config.metadata_url, root)
     with root_lock(root, f"dae stage {stage} --run {run_id}", shared=True, url=url):
         store = open_store(config, root)
-        tracker = Tracker(store, root, run_id, config, use_cache=False)
+        cached = use_cache and config.cache and not n.component.SPEC.secondary()
+        tracker = Tracker(store, root, run_id, config, use_cache=cached)
         tracker.resume = True  # an explicit re-run picks up an interrupted one's state
         for later in downstream(stage):
             (rdir / later / SUCCESS).unlink(missing_ok=True)
-        outcome = _run_node(node(stage), config, rdir, root, tracker)
-    if (rdir / stage / "stage.json").is_file() and not outcome.worker:
+        outcome = _run_node(n, config, rdir, root, tracker)
+    if (rdir / stage / "stage.json").is_file() and not outcome.worker and not outcome.cached:
         record = read_json(rdir / stage / "stage.json")
-        write_json(rdir / stage / "stage.json", {**record, "rerun": _now(), "overrides": overrides})
+        rerun = {} if use_cache else {"rerun": _now()}
+        write_json(rdir / stage / "stage.json", {**record, **rerun, "overrides": list(overrides)})
     if outcome.interrupted:
         raise KeyboardInterrupt(outcome.interrupted)
     return outcome
+
+
+def cached_stage(config: Config, root: Path, run_id: str, stage: str) -> Outcome | None:
+    """Take a cache hit for one stage of a run, recorded as `dae run` records one; None,
+    with nothing recorded, when there is none (or the config turns the cache off): the
+    stage must then run, say as a distributed job its orchestrator starts."""
+    n = _stage_node(stage)
+    root = Path(root)
+    rdir = run_dir(root, run_id)
+    url = store_url(config.metadata_url, root)
+    with root_lock(root, f"dae stage {stage} --cache-only --run {run_id}", shared=True, url=url):
+        tracker = Tracker(open_store(config, root), root, run_id, config, config.cache)
+        inputs = resolve_inputs(n, rdir)
+        arts = tracker.input_artifacts(n, inputs, rdir)
+        k = tracker.key(n, arts)
+        hit = tracker.hit(n, k["key"])
+        if hit is None:
+            return None
+        for later in downstream(stage):
+            (rdir / later / SUCCESS).unlink(missing_ok=True)
+        start = time.perf_counter()
+        return tracker.reuse(tracker.start(n, k, arts), n, rdir, hit, start)

@@ -1,6 +1,7 @@
 """Helpers of the Kubernetes manifest tests: render overlays (offline: kubectl's built-in
 kustomize), as they are or with a component added the way the README says, walk the rendered
-objects and their Pod templates, validate custom resources against their operators' CRDs,
+objects and their Pod templates (an Argo WorkflowTemplate's steps included, as the Pods Argo
+makes of them), validate custom resources against their operators' CRDs or Argo's schema,
 and evaluate NetworkPolicies."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from argo_expr import fill
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -107,11 +109,13 @@ def flink_pod_labels(flink: dict, role: str) -> dict:
 def pod_templates(objects: list[dict]):
     """(label, pod template) for every Pod the objects make, custom resources included. The
     labels of a FlinkDeployment's Pods include Flink's own, those of KServe's predictor
-    KServe's `serving.kserve.io/inferenceservice`."""
+    KServe's `serving.kserve.io/inferenceservice`, those of a workflow's Pods Argo's."""
     for o in objects:
         name = f"{o['kind']}/{o['metadata']['name']}"
         if o["kind"] in POD_KINDS:
             yield name, pod_template(o)
+        elif o["kind"] == "WorkflowTemplate":
+            yield from argo_pods(o)
         elif o["kind"] == "FlinkDeployment":
             top = o["spec"]["podTemplate"]
             for role in ("jobManager", "taskManager"):
@@ -139,6 +143,63 @@ def pod_templates(objects: list[dict]):
                 f"{name} predictor",
                 {"metadata": metadata, "spec": {**spec, "containers": [container]}},
             )
+
+
+# ---- Argo Workflows ------------------------------------------------------------------------
+
+SAMPLE_WORKFLOW = "dae-retrain-1767236400"  # what Argo names a CronWorkflow's run
+ARGO_LABEL = "workflows.argoproj.io/workflow"  # on every Pod of a workflow
+
+
+def argo_values(workflow_template: dict, template: dict | None = None) -> dict[str, str]:
+    """What Argo fills in: the workflow's name and parameters, a template's inputs."""
+    spec = workflow_template["spec"]
+    values = {"workflow.name": SAMPLE_WORKFLOW}
+    for p in spec.get("arguments", {}).get("parameters", []):
+        values[f"workflow.parameters.{p['name']}"] = p["value"]
+    for p in (template or {}).get("inputs", {}).get("parameters", []):
+        values[f"inputs.parameters.{p['name']}"] = p.get("value", "0")
+    return values
+
+
+def embedded_job(workflow_template: dict, template: dict) -> dict:
+    """The Job a resource step creates, as Argo hands it to the API server."""
+    manifest = fill(template["resource"]["manifest"], argo_values(workflow_template, template))
+    return yaml.safe_load(manifest)
+
+
+def argo_pods(wft: dict):
+    """(label, pod template) of each Pod a WorkflowTemplate's steps make: a container step's
+    Pod (its container is Argo's `main`; the workflow's podMetadata, securityContext, account
+    and volumes), and the Pods of the Job a resource step creates. Argo's own init and wait
+    containers are the controller's (its executor settings), not the template's."""
+    spec, name = wft["spec"], wft["metadata"]["name"]
+    meta = spec.get("podMetadata", {})
+    for t in spec["templates"]:
+        if "container" in t:
+            labels = {**meta.get("labels", {}), ARGO_LABEL: SAMPLE_WORKFLOW,
+                      **t.get("metadata", {}).get("labels", {})}  # fmt: skip
+            annotations = {**meta.get("annotations", {}),
+                           **t.get("metadata", {}).get("annotations", {})}  # fmt: skip
+            pod = {k: spec[k] for k in ("securityContext", "automountServiceAccountToken",
+                                        "serviceAccountName", "volumes") if k in spec}  # fmt: skip
+            pod["containers"] = [{"name": "main", **t["container"]}]
+            if t.get("initContainers"):
+                pod["initContainers"] = t["initContainers"]
+            metadata = {"labels": labels, "annotations": annotations}
+            yield f"WorkflowTemplate/{name} {t['name']}", {"metadata": metadata, "spec": pod}
+        elif "resource" in t:
+            job = embedded_job(wft, t)
+            if job["kind"] == "Job":
+                yield f"WorkflowTemplate/{name} {t['name']} Job", job["spec"]["template"]
+
+
+def embedded_jobs(objects: list[dict]) -> list[dict]:
+    """The Jobs the workflows' resource steps create."""
+    return [
+        embedded_job(o, t) for o in objects if o["kind"] == "WorkflowTemplate"
+        for t in o["spec"]["templates"] if "resource" in t
+    ]  # fmt: skip
 
 
 def containers(pod: dict) -> list[dict]:
@@ -199,7 +260,7 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
     """{(apiVersion, kind): strict JSON schema} of the CRDs in tests/k8s/crds (see its
     README: the operators' released CRDs, their served version's openAPIV3Schema)."""
     out = {}
-    for path in sorted(CRDS.glob("*.json.gz")):
+    for path in sorted(CRDS.glob("*-v1beta1.json.gz")):
         crd = json.loads(gzip.decompress(path.read_bytes()))
         root = crd["openAPIV3Schema"]
         props = root.setdefault("properties", {})

@@ -238,7 +238,8 @@ def test_beam_and_serving_images_match_the_lock(rendered):
     prod = rendered["prod"]
     flink = find(prod, "FlinkDeployment", "dae-flink")
     assert flink["spec"]["flinkVersion"] == "v" + args["FLINK_VERSION"].replace(".", "_")
-    (submit,) = find(prod, "Job", "dae-transform-flink")["spec"]["template"]["spec"]["containers"]
+    template = find(prod, "WorkflowTemplate", "dae-pipeline")
+    (submit,) = [t["container"] for t in template["spec"]["templates"] if t["name"] == "transform"]
     options = next(a for a in submit["args"] if a.startswith("beam.options="))
     jar = re.search(r"--flink_job_server_jar=([^,\]]+)", options).group(1)
     assert f"beam-runners-flink-job-server.jar {jar}" in copies

@@ -1,4 +1,5 @@
-"""checkov on the rendered manifests (every overlay and the KServe variants) and on the
+"""checkov on the rendered manifests (every overlay and the KServe variants, the Pods of a
+workflow's steps and the Jobs it creates included: checkov reads no Argo kind) and on the
 Dockerfile: no failed check; each skip is named in the manifest with its reason.
 
 checkov pins libraries that conflict with requirements.lock, so it lives in its own venv:
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from k8s_support import REPO, VARIANTS
+from k8s_support import REPO, VARIANTS, argo_pods, embedded_jobs
 
 # Every check we suppress, and why (the manifests carry the same reason next to the skip).
 ALLOWED_SKIPS = {
@@ -53,11 +54,38 @@ def _checkov() -> str:
     )
 
 
+def workflow_objects(objects: list[dict]) -> list[dict]:
+    """The Pods a workflow's steps run (as Argo makes them) and the Jobs it creates, as
+    objects checkov reads, named after their template. A step's Pod runs to completion, as a
+    Job's does: checkov reads it as a Job's template (so no liveness or readiness probe is
+    asked of a batch Pod, as for every Job here)."""
+    out = []
+    for o in objects:
+        if o["kind"] != "WorkflowTemplate":
+            continue
+        namespace = o["metadata"]["namespace"]
+        for name, pod in argo_pods(o):
+            if name.endswith(" Job"):
+                continue  # the Job itself, below
+            step = name.split(" ", 1)[1]
+            metadata = {"name": f"{o['metadata']['name']}-{step}", "namespace": namespace,
+                        "annotations": pod["metadata"]["annotations"]}  # fmt: skip
+            template = {**pod, "spec": {**pod["spec"], "restartPolicy": "Never"}}
+            out.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
+                        "spec": {"template": template}})  # fmt: skip
+        for job in embedded_jobs([o]):
+            metadata = {**job["metadata"], "name": job["metadata"]["generateName"] + "x",
+                        "namespace": namespace}  # fmt: skip
+            out.append({**job, "metadata": metadata})
+    return out
+
+
 @pytest.fixture(scope="module")
 def checkov_reports(rendered, tmp_path_factory) -> dict[str, dict]:
     scan = tmp_path_factory.mktemp("checkov")
     for variant in VARIANTS:
-        (scan / f"{variant}.yaml").write_text(yaml.safe_dump_all(rendered[variant]))
+        objects = rendered[variant] + workflow_objects(rendered[variant])
+        (scan / f"{variant}.yaml").write_text(yaml.safe_dump_all(objects))
     shutil.copy(REPO / "Dockerfile", scan / "Dockerfile")
     env = {**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true", "BC_SKIP_MAPPING": "TRUE"}
     cmd = [_checkov(), "-d", str(scan), "--framework", "kubernetes", "dockerfile"]
@@ -93,7 +121,9 @@ def test_every_workload_was_scanned(checkov_reports, rendered):
     scanned = {c["resource"] for c in checkov_reports["kubernetes"]["results"]["passed_checks"]}
     for variant, objects in rendered.items():
         namespace = next(o for o in objects if o["kind"] == "Namespace")["metadata"]["name"]
-        for obj in objects:
+        steps = workflow_objects(objects)
+        assert bool(steps) == variant.startswith("prod"), variant
+        for obj in objects + steps:
             if obj["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob"):
                 name = f"{obj['kind']}.{namespace}.{obj['metadata']['name']}"
                 assert name in scanned, f"checkov did not check {name} ({variant})"

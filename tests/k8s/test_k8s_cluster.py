@@ -1,8 +1,9 @@
 """What a first `kubectl apply -k` on a real cluster needs beyond schema-valid objects: a
 storage class for the shared volume, a root the pipeline's uid can write, the metadata
 database and its Secret, Jobs that do not retry a busy root, NetworkPolicies that let the
-pipeline through and nothing else, Flink's own RBAC, TF Serving's metrics, thread pools,
-batching, spread and rollout deadline, and the InferenceService keys KServe reads today."""
+pipeline through and nothing else (Argo's executor to the API server), Flink's own RBAC, TF
+Serving's metrics, thread pools, batching, spread and rollout deadline, and the
+InferenceService keys KServe reads today."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from k8s_support import (
     by_kind,
     containers,
     copy_tree,
+    embedded_jobs,
     find,
     flink_pod_labels,
     is_dae,
@@ -40,6 +42,10 @@ CLAIM = "dae-root"
 UID = 10001  # the Dockerfile's USER, every pipeline Pod's runAsUser/runAsGroup
 SECRET = "dae-metadata"
 PIPELINE_COMMANDS = {"run", "stage", "runs", "lineage"}  # what reads the metadata store
+# How many Pods (containers) of each overlay write the volume / read the store: dev's `dae run`
+# (scheduled and once, each with its wait-for-metadata init container), prod's workflow steps.
+WRITERS = {"dev": 2, "prod": 14}
+STORE_USERS = {"dev": 4, "prod": 15}
 METADATA_ENDPOINT = "169.254.169.254"
 KUBE_DNS = {
     "labels": {"k8s-app": "kube-dns"},
@@ -72,6 +78,8 @@ def _pipeline_commands(container: dict) -> list[str]:
     """The `dae` subcommands a dae-image container runs."""
     command, args = container.get("command"), container.get("args", [])
     if command is None:
+        return [args[0]] if args else []
+    if command == ["dae"]:
         return [args[0]] if args else []
     if command[:2] == ["sh", "-c"]:
         calls = [ln.split() for ln in command[2].splitlines()]
@@ -196,7 +204,7 @@ def test_every_writer_of_the_shared_volume_can_write_its_root(rendered, variant)
             assert _effective(pod, c, "runAsUser") == UID, (name, c["name"])
             assert _effective(pod, c, "runAsGroup") == sc["fsGroup"] == UID, (name, c["name"])
             assert sc["fsGroupChangePolicy"] == "OnRootMismatch", name
-    assert writers >= 5
+    assert writers >= WRITERS[variant.split("+")[0]]
 
 
 def test_dev_never_pulls_the_locally_loaded_image(rendered):
@@ -224,7 +232,7 @@ def test_every_pipeline_pod_reads_the_store_url_from_the_secret(rendered, varian
                 assert env["valueFrom"] == {"secretKeyRef": {"name": SECRET, "key": "url"}}, name
             else:  # serving, Flink, the Beam workers, the database itself
                 assert env is None, f"{name} {c['name']} needs no metadata store"
-    assert seen >= 7
+    assert seen >= STORE_USERS[variant.split("+")[0]]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -317,7 +325,7 @@ def test_only_the_pipeline_reaches_the_database(rendered, variant):
         )
         assert reaches == _uses_metadata(pod), name
         users += reaches
-    assert users >= 6
+    assert users >= WRITERS[variant.split("+")[0]]
     # Not from another namespace, whatever its Pods' labels.
     elsewhere = {
         "labels": {"app.kubernetes.io/name": "dae"},
@@ -332,9 +340,10 @@ def test_only_the_pipeline_reaches_the_database(rendered, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_jobs_do_not_retry_a_busy_root(rendered, variant):
-    """`dae run` / `dae stage` exit 75 when another run holds the root: fail the Job at once."""
+    """`dae run` / `dae stage` exit 75 when another run holds the root: fail the Job at once
+    (the Jobs a workflow creates too; its own steps: test_k8s_argo)."""
     jobs = 0
-    for obj in rendered[variant]:
+    for obj in rendered[variant] + embedded_jobs(rendered[variant]):
         if obj["kind"] not in ("Job", "CronJob"):
             continue
         spec = obj["spec"]["jobTemplate"]["spec"] if obj["kind"] == "CronJob" else obj["spec"]
@@ -351,8 +360,9 @@ def test_jobs_do_not_retry_a_busy_root(rendered, variant):
             and 75 in r["onExitCodes"]["values"]
             and r["onExitCodes"].get("containerName") in runners
         ]  # fmt: skip
-        assert busy, f"{obj['kind']}/{obj['metadata']['name']} would retry exit code 75"
-    assert jobs >= 6
+        name = obj["metadata"].get("name") or obj["metadata"]["generateName"]
+        assert busy, f"{obj['kind']}/{name} would retry exit code 75"
+    assert jobs >= (2 if variant.startswith("dev") else 1)
 
 
 # ---- the pipeline's egress -----------------------------------------------------------------------
@@ -388,18 +398,23 @@ def test_pipeline_pods_reach_dns_and_their_peers_but_not_the_outside(rendered, v
                         assert not peer["ipBlock"]["cidr"].startswith(METADATA_ENDPOINT), peer
                     else:
                         assert peer.get("podSelector", {}).get("matchLabels"), peer
-    # ... and each other, where they must.
+    if variant.startswith("dev"):
+        return
+    # ... and each other, where they must (the workflow's scaled-out stages).
     by_component = {labels.get("app.kubernetes.io/component"): labels for labels in pods.values()}
     pairs = [("tune-worker", "tune-chief", 8000), ("train-worker", "train-worker", 2222)]
     for src, dst, port in pairs:
         a, b = by_component[src], by_component[dst]
         assert allows(policies, "Egress", a, {"labels": b}, port), (src, dst)
         assert allows(policies, "Ingress", b, {"labels": a}, port), (src, dst)
-    run, chief = by_component["run"], by_component["tune-chief"]
-    end_to_end = allows(policies, "Egress", run, {"labels": chief}, 8000) and allows(
-        policies, "Ingress", chief, {"labels": run}, 8000
-    )
-    assert not end_to_end, "only tuner workers reach the oracle"
+    for other in ("ingest", "train-worker", "tune-cache"):
+        step, chief = by_component[other], by_component["tune-chief"]
+        end_to_end = allows(policies, "Egress", step, {"labels": chief}, 8000) and allows(
+            policies, "Ingress", chief, {"labels": step}, 8000
+        )
+        assert not end_to_end, f"only tuner workers reach the oracle, not {other}"
+    step, worker = by_component["train-cache"], by_component["train-worker"]
+    assert not allows(policies, "Ingress", worker, {"labels": step}, 2222)
 
 
 # ---- Flink -----------------------------------------------------------------------------------
@@ -436,7 +451,7 @@ def test_flink_rest_port_is_open_to_the_submitter_and_the_operator_only(rendered
     flink = find(objects, "FlinkDeployment", "dae-flink")
     jm, tm = flink_pod_labels(flink, "jobManager"), flink_pod_labels(flink, "taskManager")
     labels = {name: pod["metadata"]["labels"] for name, pod in pod_templates(objects)}
-    submitter = labels["Job/dae-transform-flink"]
+    submitter = labels["WorkflowTemplate/dae-pipeline transform"]
     operator = {
         "labels": {"app.kubernetes.io/name": "flink-kubernetes-operator"},
         "namespace": {"kubernetes.io/metadata.name": "flink-operator"},
@@ -446,7 +461,9 @@ def test_flink_rest_port_is_open_to_the_submitter_and_the_operator_only(rendered
     assert allows(policies, "Ingress", jm, operator, 8081)
     assert allows(policies, "Ingress", jm, {"labels": tm}, 6123), "TaskManagers register"
     assert allows(policies, "Ingress", tm, {"labels": jm}, 6122), "the JobManager deploys tasks"
-    for name in ("Deployment/dae-serving", "Job/dae-run-once", "Job/dae-tune-workers"):
+    others = ("Deployment/dae-serving", "WorkflowTemplate/dae-pipeline ingest",
+              "WorkflowTemplate/dae-pipeline tune-worker")  # fmt: skip
+    for name in others:
         assert not allows(policies, "Ingress", jm, {"labels": labels[name]}, 8081), name
     assert not allows(policies, "Ingress", jm, {"labels": submitter}, 6123)
     stranger = {"labels": submitter, "namespace": {"kubernetes.io/metadata.name": "other"}}
@@ -583,15 +600,20 @@ def test_serving_replicas_spread_over_nodes(rendered, variant):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_serving_rollout_deadline_outlasts_the_first_training(rendered, overlay):
-    """The first rollout waits for `dae-run-once` to push a model: the Deployment must not be
-    declared failed (ProgressDeadlineExceeded) while it legitimately waits."""
+    """The first rollout waits for the first run (dev: Job `dae-run-once`; prod: Workflow
+    `dae-first-run`) to push a model: the Deployment must not be declared failed
+    (ProgressDeadlineExceeded) while it legitimately waits."""
     objects = rendered[overlay]
     deployment = find(objects, "Deployment", "dae-serving")
     (container,) = [c for c in pod_template(deployment)["spec"]["containers"]]
     startup = (
         container["startupProbe"]["periodSeconds"] * container["startupProbe"]["failureThreshold"]
     )
-    first_run = find(objects, "Job", "dae-run-once")["spec"]["activeDeadlineSeconds"]
+    if overlay == "dev":
+        first_run = find(objects, "Job", "dae-run-once")["spec"]["activeDeadlineSeconds"]
+    else:
+        ref = find(objects, "Workflow", "dae-first-run")["spec"]["workflowTemplateRef"]["name"]
+        first_run = find(objects, "WorkflowTemplate", ref)["spec"]["activeDeadlineSeconds"]
     assert deployment["spec"]["progressDeadlineSeconds"] > first_run + startup
 
 

@@ -1,7 +1,8 @@
 """The manifests agree with each other and with the pipeline: serving reads what the pusher
 writes, Services / probes / HPA / PDB / NetworkPolicies point at what exists, every dae
-container runs a command the CLI accepts on a config the pipeline accepts, the distributed Jobs
-are wired the way Keras Tuner and TF_CONFIG expect, and every Pod is hardened."""
+container runs a command the CLI accepts on a config the pipeline accepts, the workflow's
+scaled-out steps are wired the way Keras Tuner and TF_CONFIG expect, and every Pod is
+hardened."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from k8s_support import (
     K8S,
     OVERLAYS,
     REPO,
+    SAMPLE_WORKFLOW,
     VARIANTS,
     by_kind,
     containers,
+    embedded_job,
     find,
     is_dae,
     labels_match,
@@ -28,13 +31,14 @@ from k8s_support import (
     pod_templates,
 )
 
-from dae.pipeline.config import load_config
+from dae.pipeline.config import Config, load_config
+from dae.pipeline.dag import STAGES
 
 ROOT = "/data/dae-root"  # --root of every dae container: the shared volume's mount path
 CLAIM = "dae-root"
 CONFIG_MOUNT = "/etc/dae"
-SUBCOMMANDS = {"run", "stage", "serve", "data", "denoise"}
-SAMPLE_RUN_ID = "20260101-000000-abcd"
+SUBCOMMANDS = {"run", "stage", "runs", "serve", "data", "denoise"}
+SAMPLE_RUN_ID = SAMPLE_WORKFLOW  # a workflow's run is named after it
 # The Secret the README's command creates (not in the manifests: it holds the password).
 SECRET_KEYS = {("dae-metadata", "url"), ("dae-metadata", "password")}
 # The official postgres image runs as its own postgres user; everything else as 10001.
@@ -67,10 +71,6 @@ def _flag(args: list[str], name: str) -> str:
     values = [a.split("=", 1)[1] for a in args if a.startswith(f"{name}=")]
     assert len(values) == 1, f"{name} given {len(values)} times in {args}"
     return values[0]
-
-
-def _workloads(objects):
-    return [o for o in objects if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
 
 
 def _serving(objects):
@@ -199,7 +199,7 @@ def test_hpa_pdb_and_network_policy_target_the_serving_pods(rendered, overlay):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_service_selects_pods_on_declared_ports(rendered, variant):
     objects = rendered[variant]
-    pods = [pod_template(w) for w in _workloads(objects)]
+    pods = [pod for _, pod in pod_templates(objects)]
     for name, service in by_kind(objects, "Service").items():
         selected = [
             p for p in pods if labels_match(service["spec"]["selector"], p["metadata"]["labels"])
@@ -318,16 +318,24 @@ def _dae_argvs(container: dict) -> list[list[str]]:
 
 
 def _substitute(argv: list[str], env: dict[str, dict]) -> list[str]:
-    """Kubernetes' $(VAR) and the shell's "$VAR" for the env this test can resolve."""
+    """Kubernetes' $(VAR), the shell's "$VAR" for the env this test can resolve, and Argo's
+    {{workflow.name}} (the run a workflow works on)."""
     values = {"RUN_ID": SAMPLE_RUN_ID}
     out = []
     for a in argv:
         for name in env:
             if name in values:
                 a = a.replace(f"$({name})", values[name]).replace(f"${name}", values[name])
+        a = a.replace("{{workflow.name}}", SAMPLE_WORKFLOW)
         assert "$" not in a, f"unresolved variable in {a}"
         out.append(a)
     return out
+
+
+def _workflow_config(objects) -> Config:
+    """The config compiled into the workflow (its first step creates the run from it)."""
+    cm = find(objects, "ConfigMap", "dae-workflow-config")
+    return Config.model_validate(yaml.safe_load(cm["data"]["config.yaml"]))
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -365,19 +373,29 @@ def test_every_dae_container_runs_a_dae_command_the_cli_accepts(rendered, varian
                     cm = _volume(pod, mounts[CONFIG_MOUNT]["name"])["configMap"]["name"]
                     assert cm.startswith("dae-config-")
                     config = load_config(config_file, args.profile, args.overrides)
-                else:
-                    # `dae stage` re-runs a stage with the run's recorded config plus --set.
-                    recorded = load_config(config_file, "default", [])
+                elif args.command == "stage":
+                    # A workflow's stage: the run's config (compiled into the workflow, which
+                    # its first step mounts and creates the run from) plus --set.
+                    recorded = _workflow_config(objects)
+                    if args.create:
+                        assert args.config == f"{CONFIG_MOUNT}/config.yaml" and not args.profile
+                        cm = _volume(pod, mounts[CONFIG_MOUNT]["name"])["configMap"]["name"]
+                        assert cm == "dae-workflow-config"
                     config = apply_overrides(recorded, args.overrides)
+                else:
+                    assert args.command == "runs" and args.run_id == SAMPLE_WORKFLOW, argv
+                    continue
                 pipeline_options(config.beam)  # Beam accepts the runner and every option
-    expected = {"run", "stage tune", "stage train", "stage evaluate", "stage push"}
-    if "prod" in variant:
-        expected.add("stage transform")
-    assert seen == expected
+                if args.command == "stage":
+                    assert args.run_id == SAMPLE_WORKFLOW, f"{name}: works on the workflow's run"
+    if variant.startswith("dev"):
+        assert seen == {"run"}
+    else:  # every stage of the DAG, and the run's end
+        assert seen == {f"stage {s}" for s in STAGES} | {"runs"}
 
 
 def test_cronjob_and_one_off_job(rendered):
-    for overlay in OVERLAYS:
+    for overlay in ("dev",):  # prod runs the pipeline through Argo (test_k8s_argo)
         objects = rendered[overlay]
         cron = find(objects, "CronJob", "dae-retrain")
         spec = cron["spec"]
@@ -393,54 +411,57 @@ def test_cronjob_and_one_off_job(rendered):
             once["template"]["spec"]["containers"][0]
         ), "the one-off Job runs what the schedule runs"
     assert find(rendered["dev"], "CronJob", "dae-retrain")["spec"]["suspend"] is True
-    assert not find(rendered["prod"], "CronJob", "dae-retrain")["spec"].get("suspend")
+    assert not by_kind(rendered["prod"], "CronJob") and not by_kind(rendered["prod"], "Job")
 
 
-# ---- distributed tuning and training --------------------------------------------------------
+# ---- the workflow's scaled-out stages ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_keras_tuner_chief_and_workers_are_wired(rendered, overlay):
-    objects = rendered[overlay]
-    chief_job = find(objects, "Job", "dae-tune-chief")
-    workers = find(objects, "Job", "dae-tune-workers")
+def _step(objects, name: str) -> dict:
+    template = find(objects, "WorkflowTemplate", "dae-pipeline")
+    (step,) = [t for t in template["spec"]["templates"] if t["name"] == name]
+    return step
+
+
+def _step_pod(objects, name: str) -> dict:
+    (pod,) = [p for n, p in pod_templates(objects) if n == f"WorkflowTemplate/dae-pipeline {name}"]
+    return pod
+
+
+def test_keras_tuner_chief_and_workers_are_wired(rendered):
+    objects = rendered["prod"]
+    chief_pod, worker_pod = _step_pod(objects, "tune-chief"), _step_pod(objects, "tune-worker")
     service = find(objects, "Service", "dae-tune-chief")
-    chief_pod = pod_template(chief_job)
     (chief,) = chief_pod["spec"]["containers"]
-    (worker,) = pod_template(workers)["spec"]["containers"]
+    (worker,) = worker_pod["spec"]["containers"]
     port = int(_value(chief, "KERASTUNER_ORACLE_PORT"))
     assert _value(chief, "KERASTUNER_TUNER_ID") == "chief"
     assert _value(chief, "KERASTUNER_ORACLE_IP") == "0.0.0.0"
     assert _ports(chief_pod)[port] == port
     assert labels_match(service["spec"]["selector"], chief_pod["metadata"]["labels"])
-    assert not labels_match(
-        service["spec"]["selector"], pod_template(workers)["metadata"]["labels"]
-    )
+    assert not labels_match(service["spec"]["selector"], worker_pod["metadata"]["labels"])
     (svc_port,) = service["spec"]["ports"]
     assert svc_port["port"] == port and _ports(chief_pod)[svc_port["targetPort"]] == port
     assert _value(worker, "KERASTUNER_ORACLE_IP") == service["metadata"]["name"]
     assert int(_value(worker, "KERASTUNER_ORACLE_PORT")) == port
-    # Worker ids come from the completion index: tuner0, tuner1, ...
-    assert _value(worker, "KERASTUNER_TUNER_ID") == "tuner$(TUNER_INDEX)"
-    env = list(_env(worker))
-    assert env.index("TUNER_INDEX") < env.index("KERASTUNER_TUNER_ID"), "$(VAR) needs VAR first"
-    field = _env(worker)["TUNER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    spec = workers["spec"]
-    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 2
-    assert _args(chief)[:2] == _args(worker)[:2] == ["stage", "tune"]
+    # Worker ids follow the task's index (withSequence): tuner0, tuner1, ...
+    assert _value(worker, "KERASTUNER_TUNER_ID") == "tuner{{inputs.parameters.index}}"
+    template = find(objects, "WorkflowTemplate", "dae-pipeline")
+    (task,) = [t for t in template["spec"]["templates"][0]["dag"]["tasks"]
+               if t["name"] == "tune-workers"]  # fmt: skip
+    assert task["withSequence"] == {"count": "{{workflow.parameters.tune-workers}}"}
+    assert task["arguments"]["parameters"] == [{"name": "index", "value": "{{item}}"}]
+    assert _args(chief)[:3] == _args(worker)[:3] == ["dae", "stage", "tune"]
     # Only the workers reach the oracle.
     policy = find(objects, "NetworkPolicy", "dae-tune-chief")
     assert labels_match(policy["spec"]["podSelector"], chief_pod["metadata"]["labels"])
     (rule,) = policy["spec"]["ingress"]
     (source,) = rule["from"]
-    assert labels_match(source["podSelector"], pod_template(workers)["metadata"]["labels"])
+    assert labels_match(source["podSelector"], worker_pod["metadata"]["labels"])
     assert [p["port"] for p in rule["ports"]] == [port]
-    for job in (chief_job, workers):
-        assert job["spec"]["suspend"] is True, "set RUN_ID first, then resume"
 
 
-def _tf_configs(container: dict, workers: int) -> list[dict]:
+def _tf_configs(container: dict, workers: int, job_name: str) -> list[dict]:
     """Run the training container's script under /bin/sh with a stand-in `dae` that prints
     the TF_CONFIG and argv it was started with, once per completion index."""
     script = container["command"][2]
@@ -448,7 +469,7 @@ def _tf_configs(container: dict, workers: int) -> list[dict]:
     with_env = {n: e["value"] for n, e in _env(container).items() if "value" in e}
     for index in range(workers):
         env = {
-            **with_env, "RUN_ID": SAMPLE_RUN_ID, "WORKER_INDEX": str(index),
+            **with_env, "WORKER_INDEX": str(index), "JOB_NAME": job_name,
             "PATH": f"{FAKE_DAE_DIR}:{os.environ['PATH']}",
         }  # fmt: skip
         proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
@@ -473,31 +494,31 @@ def fake_dae(tmp_path):
     FAKE_DAE_DIR = None
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_training_workers_build_tf_config_from_the_completion_index(rendered, overlay, fake_dae):
-    objects = rendered[overlay]
-    job = find(objects, "Job", "dae-train")
-    pod = pod_template(job)
+def test_training_workers_build_tf_config_from_the_completion_index(rendered, fake_dae):
+    objects = rendered["prod"]
+    template = find(objects, "WorkflowTemplate", "dae-pipeline")
+    job = embedded_job(template, _step(objects, "train"))
+    pod = job["spec"]["template"]
     (container,) = pod["spec"]["containers"]
     spec = job["spec"]
     workers = int(_value(container, "NUM_WORKERS"))
     assert spec["completionMode"] == "Indexed"
-    assert spec["completions"] == spec["parallelism"] == workers >= 2
-    assert spec["backoffLimit"] == 0 and spec["suspend"] is True
+    assert spec["completions"] == spec["parallelism"] == workers == 4, "prod: 4 workers"
+    assert spec["backoffLimit"] == 0, "a collective cannot lose a member: all fail, all retry"
     field = _env(container)["WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
     assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    field = _env(container)["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert field == "metadata.labels['batch.kubernetes.io/job-name']"
     service = find(objects, "Service", "dae-train")
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
     assert pod["spec"]["subdomain"] == service["metadata"]["name"]
     assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
     port = int(_value(container, "TF_PORT"))
     assert _ports(pod)["collective"] == port == service["spec"]["ports"][0]["port"]
-    configs = _tf_configs(container, workers)
     # Indexed Job Pods are named <job>-<index>; the headless Service makes that resolvable.
-    hosts = [
-        f"{job['metadata']['name']}-{i}.{service['metadata']['name']}:{port}"
-        for i in range(workers)
-    ]
+    job_name = job["metadata"]["generateName"] + "x7k2p"
+    configs = _tf_configs(container, workers, job_name)
+    hosts = [f"{job_name}-{i}.{service['metadata']['name']}:{port}" for i in range(workers)]
     for index, seen in enumerate(configs):
         assert seen["tf_config"] == {
             "cluster": {"worker": hosts},
@@ -512,21 +533,19 @@ def test_training_workers_build_tf_config_from_the_completion_index(rendered, ov
 # ---- Flink ------------------------------------------------------------------------------------
 
 
-def _beam_options(container: dict) -> dict[str, str]:
-    args = container["args"]
+def _beam_options(args: list[str]) -> dict[str, str]:
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     (options,) = [s for s in sets if s.startswith("beam.options=")]
     parsed = yaml.safe_load(options.split("=", 1)[1])
     return dict((o.split("=", 1) + [""])[:2] for o in parsed)
 
 
-def test_flink_submitter_targets_the_session_cluster(rendered):
+def test_the_workflow_transforms_on_the_session_cluster(rendered):
     objects = rendered["prod"]
     flink = find(objects, "FlinkDeployment", "dae-flink")
-    submitter = find(objects, "Job", "dae-transform-flink")
-    (container,) = pod_template(submitter)["spec"]["containers"]
-    assert "--set" in container["args"] and "beam.runner=FlinkRunner" in container["args"]
-    options = _beam_options(container)
+    args = _step(objects, "transform")["container"]["args"]
+    assert args[:2] == ["stage", "transform"] and "beam.runner=FlinkRunner" in args
+    options = _beam_options(args)
     # The operator's REST Service of a FlinkDeployment is <name>-rest on 8081.
     assert options["--flink_master"] == f"http://{flink['metadata']['name']}-rest:8081"
     assert options["--flink_version"] == flink["spec"]["flinkVersion"][1:].replace("_", ".")
@@ -547,7 +566,11 @@ def test_flink_submitter_targets_the_session_cluster(rendered):
     assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == CLAIM
     slots = int(flink["spec"]["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
     assert int(options["--parallelism"]) <= tm["replicas"] * slots
-    assert submitter["spec"]["suspend"] is True
+    # No other step is patched.
+    template = find(objects, "WorkflowTemplate", "dae-pipeline")
+    patched = [t["name"] for t in template["spec"]["templates"]
+               if "FlinkRunner" in json.dumps(t)]  # fmt: skip
+    assert patched == ["transform"]
 
 
 def test_kserve_serves_the_same_versions(rendered):
@@ -558,21 +581,6 @@ def test_kserve_serves_the_same_versions(rendered):
         storage = isvc["spec"]["predictor"]["model"]["storageUri"]
         assert storage == f"pvc://{CLAIM}/serving/{config.push.model_name}"
         assert re.fullmatch(r"\d+\.\d+\.\d+", isvc["spec"]["predictor"]["model"]["runtimeVersion"])
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_distributed_jobs_wait_for_a_run_id(rendered, variant):
-    """Everything that re-runs stages of an existing run is created suspended and reads the run
-    from ConfigMap dae-run-id; only the one-off run starts on apply."""
-    objects = rendered[variant]
-    for name, job in by_kind(objects, "Job").items():
-        (container,) = pod_template(job)["spec"]["containers"]
-        if name == "dae-run-once":
-            assert not job["spec"].get("suspend") and "RUN_ID" not in _env(container)
-            continue
-        assert job["spec"]["suspend"] is True, name
-        ref = _env(container)["RUN_ID"]["valueFrom"]["configMapKeyRef"]
-        assert (ref["name"], ref["key"]) == ("dae-run-id", "RUN_ID"), name
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -2,7 +2,9 @@
 the objects we expect, and every object is schema-valid: Kubernetes kinds against the OpenAPI
 schemas kubernetes-validate ships (offline), custom resources (FlinkDeployment,
 InferenceService) against their operators' released CRDs (tests/k8s/crds), as strictly as
-`kubectl apply` checks them, and against what the operators require beyond the schema."""
+`kubectl apply` checks them, Argo's (WorkflowTemplate, CronWorkflow, Workflow) against Argo
+Workflows' own JSON schema, and all against what the operators require beyond the schema.
+The Pods a workflow makes and the Job it creates are validated as Kubernetes objects too."""
 
 from __future__ import annotations
 
@@ -10,11 +12,14 @@ import re
 
 import kubernetes_validate
 import pytest
+from argo_expr import argo_errors
 from k8s_support import (
     NAMESPACES,
     VARIANTS,
+    argo_pods,
     by_kind,
     crd_errors,
+    embedded_jobs,
     find,
     labels_match,
     pod_templates,
@@ -28,25 +33,35 @@ BASE = {
     ("Namespace", None),
     ("ConfigMap", "dae-config"),
     ("ConfigMap", "dae-tfserving"),
-    ("ConfigMap", "dae-run-id"),
     ("PersistentVolumeClaim", "dae-root"),
-    ("CronJob", "dae-retrain"),
-    ("Job", "dae-run-once"),
     ("Deployment", "dae-serving"),
     ("Service", "dae-serving"),
     ("HorizontalPodAutoscaler", "dae-serving"),
     ("PodDisruptionBudget", "dae-serving"),
     ("NetworkPolicy", "dae-serving"),
-    ("Service", "dae-tune-chief"),
-    ("Job", "dae-tune-chief"),
-    ("Job", "dae-tune-workers"),
-    ("NetworkPolicy", "dae-tune-chief"),
-    ("Service", "dae-train"),
-    ("Job", "dae-train"),
-    ("NetworkPolicy", "dae-train"),
-    ("NetworkPolicy", "dae-batch-no-ingress"),
     ("NetworkPolicy", "dae-batch-egress"),
-    ("Job", "dae-evaluate-push"),
+}
+CRONJOB = {
+    ("CronJob", "dae-retrain"),
+    ("Job", "dae-run-once"),
+    ("NetworkPolicy", "dae-batch-no-ingress"),
+}
+ARGO = {
+    ("ConfigMap", "dae-workflow-config"),
+    ("ServiceAccount", "dae-workflow"),
+    ("Secret", "dae-workflow.service-account-token"),
+    ("Role", "dae-workflow"),
+    ("RoleBinding", "dae-workflow"),
+    ("Service", "dae-tune-chief"),
+    ("Service", "dae-train"),
+    ("WorkflowTemplate", "dae-pipeline"),
+    ("CronWorkflow", "dae-retrain"),
+    ("Workflow", "dae-first-run"),
+    ("NetworkPolicy", "dae-workflow-no-ingress"),
+    ("NetworkPolicy", "dae-tune-chief"),
+    ("NetworkPolicy", "dae-tune-worker-egress"),
+    ("NetworkPolicy", "dae-train"),
+    ("NetworkPolicy", "dae-workflow-egress-apiserver"),
 }
 POSTGRES = {
     ("Service", "dae-postgres"),
@@ -59,9 +74,8 @@ FLINK = {
     ("Role", "dae-flink"),
     ("RoleBinding", "dae-flink"),
     ("FlinkDeployment", "dae-flink"),
-    ("Job", "dae-transform-flink"),
     ("NetworkPolicy", "dae-flink"),
-    ("NetworkPolicy", "dae-transform-submit-egress"),
+    ("NetworkPolicy", "dae-transform-egress-flink"),
 }
 TF_SERVING = {
     ("Deployment", "dae-serving"),
@@ -72,14 +86,15 @@ TF_SERVING = {
 }
 KSERVE = {("InferenceService", "denoiser"), ("NetworkPolicy", "denoiser-predictor")}
 EXPECTED = {
-    "dev": BASE | POSTGRES,
-    "prod": BASE | POSTGRES | FLINK,
-    "dev+kserve": (BASE - TF_SERVING) | POSTGRES | KSERVE,
-    "prod+kserve": (BASE - TF_SERVING) | POSTGRES | FLINK | KSERVE,
+    "dev": BASE | POSTGRES | CRONJOB,
+    "prod": BASE | POSTGRES | ARGO | FLINK,
+    "dev+kserve": (BASE - TF_SERVING) | POSTGRES | CRONJOB | KSERVE,
+    "prod+kserve": (BASE - TF_SERVING) | POSTGRES | ARGO | FLINK | KSERVE,
 }
 CUSTOM = {
-    "flink.apache.org/v1beta1": "FlinkDeployment",
-    "serving.kserve.io/v1beta1": "InferenceService",
+    "flink.apache.org/v1beta1": {"FlinkDeployment"},
+    "serving.kserve.io/v1beta1": {"InferenceService"},
+    "argoproj.io/v1alpha1": {"WorkflowTemplate", "CronWorkflow", "Workflow"},
 }
 
 
@@ -116,7 +131,7 @@ def test_objects_validate_against_the_kubernetes_schema(rendered, variant, versi
     assert version <= kubernetes_validate.utils.latest_version()
     for obj in rendered[variant]:
         if obj["apiVersion"] in CUSTOM:
-            assert obj["kind"] == CUSTOM[obj["apiVersion"]]
+            assert obj["kind"] in CUSTOM[obj["apiVersion"]]
             with pytest.raises(kubernetes_validate.SchemaNotFoundError):
                 kubernetes_validate.validate(obj, version, strict=True)
             continue  # test_custom_resources_validate_against_their_crds
@@ -125,20 +140,40 @@ def test_objects_validate_against_the_kubernetes_schema(rendered, variant, versi
         except kubernetes_validate.ValidationError as e:
             path = ".".join(str(p) for p in e.path)
             pytest.fail(f"{_key(obj)} invalid for Kubernetes {version} at {path}: {e.message}")
+    # The Jobs the workflow's resource steps create, as Argo fills them in.
+    for job in embedded_jobs(rendered[variant]):
+        try:
+            kubernetes_validate.validate({**job, "metadata": {**job["metadata"], "name": "x"}},
+                                         version, strict=True)  # fmt: skip
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"the workflow's Job is invalid for Kubernetes {version} at "
+                        f"{'.'.join(map(str, e.path))}: {e.message}")  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_custom_resources_validate_against_their_crds(rendered, variant):
     """FlinkDeployment against the Flink Kubernetes Operator 1.15.0's CRD, InferenceService
-    against KServe 0.20.0's: an unknown or misplaced field fails, as `kubectl apply` would."""
+    against KServe 0.20.0's, Argo's kinds against Argo Workflows 4.1.2's JSON schema: an
+    unknown or misplaced field fails, as `kubectl apply` would."""
     seen = set()
     for obj in rendered[variant]:
         if obj["apiVersion"] in CUSTOM:
-            errors = crd_errors(obj)
-            assert not errors, f"{_key(obj)} violates its CRD:\n" + "\n".join(errors)
+            argo = obj["apiVersion"].startswith("argoproj.io/")
+            errors = argo_errors(obj) if argo else crd_errors(obj)
+            assert not errors, f"{_key(obj)} violates its schema:\n" + "\n".join(errors)
             seen.add(obj["kind"])
-    expected = {"FlinkDeployment"} if variant.startswith("prod") else set()
+    expected = CUSTOM["argoproj.io/v1alpha1"] | {"FlinkDeployment"}
+    expected = expected if variant.startswith("prod") else set()
     assert seen == expected | ({"InferenceService"} if "kserve" in variant else set())
+
+
+def test_workflow_pods_validate_as_pods(rendered):
+    """Each step's Pod as Argo makes it (its container as `main`) is a valid Pod."""
+    (template,) = by_kind(rendered["prod"], "WorkflowTemplate").values()
+    pods = list(argo_pods(template))
+    assert len(pods) >= 12
+    for name, pod in pods:
+        _validate_pod(pod, name)
 
 
 def test_crd_validation_rejects_unknown_fields(rendered):
@@ -148,6 +183,12 @@ def test_crd_validation_rejects_unknown_fields(rendered):
     flink = find(rendered["prod"], "FlinkDeployment", "dae-flink")
     bad = {**flink, "spec": {**flink["spec"], "serviceAccountName": "x"}}
     assert any("serviceAccountName" in e for e in crd_errors(bad))
+    template = find(rendered["prod"], "WorkflowTemplate", "dae-pipeline")
+    bad = {**template, "spec": {**template["spec"], "mutex": {"name": "x"}}}  # Argo < 3.6's
+    assert any("mutex" in e for e in argo_errors(bad))
+    first, *rest = template["spec"]["templates"]
+    bad = {**template, "spec": {**template["spec"], "templates": [{**first, "retries": 2}, *rest]}}
+    assert any("retries" in e for e in argo_errors(bad))
 
 
 def _validate_pod(template: dict, where: str) -> None:

@@ -67,7 +67,7 @@ def test_stage_reruns_one_stage_of_a_run(smoke_run):
     assert "resolver: done in" in dae("stage", "resolver", "--run", run_dir.name,
                                       "--root", str(root)).stdout  # fmt: skip
     baseline = json.loads((run_dir / "resolver" / "baseline" / "baseline.json").read_text())
-    assert baseline == {"version": None, "note": "version 1 is this model"}
+    assert baseline == {"version": None}
     assert not any((run_dir / s / "_SUCCESS").exists() for s in ("evaluate", "push", "report"))
     proc = dae("stage", "evaluate", "--run", run_dir.name, "--root", str(root))
     assert "evaluate: done in" in proc.stdout and (run_dir / "evaluate" / "_SUCCESS").exists()

@@ -1,0 +1,225 @@
+"""What the cluster adds to the DAG (pipeline/argo.py): the layout file that says how big each
+stage's Pods are, which stages scale out and how, the deadlines, retries and schedule, and
+the objects around the WorkflowTemplate (its config, ServiceAccount, Role, Services, the
+CronWorkflow and a first run). Names and paths agree with k8s/base: the `dae` image, the
+shared volume `dae-root` at /data/dae-root, the Secret `dae-metadata`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dae.pipeline.config import Config, ConfigError
+from dae.pipeline.dag import STAGES
+
+IMAGE = "dae"
+CLAIM = "dae-root"
+ROOT = "/data/dae-root"
+UID = 10001  # the Dockerfile's USER
+TEMPLATE = "dae-pipeline"
+ACCOUNT = "dae-workflow"
+CONFIG_MAP = "dae-workflow-config"
+CRON = "dae-retrain"
+FIRST_RUN = "dae-first-run"
+SCALE_OUT = {"keras-tuner": 8000, "multi-worker": 2222}  # each kind's port
+LABELS = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/component": "workflow"}
+SMALL = {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "2Gi"}}
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    resources: dict
+    deadline: int
+    scale_out: str | None = None
+    workers: int = 2
+    chief_resources: dict = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return SCALE_OUT[self.scale_out]
+
+
+@dataclass(frozen=True)
+class Layout:
+    schedule: str = "0 3 * * *"
+    timezone: str = "Etc/UTC"
+    starting_deadline: int = 3600
+    history: int = 3
+    deadline: int = 7200
+    step_deadline: int = 3600
+    retries: int = 2
+    resources: dict = field(default_factory=lambda: SMALL)
+    stages: dict[str, StageLayout] = field(default_factory=dict)
+
+    def stage(self, name: str) -> StageLayout:
+        return self.stages.get(name) or StageLayout(self.resources, self.step_deadline)
+
+
+def _resources(where: str, value: Any) -> dict:
+    ok = isinstance(value, dict) and set(value) == {"requests", "limits"} and all(
+        isinstance(value[k], dict) and set(value[k]) == {"cpu", "memory"} for k in value
+    )  # fmt: skip
+    if not ok:
+        raise ConfigError(f"{where}: resources need requests and limits, each cpu and memory")
+    return {k: {r: str(v) for r, v in value[k].items()} for k in ("requests", "limits")}
+
+
+def _positive(where: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, not {value!r}")
+    return value
+
+
+def _stage(name: str, raw: Any, top: Layout, where: str) -> StageLayout:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: stage {name} must be a mapping")
+    unknown = set(raw) - {"resources", "deadline", "scale_out", "workers", "chief"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for stage {name}")
+    kind = raw.get("scale_out")
+    if kind is not None and kind not in SCALE_OUT:
+        raise ConfigError(f"{where}: stage {name}: unknown scale_out {kind!r} "
+                          f"(known: {', '.join(SCALE_OUT)})")  # fmt: skip
+    where = f"{where}: stage {name}"
+    if kind != "keras-tuner" and "chief" in raw or kind is None and "workers" in raw:
+        raise ConfigError(f"{where}: 'workers' needs a scale_out, 'chief' keras-tuner")
+    resources = _resources(where, raw.get("resources", top.resources))
+    return StageLayout(
+        resources=resources,
+        deadline=_positive(f"{where} deadline", raw.get("deadline", top.step_deadline)),
+        scale_out=kind,
+        workers=_positive(f"{where} workers", raw.get("workers", 2)),
+        chief_resources=_resources(f"{where} chief", raw.get("chief", resources)),
+    )  # fmt: skip
+
+
+def load_layout(path: str | Path | None) -> Layout:
+    """The layout file (None: every stage one Pod of the default size, nothing scaled out)."""
+    if path is None:
+        return Layout()
+    where = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read layout file {path}: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"layout file {path} is not valid YAML: {e}".splitlines()[0]) from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"layout file {path} must hold a mapping at the top level")
+    known = {f for f in Layout.__dataclass_fields__ if f != "stages"} | {"stages"}
+    if set(raw) - known:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(set(raw) - known)}")
+    top = Layout(**{k: v for k, v in raw.items() if k not in ("stages", "resources")})
+    for key in ("starting_deadline", "history", "deadline", "step_deadline"):
+        _positive(f"{where}: {key}", getattr(top, key))
+    if not isinstance(top.retries, int) or top.retries < 0:
+        raise ConfigError(f"{where}: retries must be 0 or more, not {top.retries!r}")
+    top = Layout(**{**top.__dict__, "resources": _resources(where, raw.get("resources", SMALL))})
+    stages = raw.get("stages") or {}
+    if not isinstance(stages, dict):
+        raise ConfigError(f"{where}: stages must be a mapping of stage names")
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"{where}: unknown stage '{unknown[0]}' (stages: {', '.join(STAGES)})")
+    parsed = {name: _stage(name, value, top, where) for name, value in stages.items()}
+    if STAGES and STAGES[0] in parsed and parsed[STAGES[0]].scale_out:
+        raise ConfigError(f"{where}: the first stage, {STAGES[0]}, creates the run: no scale_out")
+    return Layout(**{**top.__dict__, "stages": parsed})
+
+
+# ---- what every Pod shares -------------------------------------------------------------
+
+
+def hardened() -> dict:
+    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+
+
+def pod_security() -> dict:
+    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+
+
+def volumes(config: bool) -> list[dict]:
+    out = [{"name": "dae-root", "persistentVolumeClaim": {"claimName": CLAIM}}]
+    if config:
+        out.append({"name": "config", "configMap": {"name": CONFIG_MAP}})
+    return out + [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
+
+
+# ---- the objects around the WorkflowTemplate ----------------------------------------------
+
+
+def _meta(name: str, **extra) -> dict:
+    return {"name": name, "labels": dict(LABELS), **extra}
+
+
+def _rbac(layout: Layout) -> list[dict]:
+    """The executor's account (Argo's own containers report through it; the dae containers
+    get no token) and what it may do: report results, and create and watch the Jobs of
+    multi-worker stages (owned by their workflow)."""
+    rules = [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
+              "verbs": ["create", "patch"]}]  # fmt: skip
+    if any(s.scale_out == "multi-worker" for s in layout.stages.values()):
+        rules += [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]},
+                  {"apiGroups": ["argoproj.io"], "resources": ["workflows/finalizers"],
+                   "verbs": ["update"]}]  # fmt: skip
+    token = {"kubernetes.io/service-account.name": ACCOUNT}
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ACCOUNT),
+         "automountServiceAccountToken": False},
+        # Argo mounts this token into its executor containers only (Kubernetes 1.24+ makes
+        # none by itself); found by its name, <account>.service-account-token.
+        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
+         "metadata": _meta(f"{ACCOUNT}.service-account-token", annotations=token)},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(ACCOUNT),
+         "rules": rules},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": _meta(ACCOUNT),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
+         "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT}]},
+    ]  # fmt: skip
+
+
+def _services(layout: Layout) -> list[dict]:
+    """How scaled-out Pods find each other: the tuner chief's oracle behind a Service, the
+    training workers by name (<job>-<index>.<Service>, a headless Service)."""
+    out = []
+    for name, spec in layout.stages.items():
+        if spec.scale_out == "keras-tuner":
+            component, port = f"{name}-chief", {"name": "oracle", "appProtocol": "grpc"}
+            service = {"type": "ClusterIP"}
+        elif spec.scale_out == "multi-worker":
+            component, port = f"{name}-worker", {"name": "collective"}
+            service = {"clusterIP": "None", "publishNotReadyAddresses": True}
+        else:
+            continue
+        selector = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/component": component}
+        port |= {"port": spec.port, "targetPort": port["name"], "protocol": "TCP"}
+        metadata = {"name": f"dae-{component.removesuffix('-worker')}", "labels": selector}
+        out.append({"apiVersion": "v1", "kind": "Service", "metadata": metadata,
+                    "spec": service | {"selector": selector, "ports": [port]}})  # fmt: skip
+    return out
+
+
+def cluster_objects(config: Config, layout: Layout, template: dict) -> list[dict]:
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CONFIG_MAP),
+                  "data": {"config.yaml": text}}  # fmt: skip
+    ref = {"workflowTemplateRef": {"name": TEMPLATE}}
+    cron = {"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow", "metadata": _meta(CRON),
+            "spec": {"schedules": [layout.schedule], "timezone": layout.timezone,
+                     "concurrencyPolicy": "Forbid",
+                     "startingDeadlineSeconds": layout.starting_deadline,
+                     "successfulJobsHistoryLimit": layout.history,
+                     "failedJobsHistoryLimit": layout.history, "workflowSpec": ref}}  # fmt: skip
+    # Applying the component starts one run, so that serving gets a first model.
+    first = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
+             "metadata": _meta(FIRST_RUN), "spec": ref}  # fmt: skip
+    return [config_map, *_rbac(layout), *_services(layout), template, cron, first]

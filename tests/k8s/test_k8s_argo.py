@@ -1,0 +1,157 @@
+"""The prod overlay orchestrates the pipeline through Argo Workflows (components/argo) and dev
+keeps the plain CronJob: the compiled workflow arrives in the overlay as compiled (but for the
+overlay's own settings: the registry's image, 4 workers each, transform on Flink, the API
+server's address), its Pods reach the API server and nothing else outside, and the steps
+never retry dae's own verdicts."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from argo_expr import retry
+from k8s_support import (
+    ARGO_LABEL,
+    K8S,
+    allows,
+    by_kind,
+    embedded_jobs,
+    find,
+    labels_match,
+    pod_templates,
+    render,
+    selecting,
+)
+
+COMPILED = K8S / "components" / "argo" / "workflow.yaml"
+API_PORTS = (443, 6443)
+
+
+def _template(objects) -> dict:
+    return find(objects, "WorkflowTemplate", "dae-pipeline")
+
+
+def test_only_prod_runs_through_argo(rendered):
+    for variant, objects in rendered.items():
+        argo = bool(by_kind(objects, "WorkflowTemplate"))
+        assert argo == variant.startswith("prod"), variant
+        assert bool(by_kind(objects, "CronJob")) == (not argo), "one way to run, not two"
+
+
+def test_the_overlay_applies_the_compiled_workflow(rendered):
+    """What the overlay changes of workflow.yaml is exactly its own business."""
+    (compiled,) = [o for o in yaml.safe_load_all(COMPILED.read_text()) if o and
+                   o["kind"] == "WorkflowTemplate"]  # fmt: skip
+    rendered_spec = _template(rendered["prod"])["spec"]
+    compiled_templates = {t["name"]: t for t in compiled["spec"]["templates"]}
+    for t in rendered_spec["templates"]:
+        mine = compiled_templates[t["name"]]
+        text, original = yaml.safe_dump(t), yaml.safe_dump(mine)
+        text = text.replace("registry.example.com/dae:0.1.0", "dae")
+        if t["name"] == "transform":  # components/flink
+            assert (
+                t["container"]["args"][: len(mine["container"]["args"])]
+                == (mine["container"]["args"])
+            )
+            continue
+        assert text == original, f"the overlay changed step {t['name']}"
+    workers = {p["name"]: p["value"] for p in rendered_spec["arguments"]["parameters"]}
+    assert workers == {"tune-workers": "4", "train-workers": "4"}
+    (job,) = embedded_jobs(rendered["prod"])
+    assert job["spec"]["completions"] == 4
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"].startswith("registry.")
+
+
+def test_the_first_run_and_the_schedule_use_the_template(rendered):
+    objects = rendered["prod"]
+    first = find(objects, "Workflow", "dae-first-run")
+    cron = find(objects, "CronWorkflow", "dae-retrain")
+    assert first["spec"] == {"workflowTemplateRef": {"name": "dae-pipeline"}}
+    assert cron["spec"]["workflowSpec"] == first["spec"]
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["timezone"]
+    template = _template(objects)
+    account = find(objects, "ServiceAccount", template["spec"]["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+    token = find(objects, "Secret", f"{account['metadata']['name']}.service-account-token")
+    assert token["type"] == "kubernetes.io/service-account-token"
+    assert token["metadata"]["annotations"] == {
+        "kubernetes.io/service-account.name": account["metadata"]["name"]
+    }
+    binding = find(objects, "RoleBinding", account["metadata"]["name"])
+    ((kind, name),) = [(s["kind"], s["name"]) for s in binding["subjects"]]
+    assert (kind, name) == ("ServiceAccount", account["metadata"]["name"])
+    rules = find(objects, "Role", binding["roleRef"]["name"])["rules"]
+    assert all("*" not in r["verbs"] + r["resources"] for r in rules)
+
+
+def _api_server(objects) -> list[str]:
+    policy = find(objects, "NetworkPolicy", "dae-workflow-egress-apiserver")
+    (rule,) = policy["spec"]["egress"]
+    assert sorted(p["port"] for p in rule["ports"]) == list(API_PORTS)
+    return [peer["ipBlock"]["cidr"].split("/")[0] for peer in rule["to"]]
+
+
+def test_workflow_pods_reach_the_api_server_and_nothing_else_does(rendered):
+    """Argo's executor runs in every Pod of a workflow (not in the Pods of the Job a step
+    creates) and reports to the API server; no other Pod whose egress is locked down (the
+    pipeline's) gets there."""
+    objects = rendered["prod"]
+    policies = by_kind(objects, "NetworkPolicy").values()
+    (address,) = _api_server(objects)
+    seen = 0
+    for name, pod in pod_templates(objects):
+        labels = pod["metadata"]["labels"]
+        if not selecting(policies, labels, "Egress"):
+            continue  # serving and Flink: their egress is not the pipeline's
+        reaches = all(allows(policies, "Egress", labels, {"ip": address}, p) for p in API_PORTS)
+        assert reaches == (ARGO_LABEL in labels), name
+        seen += reaches
+    assert seen >= 12
+
+
+def test_the_overlay_marks_where_the_api_server_is_set(tmp_path):
+    """The marked patch is the one place the address is set: without it the component's
+    placeholder (TEST-NET-1, nowhere) is all the workflow's Pods may reach."""
+    path = K8S / "overlays" / "prod" / "kustomization.yaml"
+    text = path.read_text()
+    assert ">>> API SERVER <<<" in text
+    kustomization = yaml.safe_load(text)
+    (patch,) = [p for p in kustomization["patches"]
+                if p.get("target", {}).get("name") == "dae-workflow-egress-apiserver"]  # fmt: skip
+    assert patch["target"]["kind"] == "NetworkPolicy"
+    (op,) = yaml.safe_load(patch["patch"])
+    assert op["path"] == "/spec/egress/0/to" and all(
+        peer["ipBlock"]["cidr"].endswith("/32") for peer in op["value"]
+    )
+    component = render(K8S / "overlays" / "prod")
+    assert _api_server(component) == [p["ipBlock"]["cidr"][:-3] for p in op["value"]]
+
+
+def test_every_workflow_pod_is_covered_and_only_peers_connect(rendered):
+    objects = rendered["prod"]
+    policies = by_kind(objects, "NetworkPolicy").values()
+    labels = {n: p["metadata"]["labels"] for n, p in pod_templates(objects)}
+    steps = {n.split(" ", 1)[1]: v for n, v in labels.items() if n.startswith("WorkflowTemplate")}
+    assert {"tune-chief", "tune-worker", "train Job", "ingest", "finish"} <= set(steps)
+    for name, pod in steps.items():
+        if name in ("tune-chief", "train Job"):
+            continue
+        assert not allows(policies, "Ingress", pod, {"labels": steps["ingest"]}, 8000), name
+    chief = steps["tune-chief"]
+    assert allows(policies, "Ingress", chief, {"labels": steps["tune-worker"]}, 8000)
+    assert not allows(policies, "Ingress", chief, {"labels": steps["ingest"]}, 8000)
+    service = find(objects, "Service", "dae-tune-chief")
+    assert labels_match(service["spec"]["selector"], chief)
+    assert not labels_match(service["spec"]["selector"], steps["tune-worker"])
+
+
+@pytest.mark.parametrize("code, retried", [("1", False), ("2", False), ("75", False),
+                                           ("137", True), ("143", True)])  # fmt: skip
+def test_steps_never_retry_a_busy_root_or_a_verdict(rendered, code, retried):
+    """Exit 75 (the root is busy) and dae's own failures are not retried: Argo would only
+    queue up behind the run that holds the root, or fail again the same way."""
+    for t in _template(rendered["prod"])["spec"]["templates"]:
+        if "container" in t and t["name"] != "record-failure":
+            strategy = t["retryStrategy"]
+            assert int(strategy["limit"]) >= 1 and strategy["retryPolicy"] == "Always"
+            message = f"Error (exit code {code})"
+            assert retry(strategy.get("expression"), code, "Failed", message) is retried, t["name"]
