@@ -59,9 +59,9 @@ browser:
 	  $$SUDO apt-get update -q && \
 	  $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
 
-# The layers (pyproject.toml's import-linter contracts), on the package as it installs.
+# The layers (pyproject.toml's import-linter contracts).
 imports: install
-	$(BIN)/python tests/layers.py
+	$(BIN)/lint-imports
 
 format: install
 	$(BIN)/ruff check --fix .

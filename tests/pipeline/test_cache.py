@@ -3,12 +3,12 @@ edit reruns exactly the stages that can run the edited code."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from layers import package_tree
 from support import copy_root
 
 import dae
@@ -16,18 +16,12 @@ from dae.pipeline import cache
 from dae.pipeline.dag import DAG, STAGES
 
 REPO = Path(dae.__file__).resolve().parents[1]
-LAYERS = ("pipeline", "components", "serving")
 
 
 def scratch_copy(tmp_path: Path) -> Path:
     """The package as it installs (dae/ with its layers inside), importable from
     PYTHONPATH=<returned folder> ahead of the installed one."""
-    top = tmp_path / "src"
-    skip = shutil.ignore_patterns("__pycache__")
-    shutil.copytree(REPO / "dae", top / "dae", ignore=skip)
-    for layer in LAYERS:
-        shutil.copytree(REPO / layer, top / "dae" / layer, ignore=skip)
-    return top
+    return package_tree(tmp_path / "src")
 
 
 def _env(src: Path) -> dict:
