@@ -166,7 +166,7 @@ def main() -> int:
 
     import gc
 
-    gc.freeze()  # this client process holds TensorFlow too; see serving.servable._settle_heap
+    gc.freeze()  # this client process holds TensorFlow too; see serving.manager._settle_heap
     base = work / "plain" / "denoiser"
     base.mkdir(parents=True)
     copy_version(model, base, 1)

@@ -6,7 +6,7 @@ arenas, which keep their high-water mark: RSS stayed near its peak. The threshol
 fixed here instead, so buffers of `MMAP_THRESHOLD` or more are mapped and unmapped on
 their own. And after a request of at least `min_bytes`, once the burst has settled for
 `delay` seconds, the janitor collects the young heap (request buffers left in reference
-cycles; the long-lived heap is frozen, see servable._settle_heap, so this is cheap) and
+cycles; the long-lived heap is frozen, see manager._settle_heap, so this is cheap) and
 asks malloc to return free pages (malloc_trim), off the event loop.
 """
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from dae.serving.batching import Batcher, QueueFull, TooLarge
-from dae.serving.servable import ServableManager, ServingError, Signature
+from dae.serving.manager import ServableManager
+from dae.serving.servable import ServingError, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_ROWS = 1024

@@ -68,8 +68,8 @@ class ServeError(Exception):
 def build(args):
     """Everything but the event loop: manager, batcher, predictor. Raises ServeError."""
     from dae.serving.batching import Batcher, parse_batching_parameters
+    from dae.serving.manager import ServableManager
     from dae.serving.predict import Limits, Predictor
-    from dae.serving.servable import ServableManager
 
     base = Path(args.model_base_path).expanduser()
     if not base.is_dir():
