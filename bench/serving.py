@@ -196,7 +196,7 @@ def main() -> int:
     base_b = work / "batched" / "denoiser"
     base_b.mkdir(parents=True)
     copy_version(model, base_b, 1)
-    batched_server = Server(base_b, "--batching-parameters-file", str(params))
+    batched_server = Server(base_b, "--enable-batching", "--batching-parameters-file", str(params))
     batched = clients_run(batched_server.grpc, args.clients, args.seconds, one,
                           batched_server.proc.pid)  # fmt: skip
     metrics = batched_server.http.get("/monitoring/prometheus/metrics").text

@@ -179,7 +179,7 @@ def main() -> int:
         params = work / "batching.txt"
         params.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
                           "num_batch_threads { value: 2 }\n")  # fmt: skip
-        server = Server(base, "--batching-parameters-file", str(params),
+        server = Server(base, "--enable-batching", "--batching-parameters-file", str(params),
                         "--file-system-poll-wait-seconds", "0.5")  # fmt: skip
         try:
             for _ in range(20):  # warm both paths before the baseline

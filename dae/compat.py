@@ -268,3 +268,14 @@ def tf_gradient_registry() -> dict:
         _fail(lib, patch, "tensorflow.python.framework.ops._gradient_registry._registry",
               "is not a dict")  # fmt: skip
     return registry
+
+
+def tf_session_run_unchecked(session, feeds: dict, fetches: list) -> list:
+    """Run a TF1 session without Session.run's Python check of each fed value's shape
+    against its placeholder: TF Serving (C++) feeds whatever the graph accepts, e.g. a [3]
+    tensor into half_plus_two's [-1, 1] input. Feeds and fetches are TF_Outputs."""
+    lib, patch = "tensorflow", "tf_session_run_unchecked"
+    client = _module(lib, patch, "tensorflow.python.client.session")
+    params = ("self", "options", "feed_dict", "fetch_list", "target_list", "run_metadata")
+    run = _attr(lib, patch, client.BaseSession, "_call_tf_sessionrun", params)
+    return run(session, None, feeds, fetches, [], None)

@@ -85,19 +85,19 @@ def _signature_shape(sig_def, where: str) -> tuple:
 
 def resolve_model(spec: str) -> Path:
     """A SavedModel folder, or the latest integer version holding one under a base path."""
-    from dae.serving.export import versions
+    from dae.serving.export import version_dirs
 
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise BatchError(f"--model {path} does not exist")
     if (path / "saved_model.pb").is_file():
         return path
-    found = [v for v in versions(path) if (path / str(v) / "saved_model.pb").is_file()]
+    found = [d for d in version_dirs(path).values() if (d / "saved_model.pb").is_file()]
     if not found:
         raise BatchError(
             f"no SavedModel in {path} (no saved_model.pb in it or in an integer version folder)"
         )
-    return path / str(found[-1])
+    return found[-1]
 
 
 def saved_model_shape(model_dir: Path) -> tuple:

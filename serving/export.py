@@ -32,17 +32,31 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 SERVABLE_FILE = "dae_servable.json"  # the input range the graph expects, for validation
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _is_version(name: str) -> bool:
-    """ASCII digits only, as TF Serving's SimpleAtoi: '²' or '١' pass str.isdigit()."""
-    return name.isascii() and name.isdigit() and len(name) <= 18
+    """ASCII digits only, as TF Serving's SimpleAtoi ('²' or '١' pass str.isdigit()), and an
+    int64: `00000123` is version 123, as in TF Serving's own test models."""
+    return name.isascii() and name.isdigit() and int(name) <= INT64_MAX
+
+
+def version_dirs(base: Path) -> dict[int, Path]:
+    """{version: folder} under `base`, ascending. Two spellings of one number (`123`,
+    `0123`): the shortest name serves, as the version a pusher would write."""
+    base = Path(base)
+    if not base.is_dir():
+        return {}
+    found: dict[int, Path] = {}
+    for p in sorted(base.iterdir(), key=lambda p: (len(p.name), p.name), reverse=True):
+        if _is_version(p.name) and p.is_dir():
+            found[int(p.name)] = p
+    return dict(sorted(found.items()))
 
 
 def versions(base: Path) -> list[int]:
     """The servable versions under `base`, ascending; temporary folders are not versions."""
-    base = Path(base)
-    if not base.is_dir():
-        return []
-    return sorted(int(p.name) for p in base.iterdir() if _is_version(p.name) and p.is_dir())
+    return list(version_dirs(base))
 
 
 def latest_version(base: Path) -> int | None:

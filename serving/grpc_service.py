@@ -1,5 +1,6 @@
 """TF Serving's gRPC services on grpc.aio, with tensorflow-serving-api's generated stubs:
-PredictionService (Predict, GetModelMetadata) and ModelService (GetModelStatus)."""
+PredictionService (Predict, Classify, Regress, MultiInference, GetModelMetadata) and
+ModelService (GetModelStatus)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from dae.serving import status
+from dae.serving import inference, status
 from dae.serving.predict import Predictor, check_dims, clip, invalid
 from dae.serving.servable import ServingError
 
@@ -201,13 +202,31 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer, 
 
         return await self._guard(context, request, call)
 
-    async def _unimplemented(self, request, context):
+    def _check_size(self, request) -> None:
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            raise invalid(f"request of {size} bytes is over the {self.max_message_bytes} limit")
+
+    async def Classify(self, request, context):
         async def call():
-            raise invalid("denoisers have no classify or regress signature: use Predict")
+            self._check_size(request)
+            return await inference.classify(self.predictor, request)
 
         return await self._guard(context, request, call)
 
-    Classify = Regress = MultiInference = _unimplemented
+    async def Regress(self, request, context):
+        async def call():
+            self._check_size(request)
+            return await inference.regress(self.predictor, request)
+
+        return await self._guard(context, request, call)
+
+    async def MultiInference(self, request, context):
+        async def call():
+            self._check_size(request)
+            return await inference.multi_inference(self.predictor, request)
+
+        return await self._guard(context, request, call)
 
 
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
@@ -230,11 +249,20 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
         return await self._guard(context, request, call)
 
 
-def make_server(predictor: Predictor, address: str, max_message_bytes: int):
-    """A grpc.aio server bound to `address`; returns (server, bound port)."""
+def make_server(
+    predictor: Predictor, address: str | None, max_message_bytes: int,
+    unix_socket: str | None = None, options=(),
+):  # fmt: skip
+    """A grpc.aio server bound to `address` (None: none) and to `unix_socket` (TF Serving's
+    --grpc_socket_path; a stale socket file is replaced), with extra channel `options`
+    (--grpc_channel_arguments); returns (server, bound TCP port or 0)."""
+    import os
+    import stat
+
     limit = 2 * max_message_bytes  # past our own check, gRPC itself refuses the message
     server = grpc.aio.server(
         options=[
+            *options,
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ]  # fmt: skip
@@ -245,10 +273,19 @@ def make_server(predictor: Predictor, address: str, max_message_bytes: int):
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(predictor), handlers)
     server.add_generic_rpc_handlers((handlers,))
-    try:
-        port = server.add_insecure_port(address)
-    except RuntimeError:  # grpcio raises "Failed to bind" (older versions returned 0)
-        port = 0
-    if port == 0:
-        raise OSError(f"cannot bind gRPC to {address}")
+    port = 0
+    for where in filter(None, (address, unix_socket and f"unix:{unix_socket}")):
+        if where.startswith("unix:"):
+            try:
+                if stat.S_ISSOCK(os.lstat(unix_socket).st_mode):
+                    os.unlink(unix_socket)  # left by a server that was killed
+            except FileNotFoundError:
+                pass
+        try:
+            bound = server.add_insecure_port(where)
+        except RuntimeError:  # grpcio raises "Failed to bind" (older versions returned 0)
+            bound = 0
+        if bound == 0:
+            raise OSError(f"cannot bind gRPC to {where}")
+        port = port or (bound if where == address else 0)
     return server, port

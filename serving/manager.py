@@ -15,7 +15,8 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from dae.serving.export import versions
+from dae.serving.export import version_dirs
+from dae.serving.model_config import ModelConfig
 from dae.serving.servable import Servable, ServingError, forget_gradients
 
 log = logging.getLogger("dae.serving")
@@ -79,7 +80,8 @@ def _dims(shape) -> str:
 
 
 class ServableManager:
-    """Keeps the latest `num_versions` versions under `base` in service, with TF Serving's
+    """Keeps the versions its policy aspires to (TF Serving's latest N, all, or specific)
+    under `base` in service, with TF Serving's
     AvailabilityPreservingPolicy (core/availability_preserving_policy.cc): a version leaves
     service only once an aspired (wanted) version is available, so a push that fails to
     load, or a removed version, never leaves requests without a servable.
@@ -90,8 +92,10 @@ class ServableManager:
     old version keeps serving. A new input contract takes a restart (or another model
     name)."""
 
-    def __init__(self, name: str, base: Path, num_versions: int = 1):
-        self.name, self.base, self.num_versions = name, Path(base), num_versions
+    def __init__(self, config: ModelConfig, warmup: int = 1):
+        self.config, self.warmup = config, warmup  # warmup: replays of each record (0: off)
+        self.name, self.base = config.name, Path(config.base_path)
+        self.labels: dict[str, int] = {}  # set by the server core once their versions serve
         self._served: dict[int, Servable] = {}
         self.states: dict[int, VersionState] = {}
         self._failed: dict[int, tuple] = {}  # version -> fingerprint of the folder that failed
@@ -118,24 +122,40 @@ class ServableManager:
             )
         return served[version]
 
+    def version_for(self, label: str) -> int:
+        """A version label's version (ServerCore::GetModelVersionForLabel)."""
+        version = self.labels.get(label)
+        if version is None:
+            shown = label if len(label) <= 64 else f"{label[:64]}... ({len(label)} characters)"
+            raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {shown}")
+        return version
+
+    def available(self) -> list[int]:
+        return sorted(v for v, s in self.states.items() if s.state == "AVAILABLE")
+
+    def reconfigure(self, config: ModelConfig) -> None:
+        """A reloaded config for the same base path: its policy rules from the next poll."""
+        with self._lock:
+            self.config = config
+
     # -- lifecycle -----------------------------------------------------------------------
 
     def poll(self) -> None:
         """Load the aspired versions not in service (newest first); swap; unload what the
         policy lets go; give the memory of unloaded versions back."""
         with self._lock:
-            on_disk = versions(self.base)
-            aspired = on_disk[-self.num_versions :] if on_disk else []
+            folders = version_dirs(self.base)
+            aspired = self.config.policy.aspired(list(folders))
             served = dict(self._served)
             for v in sorted(aspired, reverse=True):
                 if v not in served:
-                    loaded = self._load(v, served)
+                    loaded = self._load(v, folders[v], served)
                     if loaded is not None:
                         served[v] = loaded
             if not aspired or any(v in served for v in aspired):
                 keep = {v: s for v, s in served.items() if v in aspired}
             else:  # nothing aspired is available: keep serving what we have
-                keep = {v: served[v] for v in sorted(served)[-self.num_versions :]}
+                keep = {v: served[v] for v in sorted(served)[-max(len(aspired), 1) :]}
             changed = keep.keys() != self._served.keys()
             self._served = keep  # the swap
             for v in served.keys() - keep.keys():
@@ -150,21 +170,22 @@ class ServableManager:
             if changed:
                 self.after_swap()
 
-    def _load(self, v: int, served: dict[int, Servable]) -> Servable | None:
-        path = self.base / str(v)
+    def _load(self, v: int, path: Path, served: dict[int, Servable]) -> Servable | None:
         fingerprint = _fingerprint(path)
         if self._failed.get(v) == fingerprint:
             return None  # failed as it is: wait for the folder to change
         self.states[v] = VersionState("LOADING")
         try:
-            servable = Servable(self.name, v, path)
+            servable = Servable(self.name, v, path, self.warmup)
         except Exception as e:  # a broken version must not take the server down
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.error("failed to load %s version %s: %s", self.name, v, message)
             self.states[v] = VersionState("END", f"failed to load: {message}")
             self._failed[v] = fingerprint
             return None
-        reference = served[max(served)] if served else None
+        # Only a version that would become the default (the newest) must keep its clients'
+        # contract; older ones (all, specific) are asked for by number.
+        reference = served[max(served)] if served and v > max(served) else None
         why = incompatibility(reference, servable) if reference is not None else None
         if why:
             forget_gradients(servable.gradients)
@@ -208,10 +229,20 @@ class ServableManager:
             except Exception:  # keep polling; the next look may succeed
                 log.exception("polling %s failed", self.base)
 
-    def stop(self) -> None:
+    def stop(self, unload: bool = False) -> None:
+        """Stop polling; with `unload`, also take every version out of service (a model
+        removed from the config)."""
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)
+        if unload:
+            with self._lock:
+                served, self._served = self._served, {}
+                for v, servable in served.items():
+                    forget_gradients(servable.gradients)
+                    self.states[v] = VersionState("END")
+                del served
+                _settle_heap()
 
 
 def _settle_heap() -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dae.serving.batching import Batcher, QueueFull, TooLarge
-from dae.serving.manager import ServableManager
+from dae.serving.core import ServerCore
 from dae.serving.servable import ServingError, Signature
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -50,8 +50,9 @@ def check_dims(
     sig: Signature, name: str, dims: list[int], itemsize: int, limits: Limits, text=False
 ) -> None:
     """A tensor's declared shape, before it is decoded: a known input (of numbers unless
-    `text`), no negative size, the signature's shape, at most `max_rows` rows and
-    `max_bytes` once decoded."""
+    `text`), no negative size, the signature's shape (dae's own models: others take what
+    their graph takes, as in TF Serving), at most `max_rows` rows and `max_bytes` once
+    decoded."""
     info = sig.inputs.get(name)
     if info is None:
         expected = ", ".join(sig.inputs)
@@ -60,9 +61,13 @@ def check_dims(
         raise invalid(f"input '{name}' must be numeric {info.dtype.name}, got non-numeric values")
     if any(d < 0 for d in dims):
         raise invalid(f"input '{clip(name)}' has a negative dimension in its shape {dims[:8]}")
-    if info.shape is not None and (
-        len(dims) != len(info.shape)
-        or any(d is not None and d != got for d, got in zip(info.shape, dims, strict=True))
+    if (
+        sig.strict
+        and info.shape is not None
+        and (
+            len(dims) != len(info.shape)
+            or any(d is not None and d != got for d, got in zip(info.shape, dims, strict=True))
+        )
     ):
         raise invalid(f"input '{name}' has shape {clip(dims)}, expected {_shape_text(info.shape)}")
     if dims:
@@ -85,6 +90,12 @@ def check_rows(name: str, rows: int, limits: Limits) -> None:
 
 def _cast(name: str, value: np.ndarray, dtype: np.dtype) -> np.ndarray:
     kind = value.dtype.kind
+    if dtype.kind in "OSU":  # DT_STRING: bytes, or text as UTF-8
+        if kind == "U":
+            return np.vectorize(str.encode, otypes=[object])(value) if value.size else value
+        if kind in "OS":
+            return value
+        raise invalid(f"input '{name}' must be strings, got {value.dtype.name}")
     if kind in "OUSV" or (kind == "b" and dtype.kind != "b"):
         raise invalid(f"input '{name}' must be numeric {dtype.name}, got non-numeric values")
     if kind == "c" or (dtype.kind in "iu" and kind == "f"):
@@ -98,7 +109,10 @@ def validate_inputs(
     input_range: tuple[float, float] | None,
     limits: Limits = Limits(),
 ) -> dict[str, np.ndarray]:
-    """Inputs checked and cast to the signature's dtypes, or an INVALID_ARGUMENT."""
+    """Inputs checked and cast to the signature's dtypes, or an INVALID_ARGUMENT. A
+    signature of dae's own (`sig.strict`) also gets its shapes, batch sizes and finite values
+    checked; any other model is fed what TF Serving would feed it (a scalar, [3] for a
+    [-1, 1] input) and its graph decides."""
     expected = ", ".join(sig.inputs)
     for name in inputs:
         if name not in sig.inputs:
@@ -109,6 +123,11 @@ def validate_inputs(
         if name not in inputs:
             raise invalid(f"missing input '{name}'; signature '{sig.name}' takes: {expected}")
         value = _cast(name, np.asarray(inputs[name]), info.dtype)
+        if not sig.strict:
+            if value.ndim:
+                check_rows(name, value.shape[0], limits)
+            out[name] = value
+            continue
         if value.ndim == 0 or value.shape[0] == 0:
             raise invalid(f"input '{name}' is an empty batch")
         if info.shape is not None and (
@@ -141,10 +160,8 @@ def validate_inputs(
 class Predictor:
     """Shared by the REST and gRPC front ends (and so by one batching queue)."""
 
-    def __init__(
-        self, manager: ServableManager, batcher: Batcher | None = None, limits: Limits = Limits()
-    ):
-        self.manager = manager
+    def __init__(self, core: ServerCore, batcher: Batcher | None = None, limits: Limits = Limits()):
+        self.core = core
         self.batcher = batcher
         self.limits = limits
         self.counts: Counter[str] = Counter()  # answered requests by status code name
@@ -160,9 +177,10 @@ class Predictor:
         """Prometheus text, in the spirit of TF Serving's /monitoring/prometheus/metrics."""
         lines = ["# TYPE dae_serving_request_count counter"]
         for code, n in sorted(self.counts.items()):
-            lines.append(
-                f'dae_serving_request_count{{model="{self.manager.name}",status="{code}"}} {n}'
-            )
+            lines.append(f'dae_serving_request_count{{status="{code}"}} {n}')
+        lines.append("# TYPE dae_serving_model_versions_available gauge")
+        for name, available in sorted(self.core.states().items()):
+            lines.append(f'dae_serving_model_versions_available{{model="{name}"}} {len(available)}')
         if self.batcher is not None:
             lines += [
                 "# TYPE dae_serving_batches_total counter",
@@ -173,13 +191,10 @@ class Predictor:
         return "\n".join(lines) + "\n"
 
     def servable(self, model: str, version: int | None, label: str | None = None):
-        if model != self.manager.name:
-            raise ServingError(
-                "NOT_FOUND", f"Servable not found for request: Latest({clip(model)})"
-            )
-        if label:  # TF Serving's answer when no labels are configured (server_core.cc)
-            raise invalid(f"Unrecognized servable version label: {clip(label)}")
-        return self.manager.get(version)
+        manager = self.core.manager(model)
+        if label:
+            version = manager.version_for(label)
+        return manager.get(version)
 
     def signature(self, servable, name: str | None) -> Signature:
         name = name or DEFAULT_SIGNATURE
@@ -195,7 +210,12 @@ class Predictor:
         servable = self.servable(model, version, label)
         sig = self.signature(servable, signature)
         arrays = validate_inputs(sig, inputs, servable.input_ranges.get(sig.name), self.limits)
-        if self.batcher is not None and len(arrays) == 1:
+        batchable = (
+            len(arrays) == 1
+            and next(iter(arrays.values())).ndim >= 1
+            and all(o.shape and o.shape[0] is None for o in sig.outputs.values())
+        )  # rows in, rows out: what a batch can be split back into
+        if self.batcher is not None and batchable:
             ((name, rows),) = arrays.items()
             key = (servable.version, id(servable), sig.name, rows.shape[1:], rows.dtype.str)
             try:

@@ -1,6 +1,8 @@
 """TF Serving's REST API as a plain ASGI app: same paths, bodies and status codes.
 
 POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   row or columnar
+POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify  {"examples": [...], "context"?}
+POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress   likewise (serving.inference)
 GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           model version status
 GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature_def
 
@@ -18,15 +20,20 @@ import time
 
 import orjson
 from google.protobuf import json_format
+from tensorflow_serving.apis.classification_pb2 import ClassificationRequest
+from tensorflow_serving.apis.regression_pb2 import RegressionRequest
 
-from dae.serving import json_tensor, status
+from dae.serving import inference, json_tensor, status
 from dae.serving.predict import Predictor, clip, invalid
 from dae.serving.rest_body import (
     BodyTooLarge,
     ClientGone,
+    classification_json,
+    fill_classify_regress_request,
     format_predict_response,
     parse_predict_body,
     read_body,
+    regression_json,
     signature_name,
 )
 from dae.serving.servable import ServingError
@@ -40,7 +47,9 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
                "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "UNIMPLEMENTED": 501,
-               "DEADLINE_EXCEEDED": 408, "INTERNAL": 500}  # fmt: skip
+               "DEADLINE_EXCEEDED": 408, "INTERNAL": 500, "OUT_OF_RANGE": 400,
+               "CANCELLED": 499, "ALREADY_EXISTS": 409, "ABORTED": 409,
+               "PERMISSION_DENIED": 403, "UNAUTHENTICATED": 401}  # fmt: skip
 INT64_MAX = 2**63 - 1
 
 
@@ -63,15 +72,18 @@ async def _send(send, code: int, body: bytes, media=b"application/json", close=F
 class RestApp:
     """The ASGI callable uvicorn runs."""
 
-    def __init__(self, predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0):
-        self.predictor = predictor
+    def __init__(
+        self, predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0,
+        metrics_path: str | None = METRICS_PATH,
+    ):  # fmt: skip
+        self.predictor, self.metrics_path = predictor, metrics_path
         self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return
         start, method, path = time.perf_counter(), scope["method"], scope["path"]
-        if path == METRICS_PATH and method == "GET":
+        if path == self.metrics_path and method == "GET":
             await _send(send, 200, self.predictor.metrics().encode(), b"text/plain; version=0.0.4")
             return
         code, close = "OK", False
@@ -102,13 +114,12 @@ class RestApp:
         version = _version(m["version"])
         if verb == "predict":
             return await self._predict(scope, receive, name, version, label)
-        if verb in ("classify", "regress"):  # TF Serving: the model has no such signature
-            raise invalid(f"{verb} needs a {verb} signature; denoisers offer predict only")
+        if verb in ("classify", "regress"):
+            return await self._classify_regress(scope, receive, verb, name, version, label)
         predictor = self.predictor
         if verb == "/metadata":
             msg = status.metadata_response(predictor.servable(name, version, label))
-            out = json_format.MessageToDict(msg, preserving_proto_field_name=True)
-            return orjson.dumps(status.rest_metadata(out))
+            return orjson.dumps(status.rest_metadata(msg))
         if label:
             predictor.servable(name, None, label)  # the label's error
         msg = status.status_response(predictor, name, version)
@@ -135,12 +146,30 @@ class RestApp:
             sig = predictor.signature(servable, signature_name(body))
             inputs, row = parse_predict_body(body, sig, raw)
         _, _, outputs = await predictor.predict(name, version, sig.name, inputs, label)
-        if len(outputs) == 1:
+        if len(outputs) == 1 and next(iter(outputs.values())).dtype.kind in "biuf":
             key = b'{"predictions":' if row else b'{"outputs":'
             return key + json_tensor.dumps(next(iter(outputs.values()))) + b"}"
         return orjson.dumps(
             format_predict_response(outputs, row), option=orjson.OPT_SERIALIZE_NUMPY
         )
+
+    async def _classify_regress(self, scope, receive, verb, name, version, label) -> bytes:
+        """TF Serving's ProcessClassifyRequest / ProcessRegressRequest: the JSON examples
+        as the gRPC request, answered by the same code (serving.inference)."""
+        raw = await read_body(scope, receive, self.max_body_bytes, self.body_timeout)
+        make = ClassificationRequest if verb == "classify" else RegressionRequest
+        request = make()
+        request.model_spec.name = name
+        if version is not None:
+            request.model_spec.version.value = version
+        if label:
+            request.model_spec.version_label = label
+        fill_classify_regress_request(raw, request, self.predictor.limits)
+        if verb == "classify":
+            response = await inference.classify(self.predictor, request)
+            return classification_json(response.result)
+        response = await inference.regress(self.predictor, request)
+        return regression_json(response.result)
 
 
 def _client(scope) -> str:
@@ -148,5 +177,8 @@ def _client(scope) -> str:
     return f"{client[0]}:{client[1]}" if client else "?"
 
 
-def make_app(predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0) -> RestApp:
-    return RestApp(predictor, max_body_bytes, body_timeout)
+def make_app(
+    predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0,
+    metrics_path: str | None = METRICS_PATH,
+) -> RestApp:  # fmt: skip
+    return RestApp(predictor, max_body_bytes, body_timeout, metrics_path)

@@ -1,20 +1,32 @@
-"""Model status and metadata as tensorflow-serving-api protos, for both front ends (REST
-renders the same protos as JSON, as TF Serving does)."""
+"""Model status and metadata as tensorflow-serving-api protos, for both front ends; REST
+renders the same protos as JSON the way TF Serving does (model_servers/http_rest_api_util.cc,
+ToJsonString): fields printed even when they hold their default value."""
 
 from __future__ import annotations
 
+from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from dae.serving.servable import ServingError
 
 State = get_model_status_pb2.ModelVersionStatus.State
+SIGNATURE_DEF = "signature_def"  # GetModelMetadataImpl::kSignatureDef, the one field served
+
+
+def _manager(predictor, name: str):
+    """The model's manager, or None: the server core's (one per configured model)."""
+    core = getattr(predictor, "core", None)
+    if core is not None:
+        return core.managers.get(name)
+    manager = predictor.manager  # a single-model predictor
+    return manager if manager.name == name else None
 
 
 def status_response(predictor, name: str, version: int | None):
-    manager = predictor.manager
-    if name != manager.name:
-        raise ServingError("NOT_FOUND", f"Could not find any versions of model {name}")
-    states = dict(manager.states)
+    """GetModelStatusImpl: every version the server has seen of the model, newest first, or
+    only `version`; a version label is not looked at (TF Serving answers all versions)."""
+    manager = _manager(predictor, name)
+    states = dict(manager.states) if manager is not None else {}
     if version is not None:
         if version not in states:
             raise ServingError("NOT_FOUND", f"Could not find version {version} of model {name}")
@@ -32,19 +44,29 @@ def status_response(predictor, name: str, version: int | None):
 
 
 def metadata_response(servable) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """SavedModelGetSignatureDef: the served version's name and number, and every
+    SignatureDef of its MetaGraph as it is on disk (a TF2 SavedModel's
+    __saved_model_init_op included, as TF Serving shows it)."""
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.model_spec.name = servable.name
     response.model_spec.version.value = servable.version
     sigmap = get_model_metadata_pb2.SignatureDefMap()
     for key, sig in servable.signature_defs.items():
-        if not key.startswith("__"):  # __saved_model_init_op is plumbing, not a signature
-            sigmap.signature_def[key].CopyFrom(sig)
-    response.metadata["signature_def"].Pack(sigmap)
+        sigmap.signature_def[key].CopyFrom(sig)
+    response.metadata[SIGNATURE_DEF].Pack(sigmap)
     return response
 
 
-def rest_metadata(as_dict: dict) -> dict:
-    """TF Serving's REST shape: the packed Any's '@type' is not shown."""
-    for value in as_dict.get("metadata", {}).values():
-        value.pop("@type", None)
-    return as_dict
+def _json(message) -> dict:
+    return json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def rest_metadata(response: get_model_metadata_pb2.GetModelMetadataResponse) -> dict:
+    """The REST document TF Serving writes for a GetModelMetadataResponse: model_spec and the
+    unpacked SignatureDefMap (no '@type'), each printed with its default-valued fields
+    ("signature_name": "", every dim's "name": "", "unknown_rank": false, "defaults": {})."""
+    sigmap = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata[SIGNATURE_DEF].Unpack(sigmap)
+    return {"model_spec": _json(response.model_spec), "metadata": {SIGNATURE_DEF: _json(sigmap)}}

@@ -335,3 +335,21 @@ def test_tf_gradient_registry_is_the_one_models_register_into(monkeypatch):
     monkeypatch.delattr(ops, "_gradient_registry")
     with pytest.raises(CompatError, match=r"tensorflow \S+: .*_gradient_registry is gone"):
         compat.tf_gradient_registry()
+
+
+def test_tf_session_run_unchecked_feeds_any_shape_the_graph_takes(monkeypatch):
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.client import session as client
+
+    graph = tf.Graph()
+    with graph.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [None, 1])
+        y = x * 0.5 + 2.0
+    with tf.compat.v1.Session(graph=graph) as sess:
+        feeds = {x._as_tf_output(): np.array([2.0, 3.0], np.float32)}
+        (out,) = compat.tf_session_run_unchecked(sess, feeds, [y._as_tf_output()])
+        assert out.tolist() == [3.0, 3.5]
+        monkeypatch.delattr(client.BaseSession, "_call_tf_sessionrun")
+        with pytest.raises(CompatError, match=r"_call_tf_sessionrun is gone"):
+            compat.tf_session_run_unchecked(sess, feeds, [y._as_tf_output()])

@@ -46,7 +46,7 @@ def limited(tmp_path_factory, model_dir):
     params = base.parent / "batching.txt"
     params.write_text("max_batch_size { value: 4 }\nmax_enqueued_batches { value: 3 }\n")
     server = Server(base, "--max-request-bytes", "200000",
-                    "--batching-parameters-file", str(params))  # fmt: skip
+                    "--enable-batching", "--batching-parameters-file", str(params))  # fmt: skip
     yield server
     server.stop()
 
