@@ -21,6 +21,7 @@ class ServerCore:
         self.poll_seconds = poll_seconds  # --file_system_poll_wait_seconds
         self.warmup = warmup  # --num_request_iterations_for_warmup; 0: --enable_model_warmup=false
         self.managers: dict[str, ServableManager] = {}
+        self.retired: dict[str, ServableManager] = {}  # left the config: their END states
         self.after_swap = lambda: None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -33,6 +34,11 @@ class ServerCore:
             shown = name if len(name) <= 64 else f"{name[:64]}... ({len(name)} characters)"
             raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({shown})")
         return manager
+
+    def known(self, name: str) -> ServableManager | None:
+        """A configured model's manager, or one that left the config (TF Serving keeps
+        reporting its versions, END)."""
+        return self.managers.get(name) or self.retired.get(name)
 
     def apply(self, configs: list[ModelConfig]) -> None:
         """ServerCore::ReloadConfig: new models start (their versions load now), models with
@@ -56,6 +62,10 @@ class ServerCore:
                 if new.get(name) is not manager:
                     log.info("model %s left the config: unloading it", name)
                     manager.stop(unload=True)
+                    if name not in new:
+                        self.retired[name] = manager
+            for name in new:
+                self.retired.pop(name, None)
             errors = []
             for config in configs:
                 manager = new[config.name]

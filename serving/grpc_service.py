@@ -4,6 +4,7 @@ ModelService (GetModelStatus)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sys
@@ -35,8 +36,6 @@ def _numpy_dtypes() -> dict[int, np.dtype]:
 
 _DTYPES = _numpy_dtypes() if sys.byteorder == "little" else {}
 DT_STRING = 7  # types_pb2.DT_STRING
-# tf.make_tensor_proto sends uint16 as int_val, not tensor_content: that one is left to it.
-_ENUMS = {v: k for k, v in _DTYPES.items() if v != np.dtype("<u2")}
 
 
 def to_ndarray(proto) -> np.ndarray:
@@ -54,20 +53,64 @@ def to_ndarray(proto) -> np.ndarray:
     return tf.make_ndarray(proto)
 
 
+# Tensor::AsProtoField, as TF Serving answers Predict (predict_util.cc, kAsProtoField):
+# values in the dtype's typed field, never tensor_content (clients read float_val).
+_FIELDS = {"f": {4: "float_val", 8: "double_val", 2: "half_val"},
+           "i": {1: "int_val", 2: "int_val", 4: "int_val", 8: "int64_val"},
+           "u": {1: "int_val", 2: "int_val", 4: "uint32_val", 8: "uint64_val"},
+           "b": {1: "bool_val"}, "c": {8: "scomplex_val", 16: "dcomplex_val"}}  # fmt: skip
+_PACKED = {"float_val": (5, "<f4"), "double_val": (6, "<f8")}  # field number, wire type
+
+
+@functools.lru_cache(maxsize=32)
+def _enum(dtype: np.dtype) -> int:
+    import tensorflow as tf
+
+    return tf.dtypes.as_dtype(dtype).as_datatype_enum
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def fill_tensor_proto(proto, value: np.ndarray) -> None:
-    """tf.make_tensor_proto(value) written into `proto` in place, the same bytes for what
-    it packs into tensor_content (numeric arrays of rank >= 1): ~4 us instead of ~23 us."""
-    enum = _ENUMS.get(value.dtype) if value.ndim else None
-    if enum is None:
+    """`value` into `proto` as TF Serving writes a response tensor. Float and double values
+    are merged in as one packed field's bytes (upb copies them; a Python list of 50k floats
+    would cost milliseconds)."""
+    value = np.asarray(value)
+    if value.dtype.kind in "OSU":
+        proto.dtype = DT_STRING
+        strings = [v.encode() if isinstance(v, str) else bytes(v) for v in value.ravel()]
+    else:
+        proto.dtype = _enum(value.dtype)
+    proto.tensor_shape.SetInParent()  # a scalar's shape too, as TensorShape::AsProto
+    dims = proto.tensor_shape.dim
+    for d in value.shape:
+        dims.add().size = d
+    if value.dtype.kind in "OSU":
+        proto.string_val.extend(strings)
+        return
+    field = _FIELDS.get(value.dtype.kind, {}).get(value.dtype.itemsize)
+    if field is None:  # e.g. bfloat16: TensorFlow's own encoding
         import tensorflow as tf
 
         proto.CopyFrom(tf.make_tensor_proto(value))
         return
-    proto.dtype = enum
-    dims = proto.tensor_shape.dim
-    for d in value.shape:
-        dims.add().size = d
-    proto.tensor_content = value.tobytes()  # C order, as make_tensor_proto
+    if field in _PACKED and value.size:
+        number, layout = _PACKED[field]
+        payload = np.ascontiguousarray(value, layout).tobytes()
+        proto.MergeFromString(_varint(number << 3 | 2) + _varint(len(payload)) + payload)
+    elif field == "half_val":
+        proto.half_val.extend(value.view(np.uint16).ravel().tolist())
+    elif value.dtype.kind == "c":
+        getattr(proto, field).extend(value.view(value.real.dtype).ravel().tolist())
+    else:
+        getattr(proto, field).extend(value.ravel().tolist())
 
 
 def _abort_code(code: str) -> grpc.StatusCode:
@@ -235,9 +278,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
 
     async def GetModelStatus(self, request, context):
         async def call():
-            spec = request.model_spec
-            if spec.version_label:
-                self.predictor.servable(spec.name, None, spec.version_label)  # its error
+            spec = request.model_spec  # a version_label is not looked at, as by TF Serving
             return status.status_response(self.predictor, spec.name, _version(spec))
 
         return await self._guard(context, request, call)

@@ -120,9 +120,7 @@ class RestApp:
         if verb == "/metadata":
             msg = status.metadata_response(predictor.servable(name, version, label))
             return orjson.dumps(status.rest_metadata(msg))
-        if label:
-            predictor.servable(name, None, label)  # the label's error
-        msg = status.status_response(predictor, name, version)
+        msg = status.status_response(predictor, name, version)  # a label is not looked at
         return orjson.dumps(json_format.MessageToDict(
             msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
         ))  # fmt: skip

@@ -13,19 +13,10 @@ State = get_model_status_pb2.ModelVersionStatus.State
 SIGNATURE_DEF = "signature_def"  # GetModelMetadataImpl::kSignatureDef, the one field served
 
 
-def _manager(predictor, name: str):
-    """The model's manager, or None: the server core's (one per configured model)."""
-    core = getattr(predictor, "core", None)
-    if core is not None:
-        return core.managers.get(name)
-    manager = predictor.manager  # a single-model predictor
-    return manager if manager.name == name else None
-
-
 def status_response(predictor, name: str, version: int | None):
-    """GetModelStatusImpl: every version the server has seen of the model, newest first, or
+    """GetModelStatusImpl: every version the model's manager has seen, newest first, or
     only `version`; a version label is not looked at (TF Serving answers all versions)."""
-    manager = _manager(predictor, name)
+    manager = predictor.core.known(name)
     states = dict(manager.states) if manager is not None else {}
     if version is not None:
         if version not in states:

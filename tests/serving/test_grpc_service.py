@@ -1,4 +1,4 @@
-"""The gRPC front end's tensor conversions must be TF's own, byte for byte."""
+"""The gRPC front end's tensor conversions: what TF and TF Serving read and write."""
 
 import numpy as np
 import pytest
@@ -22,11 +22,34 @@ ARRAYS = [
 ]
 
 
-@pytest.mark.parametrize("value", ARRAYS, ids=lambda a: f"{a.dtype}{list(np.shape(a))}")
-def test_fill_tensor_proto_writes_what_make_tensor_proto_writes(value):
+FIELDS = ["float_val", "double_val", "int64_val", "int_val", "int_val", "half_val", "int_val",
+          "bool_val", "float_val", None, "float_val"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "value, field", zip(ARRAYS, FIELDS, strict=True), ids=lambda a: f"{np.asarray(a).dtype}"
+)
+def test_fill_tensor_proto_writes_typed_fields_as_tf_serving(value, field):
+    """TF Serving answers with Tensor::AsProtoField: clients may read float_val directly."""
     proto = tensor_pb2.TensorProto()
     fill_tensor_proto(proto, np.asarray(value))
-    assert proto.SerializeToString() == tf.make_tensor_proto(value).SerializeToString()
+    got = tf.make_ndarray(proto)
+    assert got.dtype == np.asarray(value).dtype and got.shape == np.shape(value)
+    np.testing.assert_array_equal(got, value)
+    assert proto.tensor_content == b"" and proto.dtype == tf.make_tensor_proto(value).dtype
+    if field:
+        assert len(getattr(proto, field)) == np.size(value)
+    if field == "float_val":  # the packed bytes are what protobuf itself writes
+        plain = tensor_pb2.TensorProto(dtype=proto.dtype, tensor_shape=proto.tensor_shape)
+        plain.float_val.extend(np.ravel(value).tolist())
+        assert proto.SerializeToString() == plain.SerializeToString()
+
+
+def test_strings_go_in_string_val():
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, np.array([b"a", "b"], dtype=object))
+    assert list(proto.string_val) == [b"a", b"b"]
+    assert tf.make_ndarray(proto).tolist() == [b"a", b"b"]
 
 
 @pytest.mark.parametrize("value", ARRAYS, ids=lambda a: f"{a.dtype}{list(np.shape(a))}")
