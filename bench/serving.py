@@ -188,6 +188,10 @@ def main() -> int:
     one = rng.random((1, 28, 28, 1)).astype(np.float32)
     unbatched = clients_run(plain.grpc, args.clients, args.seconds, one, plain.proc.pid)
     plain.stop()
+    # TF Serving's --tensorflow_intra_op_parallelism=1: each single-image call on one thread.
+    single = Server(base, "--tensorflow_intra_op_parallelism=1")
+    one_thread = clients_run(single.grpc, args.clients, args.seconds, one, single.proc.pid)
+    single.stop()
     params = work / "batching.txt"
     params.write_text(
         f"max_batch_size {{ value: {args.clients} }}\nbatch_timeout_micros {{ value: 2000 }}\n"
@@ -203,10 +207,12 @@ def main() -> int:
     batched_server.stop()
     ceiling = rpc_ceiling(args.clients, args.seconds, one)
     cores = os.cpu_count() or 1
-    for label, run in (("unbatched", unbatched), ("batched", batched), ("echo", ceiling)):
+    runs = (("unbatched", unbatched), ("1 op thread", one_thread), ("batched", batched),
+            ("echo", ceiling))  # fmt: skip
+    for label, run in runs:
         p50, p99 = statistics.median(run["lat"]) * 1e3, np.percentile(run["lat"], 99) * 1e3
         used = (run["server_ms"] + run["client_ms"]) * run["ips"] / 1e3
-        print(f"{args.clients} clients, {label:<9}: {run['ips']:>7.0f} img/s  p50 {p50:6.2f} ms  "
+        print(f"{args.clients} clients, {label:<11}: {run['ips']:>7.0f} img/s  p50 {p50:6.2f} ms  "
               f"p99 {p99:6.2f} ms  CPU per request: server {run['server_ms']:.2f} ms, clients "
               f"{run['client_ms']:.2f} ms ({used:.2f} of {cores} cores busy)")  # fmt: skip
     counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")

@@ -13,7 +13,10 @@ quality benchmark compares against. VAE families train through `components.vae.V
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+from pathlib import Path
 
 FAMILIES = ("dense", "conv", "vae", "conv_vae")
 BASELINES = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
@@ -64,7 +67,7 @@ def _dense(hp, x, shape):
     units = [hp.Choice(f"units_{i}", [128, 256, 512]) for i in range(hp.Int("dense_layers", 1, 3))]
     x = _mlp(L.Flatten()(x), units)
     x = L.Dense(hp.Choice("latent_dim", [16, 32, 64, 128]), activation="relu")(x)
-    x = L.Dense(math.prod(shape), activation="sigmoid")(_mlp(x, reversed(units)))
+    x = _float32_output(L.Dense(math.prod(shape), dtype="float32")(_mlp(x, reversed(units))))
     return L.Reshape(shape)(x)
 
 
@@ -106,7 +109,13 @@ def _conv_ae(hp, x, shape):
     x = _stack(x, f1, depth - 1, activation=act)
     x = _crop(_depth_to_space(_conv(x, 4 * refine // 2, activation=act), refine // 2), pads)
     x = _conv(L.Concatenate()([x, images]), refine, activation=act)
-    return L.Activation("sigmoid")(_conv(x, c, activation=None))
+    return _float32_output(L.Conv2D(c, 3, padding="same", dtype="float32")(x))
+
+
+def _float32_output(logits):
+    """The sigmoid in float32 (and its layer before it, by the caller): under mixed
+    precision a bfloat16 sigmoid has 8 bits of mantissa, coarse for a loss near 0 or 1."""
+    return _layers().Activation("sigmoid", dtype="float32")(logits)
 
 
 def _stack(x, filters: int, depth: int, strides: int = 1, activation="relu"):
@@ -241,6 +250,44 @@ def _build(hp, family: str, shape, mean, std, beta):
     model = vae.VAE(encoder, decoder, beta=beta, name=f"{family}_vae")
     model.compile(optimizer=optimizer)
     return model
+
+
+def precision(setting: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The Keras dtype policy for `model.precision`: `auto` is mixed_bfloat16 on a CPU with
+    bf16 instructions (AVX512_BF16, AMX), where it trains faster at the same quality, and
+    float32 elsewhere (emulated bf16 is slower)."""
+    if setting != "auto":
+        return setting
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return "float32"
+    return "mixed_bfloat16" if re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str):
+    """Keras' global dtype policy for the models built inside (the stage runs in a process
+    that other stages share: the float32 default comes back after)."""
+    import keras
+
+    before = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def float32_copy(model, build):
+    """`model` rebuilt by `build()` under float32 with its weights: what is saved, evaluated
+    and served computes in float32 whatever the training arithmetic was."""
+    if getattr(model.dtype_policy, "name", "float32") == "float32":
+        return model
+    with dtype_policy("float32"):
+        copy = build()
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def deployable(model):

@@ -33,7 +33,15 @@ from dae.artifacts import (
 )
 from dae.component import Spec, StageContext, StageError, StageResult, pick
 from dae.components import distributed, noise
-from dae.components.models import VAES, build_model, deployable, hyperparameters
+from dae.components.models import (
+    VAES,
+    build_model,
+    deployable,
+    dtype_policy,
+    float32_copy,
+    hyperparameters,
+    precision,
+)
 
 # ---- pure core -------------------------------------------------------------------------
 
@@ -157,11 +165,13 @@ def run(ctx: StageContext) -> StageResult:
     best = read_json(ctx.inputs["best_hyperparameters"] / HyperParameters.FILE)
     keras.utils.set_random_seed(cfg.seed)
     hp = hyperparameters(best["config"])
-    with distributed.scope(job):
-        model = build_model(
-            hp, best.get("families", best["family"]),
-            moments["shape"], moments["mean"], moments["std"], beta=cfg.model.beta,
-        )  # fmt: skip
+    build = partial(
+        build_model, hp, best.get("families", best["family"]),
+        moments["shape"], moments["mean"], moments["std"], beta=cfg.model.beta,
+    )  # fmt: skip
+    policy = precision(cfg.model.precision)
+    with distributed.scope(job), dtype_policy(policy):
+        model = build()
     train = read_split(examples, "train", ("noisy", "clean"))
     valid = read_split(examples, "eval", ("noisy", "clean"))
     backup = ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train, cfg.model.beta)
@@ -189,17 +199,18 @@ def run(ctx: StageContext) -> StageResult:
             seed=cfg.seed,
             callbacks=[_reporting(ctx.progress("epoch", cfg.train.epochs))],
         )
-        final = deployable(model)
+        final = deployable(float32_copy(model, build))
         final.save(out / Model.KERAS)
         history = {k: [float(v) for v in vs] for k, vs in history.items()}
         write_json(run_dir / ModelRun.HISTORY, history)
         write_json(
             out / Model.INFO,
             {"family": best["family"], "vae": best["family"] in VAES,
-             "hyperparameters": hp.values, "parameters": model.count_params()},
+             "hyperparameters": hp.values, "parameters": model.count_params(),
+             "training_precision": policy},
         )  # fmt: skip
     best_val = min(history["val_loss"])
-    ctx.log(f"train: {len(history['loss'])} epochs, best val_loss={best_val:.4f}")
+    ctx.log(f"train: {len(history['loss'])} epochs ({policy}), best val_loss={best_val:.4f}")
     summary = {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}
     if job is None:
         return StageResult(summary)
@@ -213,7 +224,10 @@ def run(ctx: StageContext) -> StageResult:
 def parameters(cfg) -> dict[str, Any]:
     """Fresh noise reads the noise section (transform's noise is in its input already)."""
     fresh = noise.parameter_paths(cfg.noise) if cfg.train.fresh_noise else ()
-    return pick(cfg, ("seed", "model", "train", *fresh))
+    picked = pick(cfg, ("seed", "model", "train", *fresh))
+    # What `auto` means on this machine: bf16 and float32 training are different results.
+    picked["model"] = {**picked["model"], "precision": precision(cfg.model.precision)}
+    return picked
 
 
 SPEC = Spec(

@@ -33,7 +33,13 @@ from dae.artifacts import (
 )
 from dae.component import Spec, StageContext, StageResult, pick
 from dae.components import distributed
-from dae.components.models import OBJECTIVE, build_model, hyperparameters
+from dae.components.models import (
+    OBJECTIVE,
+    build_model,
+    dtype_policy,
+    hyperparameters,
+    precision,
+)
 
 # ---- pure core -------------------------------------------------------------------------
 
@@ -102,7 +108,8 @@ def search_id(cfg, moments: dict) -> str:
     trials may be asked for) and a different one starts afresh beside it."""
     t = cfg.tune
     key = (families(cfg), cfg.model.beta, OBJECTIVE, t.tuner, t.max_epochs, t.hyperband_factor,
-           t.batch_size, t.train_examples, t.eval_examples, cfg.seed, moments["shape"])  # fmt: skip
+           t.batch_size, t.train_examples, t.eval_examples, cfg.seed, moments["shape"],
+           precision(cfg.model.precision))  # fmt: skip
     name = "+".join(families(cfg))
     return f"{name}-{t.tuner}-" + hashlib.sha256(repr(key).encode()).hexdigest()[:10]
 
@@ -118,7 +125,6 @@ def _write(ctx, family: str, searched: list[str], hp) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
-    import keras
 
     cfg = ctx.config
     role = distributed.tuner_role()
@@ -129,6 +135,14 @@ def run(ctx: StageContext) -> StageResult:
         _write(ctx, cfg.model.baseline, [cfg.model.baseline], hyperparameters())
         ctx.log(f"tune: baseline {cfg.model.baseline} is a fixed architecture; no search")
         return StageResult({"tune_trials": 0, "tune_best_score": None})
+    with dtype_policy(precision(cfg.model.precision)):
+        return _tune(ctx, role, worker)
+
+
+def _tune(ctx: StageContext, role: str | None, worker: bool) -> StageResult:
+    import keras
+
+    cfg = ctx.config
     examples = ctx.inputs["transformed_examples"]
     moments = read_json(ctx.inputs["transform_graph"] / TransformGraph.FILE)
     keras.utils.set_random_seed(cfg.seed)
@@ -190,7 +204,9 @@ def parameters(cfg) -> dict[str, Any]:
         return pick(cfg, ("model.baseline",))
     per_tuner = "tune.hyperband_factor" if cfg.tune.tuner == "hyperband" else "tune.max_trials"
     common = ("tuner", "max_epochs", "families", "batch_size", "train_examples", "eval_examples")
-    return pick(cfg, ("seed", "model", per_tuner, *(f"tune.{k}" for k in common)))
+    picked = pick(cfg, ("seed", "model", per_tuner, *(f"tune.{k}" for k in common)))
+    picked["model"] = {**picked["model"], "precision": precision(cfg.model.precision)}
+    return picked
 
 
 SPEC = Spec(

@@ -69,6 +69,9 @@ class ModelConfig(_Section):
     baseline: Literal[BASELINES] | None = None
     # KL weight of the VAE families (1: the loss is the negative ELBO); null: tuned (0.1-1).
     beta: float | None = Field(1.0, gt=0.0)
+    # Tuning and training arithmetic: bfloat16 compute with float32 weights where the CPU
+    # has bf16 instructions (auto); the saved and served model computes in float32 always.
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
 
 
 class TuneConfig(_Section):

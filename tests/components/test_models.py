@@ -101,3 +101,38 @@ def test_a_vae_trains_denoising_and_saves_as_a_plain_keras_model(tmp_path):
         loaded.predict(noisy[:4], verbose=0), vae.decode(loaded, z_mean), atol=1e-5
     )
     assert vae.latent_dim(loaded) == z_mean.shape[1]
+
+
+def test_mixed_precision_trains_bf16_and_saves_float32(tmp_path):
+    """Training arithmetic is bf16 under `mixed_bfloat16`, with a float32 sigmoid; what is
+    saved (and so evaluated and served) is a float32 model with the same weights."""
+    from functools import partial
+
+    import keras
+
+    build = partial(models.build_model, models.hyperparameters(), "conv", (28, 28, 1), 0.1, 0.3)
+    with models.dtype_policy("mixed_bfloat16"):
+        mixed = build()
+    assert keras.config.dtype_policy().name == "float32"  # restored after the block
+    x = np.random.default_rng(0).random((4, 28, 28, 1), dtype=np.float32)
+    assert mixed.layers[3].compute_dtype == "bfloat16" and mixed.output.dtype == "float32"
+    mixed.fit(x, x, epochs=1, verbose=0)
+    plain = models.float32_copy(mixed, build)
+    assert {layer.compute_dtype for layer in plain.layers} == {"float32"}
+    for a, b in zip(plain.get_weights(), mixed.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(plain.predict(x, verbose=0), mixed.predict(x, verbose=0), atol=0.03)
+    plain.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", compile=False)
+    assert {layer.compute_dtype for layer in loaded.layers} == {"float32"}
+    assert models.float32_copy(plain, build) is plain
+
+
+def test_auto_precision_follows_the_cpu(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert models.precision("auto", cpuinfo) == "mixed_bfloat16"
+    cpuinfo.write_text("flags\t: fpu avx2 avx512f avx512_vnni\n")
+    assert models.precision("auto", cpuinfo) == "float32"
+    assert models.precision("auto", tmp_path / "missing") == "float32"
+    assert models.precision("mixed_bfloat16", cpuinfo) == "mixed_bfloat16"

@@ -101,12 +101,14 @@ def _config_path_in_repo(objects) -> Path:
 # ---- the pipeline config -------------------------------------------------------------------
 
 
-def test_configmap_config_is_the_default_but_for_the_image_data_paths():
+def test_configmap_config_is_the_default_but_for_the_image_data_paths_and_precision():
+    """And a fixed training precision: `auto` would pick per node."""
     mine = load_config(K8S / "base" / "config.yaml", "default", []).to_dict()
     default = load_config(REPO / "configs" / "default.yaml", "default", []).to_dict()
     for key in ("data_dir", "manual_dir"):
         assert mine["data"].pop(key).startswith("/opt/dae/tensorflow_datasets")
         default["data"].pop(key)
+    assert mine["model"].pop("precision") != "auto" and default["model"].pop("precision")
     assert mine == default, "k8s/base/config.yaml changes more than the data paths"
 
 
