@@ -180,30 +180,28 @@ def _model_spec(spec, name: str, sig_name: str, version: int) -> None:
     spec.version.value = version
 
 
-def classify_sync(servable: Servable, request, limits: Limits, check_method=False):
-    """RunClassify on a servable already found."""
+def _run_single(servable: Servable, request, limits: Limits, check_method, preprocess,
+                response, fill_result):  # fmt: skip
+    """RunClassify / RunRegress on a servable already found."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = _signature(servable, name, "No signature was found with the name: ")
-    preprocess_classification(servable, sig, check_method)
+    preprocess(servable, sig, check_method)
     examples = serialized_examples(request.input, limits)
     outputs = servable.run(sig.name, {INPUTS: examples})
-    response = classification_pb2.ClassificationResponse()
     _model_spec(response.model_spec, request.model_spec.name, name, servable.version)
-    classification_result(len(examples), outputs, response.result)
+    fill_result(len(examples), outputs, response.result)
     return response
+
+
+def classify_sync(servable: Servable, request, limits: Limits, check_method=False):
+    response = classification_pb2.ClassificationResponse()
+    return _run_single(servable, request, limits, check_method, preprocess_classification,
+                       response, classification_result)  # fmt: skip
 
 
 def regress_sync(servable: Servable, request, limits: Limits, check_method=False):
-    """RunRegress on a servable already found."""
-    name = request.model_spec.signature_name or DEFAULT_SIGNATURE
-    sig = _signature(servable, name, "No signature was found with the name: ")
-    preprocess_regression(servable, sig, check_method)
-    examples = serialized_examples(request.input, limits)
-    outputs = servable.run(sig.name, {INPUTS: examples})
-    response = regression_pb2.RegressionResponse()
-    _model_spec(response.model_spec, request.model_spec.name, name, servable.version)
-    regression_result(len(examples), outputs, response.result)
-    return response
+    return _run_single(servable, request, limits, check_method, preprocess_regression,
+                       regression_pb2.RegressionResponse(), regression_result)  # fmt: skip
 
 
 def multi_inference_sync(servable: Servable, request, limits: Limits, check_method=False):

@@ -61,18 +61,22 @@ def _policy(proto) -> VersionPolicy:
     return VersionPolicy()
 
 
+def _parse(text: str, message):
+    """`message` filled from protobuf text format, or TF Serving's ParseProtoTextFile error."""
+    from google.protobuf import text_format
+
+    try:
+        return text_format.Parse(text, message)
+    except text_format.ParseError as e:
+        kind = message.DESCRIPTOR.full_name
+        raise ConfigError(f"Error parsing text-format {kind}: {e}") from None
+
+
 def parse_model_server_config(text: str) -> list[ModelConfig]:
     """The models of a ModelServerConfig, or ConfigError with TF Serving's wording."""
-    from google.protobuf import text_format
     from tensorflow_serving.config import model_server_config_pb2
 
-    proto = model_server_config_pb2.ModelServerConfig()
-    try:
-        text_format.Parse(text, proto)
-    except text_format.ParseError as e:
-        raise ConfigError(
-            f"Error parsing text-format tensorflow.serving.ModelServerConfig: {e}"
-        ) from None
+    proto = _parse(text, model_server_config_pb2.ModelServerConfig())
     if proto.HasField("custom_model_config"):
         raise ConfigError("custom_model_config is not supported: list models in model_config_list")
     models, seen = [], set()
@@ -148,7 +152,6 @@ def _monitoring_message():
 def prometheus_path(path: str | Path | None) -> str | None:
     """The Prometheus endpoint a --monitoring_config_file asks for (None: not exposed).
     Without the file, dae exposes metrics at TF Serving's default path anyway."""
-    from google.protobuf import text_format
 
     if path is None:
         return PROMETHEUS_PATH
@@ -157,13 +160,7 @@ def prometheus_path(path: str | Path | None) -> str | None:
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", e)
         raise ConfigError(f"cannot read monitoring config file {path}: {why}") from None
-    message = _monitoring_message()()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as e:
-        raise ConfigError(
-            f"Error parsing text-format tensorflow.serving.MonitoringConfig: {e}"
-        ) from None
+    message = _parse(text, _monitoring_message()())
     prometheus = message.prometheus_config
     if not prometheus.enable:
         return None
