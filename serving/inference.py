@@ -68,15 +68,19 @@ def _string_input(sig, key: str) -> str:
     return key
 
 
-def preprocess_classification(servable: Servable, sig, check_method: bool) -> list[str]:
-    """PreProcessClassification: the outputs to read (classes and/or scores)."""
-    if check_method and sig.method_name != CLASSIFY_METHOD:
+def _one_input(servable: Servable, sig, check_method: bool, kind: str, method: str) -> None:
+    """What PreProcessClassification and PreProcessRegression check alike."""
+    if check_method and sig.method_name != method:
         raise invalid(
-            f"Expected classification signature method_name to be {CLASSIFY_METHOD}. "
-            f"Was: {sig.method_name}"
+            f"Expected {kind} signature method_name to be {method}. Was: {sig.method_name}"
         )
     if len(sig.inputs) != 1:
         raise invalid("Expected one input Tensor.")
+
+
+def preprocess_classification(servable: Servable, sig, check_method: bool) -> list[str]:
+    """PreProcessClassification: the outputs to read (classes and/or scores)."""
+    _one_input(servable, sig, check_method, "classification", CLASSIFY_METHOD)
     if len(sig.outputs) not in (1, 2):
         raise invalid(f"Expected one or two output Tensors, found {len(sig.outputs)}")
     if INPUTS not in sig.inputs:
@@ -95,13 +99,7 @@ def preprocess_classification(servable: Servable, sig, check_method: bool) -> li
 
 def preprocess_regression(servable: Servable, sig, check_method: bool) -> list[str]:
     """PreProcessRegression: the output to read."""
-    if check_method and sig.method_name != REGRESS_METHOD:
-        raise invalid(
-            f"Expected regression signature method_name to be {REGRESS_METHOD}. "
-            f"Was: {sig.method_name}"
-        )
-    if len(sig.inputs) != 1:
-        raise invalid("Expected one input Tensor.")
+    _one_input(servable, sig, check_method, "regression", REGRESS_METHOD)
     if len(sig.outputs) != 1:
         raise invalid("Expected one output Tensor.")
     if INPUTS not in sig.inputs:
