@@ -67,7 +67,7 @@ def _dense(hp, x, shape):
     units = [hp.Choice(f"units_{i}", [128, 256, 512]) for i in range(hp.Int("dense_layers", 1, 3))]
     x = _mlp(L.Flatten()(x), units)
     x = L.Dense(hp.Choice("latent_dim", [16, 32, 64, 128]), activation="relu")(x)
-    x = _float32_output(L.Dense(math.prod(shape), dtype="float32")(_mlp(x, reversed(units))))
+    x = _float32_output(L.Dense(math.prod(shape))(_mlp(x, reversed(units))))
     return L.Reshape(shape)(x)
 
 
@@ -113,8 +113,9 @@ def _conv_ae(hp, x, shape):
 
 
 def _float32_output(logits):
-    """The sigmoid in float32 (and its layer before it, by the caller): under mixed
-    precision a bfloat16 sigmoid has 8 bits of mantissa, coarse for a loss near 0 or 1."""
+    """The sigmoid in float32 (the layer before it too, where the caller says so): under
+    mixed precision a bfloat16 sigmoid has 8 bits of mantissa, coarse for a loss near 0
+    or 1. bench/train_levers.py measures what the float32 last convolution costs."""
     return _layers().Activation("sigmoid", dtype="float32")(logits)
 
 
