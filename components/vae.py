@@ -54,18 +54,23 @@ class VAE(keras.Model):
         return self.decode(z_mean, training=training)
 
     def decode(self, z, training=False):
-        return keras.ops.sigmoid(self.decoder(z, training=training))
+        return keras.ops.sigmoid(self._logits(z, training))
+
+    def _logits(self, z, training: bool):
+        """The decoder's logits in float32 (under mixed precision it computes in bf16)."""
+        return keras.ops.cast(self.decoder(z, training=training), "float32")
 
     def _terms(self, noisy, clean, training: bool):
-        """(loss, reconstruction, kl, mse) per image; z is sampled (reparameterisation)."""
+        """(loss, reconstruction, kl, mse) per image, in float32; z is sampled
+        (reparameterisation)."""
         ops = keras.ops
-        z_mean, z_log_var = self.encoder(noisy, training=training)
+        z_mean, z_log_var = (ops.cast(t, "float32") for t in self.encoder(noisy, training=training))
         eps = keras.random.normal(ops.shape(z_mean), seed=self.seed_generator)
-        logits = self.decoder(z_mean + ops.exp(0.5 * z_log_var) * eps, training=training)
+        logits = self._logits(z_mean + ops.exp(0.5 * z_log_var) * eps, training)
         rec = bernoulli_nll(clean, logits)
         kl = kl_divergence(z_mean, z_log_var)
         # The metric a denoiser is judged by, on the deterministic output when evaluating.
-        out = ops.sigmoid(logits if training else self.decoder(z_mean, training=False))
+        out = ops.sigmoid(logits if training else self._logits(z_mean, False))
         mse = ops.mean(ops.reshape(ops.square(out - clean), (ops.shape(out)[0], -1)), axis=-1)
         return rec + self.beta * kl, rec, kl, mse
 
