@@ -204,11 +204,17 @@ VAE_BUILDERS = {
 }
 
 
-def build_model(hp, family, shape, mean: float, std: float, beta: float | None = 1.0):
+def build_model(hp, family, shape, mean: float, std: float, beta: float | None = 1.0,
+                policy: str | None = None):  # fmt: skip
     """A compiled denoiser of `family` (a family or a baseline) with hyperparameters drawn
     from `hp`. A list of families makes the family itself a hyperparameter ("family"), each
     family's own hyperparameters active only when it is chosen. `beta` is the VAEs' KL
-    weight; None makes it a hyperparameter of the VAE families."""
+    weight; None makes it a hyperparameter of the VAE families. `policy`: the Keras dtype
+    policy to build under (Keras Tuner clears the session, and the global policy with it,
+    before each trial's build)."""
+    if policy is not None:
+        with dtype_policy(policy):
+            return build_model(hp, family, shape, mean, std, beta)
     families = [family] if isinstance(family, str) else list(family)
     for f in families:
         if f not in FAMILIES + BASELINES:

@@ -36,7 +36,6 @@ from dae.components import distributed
 from dae.components.models import (
     OBJECTIVE,
     build_model,
-    dtype_policy,
     hyperparameters,
     precision,
 )
@@ -125,6 +124,7 @@ def _write(ctx, family: str, searched: list[str], hp) -> None:
 
 
 def run(ctx: StageContext) -> StageResult:
+    import keras
 
     cfg = ctx.config
     role = distributed.tuner_role()
@@ -135,14 +135,6 @@ def run(ctx: StageContext) -> StageResult:
         _write(ctx, cfg.model.baseline, [cfg.model.baseline], hyperparameters())
         ctx.log(f"tune: baseline {cfg.model.baseline} is a fixed architecture; no search")
         return StageResult({"tune_trials": 0, "tune_best_score": None})
-    with dtype_policy(precision(cfg.model.precision)):
-        return _tune(ctx, role, worker)
-
-
-def _tune(ctx: StageContext, role: str | None, worker: bool) -> StageResult:
-    import keras
-
-    cfg = ctx.config
     examples = ctx.inputs["transformed_examples"]
     moments = read_json(ctx.inputs["transform_graph"] / TransformGraph.FILE)
     keras.utils.set_random_seed(cfg.seed)
@@ -155,6 +147,7 @@ def _tune(ctx: StageContext, role: str | None, worker: bool) -> StageResult:
         mean=moments["mean"],
         std=moments["std"],
         beta=cfg.model.beta,
+        policy=precision(cfg.model.precision),
     )
     tuner = make_tuner(
         cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"],

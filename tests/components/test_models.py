@@ -136,3 +136,25 @@ def test_auto_precision_follows_the_cpu(tmp_path):
     assert models.precision("auto", cpuinfo) == "float32"
     assert models.precision("auto", tmp_path / "missing") == "float32"
     assert models.precision("mixed_bfloat16", cpuinfo) == "mixed_bfloat16"
+
+
+def test_the_policy_survives_keras_tuners_clear_session(tmp_path):
+    """Keras Tuner clears the session (and Keras' global dtype policy) before each trial:
+    the hypermodel itself must set the policy, or a 'bf16' search runs in float32."""
+    from functools import partial
+
+    import keras_tuner as kt
+
+    built = []
+
+    def hypermodel(hp):
+        model = models.build_model(hp, "conv", (28, 28, 1), 0.1, 0.3, policy="mixed_bfloat16")
+        built.append(model.layers[3].compute_dtype)
+        return model
+
+    x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
+    tuner = kt.RandomSearch(partial(hypermodel), objective="val_loss", max_trials=1,
+                            directory=tmp_path, project_name="p")  # fmt: skip
+    with models.dtype_policy("mixed_bfloat16"):  # what does not survive
+        tuner.search(x, x, validation_data=(x, x), epochs=1, verbose=0)
+    assert built and set(built) == {"bfloat16"}
