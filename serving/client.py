@@ -47,13 +47,14 @@ class GrpcClient:
 
     def predict(self, images: np.ndarray, version: int | None = None) -> np.ndarray:
         import grpc
-        import tensorflow as tf
 
         try:
             response = self.stub.Predict(self.request(images, version), timeout=self.timeout)
         except grpc.RpcError as e:
             raise ServingClientError(e.code().name, e.details()) from None
-        return tf.make_ndarray(response.outputs[OUTPUT_NAME])
+        from dae.serving.tensor_proto import to_ndarray
+
+        return to_ndarray(response.outputs[OUTPUT_NAME])
 
     def close(self) -> None:
         self.channel.close()
