@@ -65,3 +65,18 @@ def test_content_that_does_not_fit_the_shape_is_tf_s_error():
     proto.tensor_content = proto.tensor_content[:-4]
     with pytest.raises(ValueError):
         to_ndarray(proto)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_to_ndarray_reads_tf_servings_typed_fields_from_their_bytes(dtype):
+    """What TF Serving (and dae) answer: packed float_val / double_val, read without a
+    Python float per value; a short field (one value broadcast) takes tf.make_ndarray's path."""
+    value = np.random.default_rng(1).random((3, 5, 2)).astype(dtype)
+    proto = tensor_pb2.TensorProto()
+    fill_tensor_proto(proto, value)
+    got = to_ndarray(proto)
+    assert got.dtype == value.dtype and got.shape == value.shape
+    np.testing.assert_array_equal(got, value)
+    short = tensor_pb2.TensorProto(dtype=proto.dtype, tensor_shape=proto.tensor_shape)
+    (short.float_val if dtype == np.float32 else short.double_val).append(0.5)
+    np.testing.assert_array_equal(to_ndarray(short), tf.make_ndarray(short))
