@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dae.serving.manager import ServableManager
 from dae.serving.model_config import ConfigError, ModelConfig, read_model_server_config
-from dae.serving.servable import ServingError
+from dae.serving.servable import ServingError, clip
 
 log = logging.getLogger("dae.serving")
 
@@ -31,8 +31,7 @@ class ServerCore:
     def manager(self, name: str) -> ServableManager:
         manager = self.managers.get(name)  # one read: a reload swaps the whole dict
         if manager is None:
-            shown = name if len(name) <= 64 else f"{name[:64]}... ({len(name)} characters)"
-            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({shown})")
+            raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({clip(name)})")
         return manager
 
     def known(self, name: str) -> ServableManager | None:

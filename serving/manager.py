@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dae.serving.export import version_dirs
 from dae.serving.model_config import ModelConfig
-from dae.serving.servable import Servable, ServingError, forget_gradients
+from dae.serving.servable import Servable, ServingError, clip, forget_gradients
 
 log = logging.getLogger("dae.serving")
 
@@ -126,8 +126,9 @@ class ServableManager:
         """A version label's version (ServerCore::GetModelVersionForLabel)."""
         version = self.labels.get(label)
         if version is None:
-            shown = label if len(label) <= 64 else f"{label[:64]}... ({len(label)} characters)"
-            raise ServingError("INVALID_ARGUMENT", f"Unrecognized servable version label: {shown}")
+            raise ServingError(
+                "INVALID_ARGUMENT", f"Unrecognized servable version label: {clip(label)}"
+            )
         return version
 
     def available(self) -> list[int]:

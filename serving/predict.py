@@ -19,7 +19,7 @@ import numpy as np
 
 from dae.serving.batching import Batcher, QueueFull, TooLarge
 from dae.serving.core import ServerCore
-from dae.serving.servable import ServingError, Signature
+from dae.serving.servable import ServingError, Signature, clip
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_ROWS = 1024
@@ -27,13 +27,6 @@ DEFAULT_MAX_ROWS = 1024
 
 def invalid(message: str) -> ServingError:
     return ServingError("INVALID_ARGUMENT", message)
-
-
-def clip(text, limit: int = 64) -> str:
-    """Client text echoed in an error, cut short: a 10 KB name must not fill (and overflow)
-    a client's 8 KB gRPC trailer."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)

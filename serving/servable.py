@@ -30,6 +30,13 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 SERVE_TAG = "serve"
 
 
+def clip(text, limit: int = 64) -> str:
+    """Client text echoed in an error, cut short: a 10 KB name must not fill (and overflow)
+    a client's 8 KB gRPC trailer."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 class ServingError(Exception):
     """An error with a TF Serving status code name: INVALID_ARGUMENT, NOT_FOUND, ..."""
 
