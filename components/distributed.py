@@ -45,6 +45,23 @@ def record_trials(tuner, objective: str) -> dict[str, dict[str, Any]]:
     return compat.record_oracle_client_trials(tuner.oracle, objective)
 
 
+TUNER_WORKERS = "DAE_TUNER_WORKERS"
+
+
+def chief_waits_for(tuner) -> int:
+    """On the chief: with DAE_TUNER_WORKERS=N it serves the oracle until N workers have been
+    told the search is over, so a worker that starts after the others finished every trial
+    is answered instead of waiting an hour for a chief that is gone. Returns N (0: unset,
+    Keras Tuner's own rule)."""
+    raw = os.environ.get(TUNER_WORKERS)
+    if raw is None:
+        return 0
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise StageError(f"{TUNER_WORKERS} must be a positive number of workers, not {raw!r}")
+    compat.chief_waits_for_workers(tuner.oracle, int(raw))
+    return int(raw)
+
+
 def resume_oracle(tuner) -> None:
     """Keras Tuner reloads a search only when this tuner id's own state file exists, so a
     chief taking over a search run in one process (tuner0.json) would start it afresh and

@@ -158,7 +158,10 @@ def run(ctx: StageContext) -> StageResult:
         return _work(ctx, tuner, role, data)
     distributed.resume_oracle(tuner)
     if role == "chief":
-        ctx.log(f"tune: chief serving the oracle on port {os.environ['KERASTUNER_ORACLE_PORT']}")
+        waits = distributed.chief_waits_for(tuner)
+        until = f" until {waits} workers have been told the search is over" if waits else ""
+        ctx.log(f"tune: chief serving the oracle on port {os.environ['KERASTUNER_ORACLE_PORT']}"
+                f"{until}")  # fmt: skip
     progress = ctx.progress("trial", planned_trials(tuner))
     report_trials(tuner, progress)
     best = search(tuner, *data, cfg.tune.max_epochs, cfg.tune.batch_size)

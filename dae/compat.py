@@ -158,6 +158,47 @@ def record_oracle_client_trials(client, objective: str) -> dict[str, dict[str, A
     return trials
 
 
+def chief_waits_for_workers(oracle, workers: int) -> set[str]:
+    """Keras Tuner's chief (oracle_chief.start_server) exits once the search is over and no
+    tuner it has heard from is busy: a worker that starts late (its Pod still pending, its
+    imports slow) then finds no oracle and waits for it for an hour (OracleClient's TIMEOUT).
+    Wrap this oracle's create_trial (on the instance) to note each tuner told the search is
+    over, and have exit_chief also wait until `workers` of them have been. Checked:
+    exit_chief exists and start_server(oracle) still consults it by its module name.
+    Returns the set of tuner ids told so far (the same one if this oracle is wrapped)."""
+    lib, patch = "keras_tuner", "chief_waits_for_workers"
+    chief = _module(lib, patch, "keras_tuner.src.distribute.oracle_chief")
+    current = _attr(lib, patch, chief, "exit_chief")  # synchronized: (*args, **kwargs)
+    start = _attr(lib, patch, chief, "start_server", ("oracle",))
+    if "exit_chief" not in start.__code__.co_names:
+        _fail(lib, patch, "oracle_chief.start_server", "no longer calls exit_chief")
+    trial = _module(lib, patch, "keras_tuner.src.engine.trial")
+    stopped_status = _attr(lib, patch, trial.TrialStatus, "STOPPED")
+    if not patched(current):
+        original = current
+
+        def exit_chief(oracle):
+            told = getattr(oracle.create_trial, "told", None)
+            needed = getattr(oracle.create_trial, "workers", 0)
+            return original(oracle) and (told is None or len(told) >= needed)
+
+        chief.exit_chief = _mark(exit_chief, patch)
+    if patched(oracle.create_trial):
+        oracle.create_trial.workers = workers
+        return oracle.create_trial.told
+    create, told = oracle.create_trial, set()
+
+    def create_trial(tuner_id):
+        result = create(tuner_id)
+        if result.status == stopped_status:
+            told.add(tuner_id)
+        return result
+
+    create_trial.told, create_trial.workers = told, workers
+    oracle.create_trial = _mark(create_trial, patch)
+    return told
+
+
 # ---- Keras 3 + MultiWorkerMirroredStrategy ------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import yaml
 
+from dae.components.distributed import TUNER_WORKERS
 from dae.pipeline.argo_layout import (
     ACCOUNT,
     CLAIM,
@@ -165,7 +166,8 @@ def _keras_tuner(layout: Layout, name: str) -> list[dict]:
     spec, port = layout.stage(name), layout.stage(name).port
     oracle = [{"name": "oracle", "containerPort": port, "protocol": "TCP"}]
     chief_env = [_value("KERASTUNER_TUNER_ID", "chief"), _value("KERASTUNER_ORACLE_IP", "0.0.0.0"),
-                 _value("KERASTUNER_ORACLE_PORT", port)]  # fmt: skip
+                 _value("KERASTUNER_ORACLE_PORT", port),
+                 _value(TUNER_WORKERS, f"{{{{workflow.parameters.{name}-workers}}}}")]  # fmt: skip
     worker_env = [_value("KERASTUNER_TUNER_ID", "tuner{{inputs.parameters.index}}"),
                   _value("KERASTUNER_ORACLE_IP", f"dae-{name}-chief"),
                   _value("KERASTUNER_ORACLE_PORT", port)]  # fmt: skip

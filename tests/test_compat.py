@@ -305,6 +305,59 @@ def test_uvicorn_takes_signals_without_hiding_them_from_asyncio():
     assert proc.stdout.split() == ["asyncio", "True", "uvicorn", "True"]
 
 
+# ---- Keras Tuner: the chief's oracle server ------------------------------------------------
+
+
+@pytest.fixture
+def chief(monkeypatch, tmp_path):
+    """oracle_chief (its exit_chief put back after the test) and a real one-trial oracle."""
+    import keras_tuner as kt
+    from keras_tuner.src.distribute import oracle_chief
+
+    monkeypatch.setattr(oracle_chief, "exit_chief", oracle_chief.exit_chief)
+    hp = kt.HyperParameters()
+    hp.Int("units", 1, 4)
+    oracle = kt.oracles.RandomSearchOracle(objective="val_loss", max_trials=1, hyperparameters=hp)
+    oracle._set_project_dir(str(tmp_path), "search")
+    return oracle_chief, oracle
+
+
+def test_chief_waits_for_workers_keeps_serving_until_each_was_told(chief):
+    oracle_chief, oracle = chief
+    told = compat.chief_waits_for_workers(oracle, 2)
+    trial = oracle.create_trial("tuner0")
+    assert trial.status == "RUNNING" and not oracle_chief.exit_chief(oracle)
+    oracle.end_trial(trial)
+    assert oracle.create_trial("tuner0").status == "STOPPED"  # the search is over
+    # Keras Tuner alone would exit now: nobody it has heard of is busy.
+    assert not oracle.ongoing_trials and not oracle.tuner_ids
+    assert told == {"tuner0"} and not oracle_chief.exit_chief(oracle)
+    assert oracle.create_trial("tuner1").status == "STOPPED"  # the late worker is answered
+    assert told == {"tuner0", "tuner1"} and oracle_chief.exit_chief(oracle)
+    assert compat.chief_waits_for_workers(oracle, 2) is told  # idempotent
+    assert getattr(oracle_chief.exit_chief, MARK) == "chief_waits_for_workers"
+
+
+def test_chief_waits_for_workers_leaves_other_oracles_to_keras_tuner(chief):
+    oracle_chief, oracle = chief
+    compat.chief_waits_for_workers(oracle, 2)
+    import keras_tuner as kt
+
+    other = kt.oracles.RandomSearchOracle(objective="val_loss", max_trials=1)
+    assert oracle_chief.exit_chief(other)  # not wrapped: Keras Tuner's rule alone
+
+
+def test_chief_waits_for_workers_fails_loudly_if_start_server_stops_asking(chief, monkeypatch):
+    oracle_chief, oracle = chief
+
+    def start_server(oracle):  # a rewrite that decides on its own
+        return oracle
+
+    monkeypatch.setattr(oracle_chief, "start_server", start_server)
+    with pytest.raises(CompatError, match=r"keras_tuner \S+: .*no longer calls exit_chief"):
+        compat.chief_waits_for_workers(oracle, 2)
+
+
 def test_hyperband_trials_counts_every_round_of_every_bracket():
     import keras_tuner as kt
 

@@ -112,6 +112,29 @@ def test_a_chief_and_two_workers_search_together(run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_worker_that_starts_after_the_search_ended_is_told_so(run, tmp_path):
+    """Told how many workers it has (DAE_TUNER_WORKERS, as the Argo workflow tells it), the
+    chief outlives a search one worker ran alone, and answers the late one: no trials."""
+    root, run_id = run
+    port = str(free_port())
+    args = ["stage", "tune", "--run", run_id, "--root", str(root), *TUNE_SETS,
+            "--set", "tune.max_trials=2"]  # fmt: skip
+    env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+    log = {n: tmp_path / f"{n}.log" for n in ("chief", "tuner0", "tuner1")}
+    chief = _start(args, log["chief"], KERASTUNER_TUNER_ID="chief", DAE_TUNER_WORKERS="2", **env)
+    first = _start(args, log["tuner0"], KERASTUNER_TUNER_ID="tuner0", **env)
+    _finish({"tuner0": (first, log["tuner0"])}, timeout=150)
+    assert chief.poll() is None, log["chief"].read_text()[-3000:]  # Keras Tuner's would be gone
+    late = _start(args, log["tuner1"], KERASTUNER_TUNER_ID="tuner1", **env)
+    logs = _finish({"chief": (chief, log["chief"]), "tuner1": (late, log["tuner1"])}, timeout=90)
+    assert "until 2 workers have been told the search is over" in logs["chief"]
+    assert "worker tuner0 ran 2 trials" in log["tuner0"].read_text()
+    assert "worker tuner1 ran 0 trials" in logs["tuner1"]
+    record = read_json(root / "runs" / run_id / "tune" / "stage.json")
+    assert record["summary"]["tune_trials"] == 2
+
+
+@pytest.mark.slow
 def test_a_chief_takes_over_a_search_run_in_one_process(tiny_examples, make_ctx, config,
                                                         monkeypatch):  # fmt: skip
     """Keras Tuner reloads a search only from the tuner's own state file (chief.json): the
