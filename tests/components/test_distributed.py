@@ -162,6 +162,18 @@ def test_a_chief_takes_over_a_search_run_in_one_process(tiny_examples, make_ctx,
     assert sorted(tuner.oracle.trials) == ["0", "1"]
 
 
+@pytest.mark.parametrize("value", ["two", "0", "-1", ""])
+def test_the_chief_refuses_a_worker_count_that_is_not_one(monkeypatch, value):
+    monkeypatch.setenv("DAE_TUNER_WORKERS", value)
+    with pytest.raises(StageError, match=f"DAE_TUNER_WORKERS must be a positive number.*{value!r}"):
+        distributed.chief_waits_for(None)
+
+
+def test_without_a_worker_count_the_chief_follows_keras_tuner(monkeypatch):
+    monkeypatch.delenv("DAE_TUNER_WORKERS", raising=False)
+    assert distributed.chief_waits_for(None) == 0  # the oracle is left as it is
+
+
 def test_tuner_roles_follow_keras_tuners_rule(monkeypatch):
     for name in OURS:
         monkeypatch.delenv(name, raising=False)
