@@ -239,6 +239,20 @@ class LocalArgo:
                 raise AssertionError(f"unsupported env source {e}")
         return env
 
+    def _dns_for(self, env: dict, own: dict[str, int], wait: float = 120.0) -> dict[str, str]:
+        """_dns once every Service this Pod's env names has a Pod behind it: on Kubernetes a
+        Service's name resolves before its Pod is up (gRPC's wait_for_ready retries), here
+        its local port exists only once that Pod has started (it starts beside this one)."""
+        names = {s["metadata"]["name"] for s in self.services} & set(map(str, env.values()))
+        deadline = time.monotonic() + wait
+        while True:
+            hosts = self._dns(own)
+            if all(any(h.startswith(f"{n}:") for h in hosts) for n in names):
+                return hosts
+            if time.monotonic() > deadline:
+                return hosts
+            time.sleep(0.2)
+
     def _dns(self, own: dict[str, int]) -> dict[str, str]:
         """Each Service's name:port -> the local port of the Pod it selects; this Pod's own
         bind address (0.0.0.0:port) -> its local port; a Job Pod's name -> its port."""
@@ -272,7 +286,7 @@ class LocalArgo:
         tmp.mkdir(parents=True, exist_ok=True)
         local_env = {k: local_paths(v, mounts) for k, v in env.items()}
         local_env |= {"PATH": f"{self.bin}:{BIN}:/usr/bin:/bin", "TMPDIR": str(tmp),
-                      "ARGO_LOCAL_DNS": json.dumps(self._dns(own))}  # fmt: skip
+                      "ARGO_LOCAL_DNS": json.dumps(self._dns_for(env, own))}  # fmt: skip
         local_argv = [local_paths(a, mounts) for a in argv]
         record.log = pod_dir / f"{container['name']}-{attempt}.log"
         record.log.parent.mkdir(parents=True, exist_ok=True)
