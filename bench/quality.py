@@ -46,8 +46,13 @@ def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None,
     from dae.components.noise import corrupt
 
     def split(name, n):
-        ds = tfds.load(dataset, split=name, batch_size=-1, data_dir=os.path.expanduser(data_dir),
-                       download=False)  # fmt: skip
+        ds = tfds.load(
+            dataset,
+            split=name,
+            batch_size=-1,
+            data_dir=os.path.expanduser(data_dir),
+            download=False,
+        )
         data = tfds.as_numpy(ds)
         return data["image"][:n].astype(np.float32) / 255.0, data["label"][:n]
 
@@ -70,16 +75,23 @@ def tuned_hyperparameters(cfg, families, data, moments, work: Path, beta):
     from dae.components.models import build_model
 
     hypermodel = partial(build_model, family=families, beta=beta, **moments)
-    tuner = tune.make_tuner(cfg.tune.tuner, hypermodel, work, "+".join(families), cfg.seed,
-                            cfg.tune)  # fmt: skip
+    tuner = tune.make_tuner(
+        cfg.tune.tuner, hypermodel, work, "+".join(families), cfg.seed, cfg.tune
+    )
     t, e = cfg.tune.train_examples, cfg.tune.eval_examples
     train, valid = data["train"], data["eval"]
-    return tune.search(tuner, (train[0][:t], train[1][:t]), (valid[0][:e], valid[1][:e]),
-                       cfg.tune.max_epochs, cfg.tune.batch_size)  # fmt: skip
+    return tune.search(
+        tuner,
+        (train[0][:t], train[1][:t]),
+        (valid[0][:e], valid[1][:e]),
+        cfg.tune.max_epochs,
+        cfg.tune.batch_size,
+    )
 
 
-def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0,
-                    sigma=SIGMA):  # fmt: skip
+def train_and_score(
+    name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0, sigma=SIGMA
+):
     """Fit on the whole training split for `epochs` (EarlyStopping as the pipeline's), score
     the deployable model on the test split. `sigma` 0: the data are clean in, clean out."""
     import keras
@@ -94,9 +106,17 @@ def train_and_score(name, family, hp, data, moments, cfg, epochs, work: Path, be
     fresh = None
     if cfg.train.fresh_noise and sigma:
         fresh = partial(corrupt, kind="gaussian", level=sigma)
-    history = train.fit(model, data["train"][:2], data["eval"][:2], epochs, cfg.train.batch_size,
-                        cfg.train.patience, checkpoint=work / f"{name}.weights.h5",
-                        noise=fresh, seed=cfg.seed)  # fmt: skip
+    history = train.fit(
+        model,
+        data["train"][:2],
+        data["eval"][:2],
+        epochs,
+        cfg.train.batch_size,
+        cfg.train.patience,
+        checkpoint=work / f"{name}.weights.h5",
+        noise=fresh,
+        seed=cfg.seed,
+    )
     seconds = time.perf_counter() - start
     served = deployable(model)
     noisy, clean, _ = data["test"]
@@ -131,8 +151,11 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for seed in (s for s in SEEDS if s in args.models):
-            rows.append(train_and_score(seed, seed, hyperparameters(), data, moments, cfg,
-                                        args.epochs, work))  # fmt: skip
+            rows.append(
+                train_and_score(
+                    seed, seed, hyperparameters(), data, moments, cfg, args.epochs, work
+                )
+            )
             print(_line(dataset, rows[-1]), flush=True)
         vaes = [f for f in FAMILIES if f in VAES]
         # "clean VAE": the seed articles' task (clean in, clean out), where -ELBO is the
@@ -151,8 +174,9 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
             start = time.perf_counter()
             hp = tuned_hyperparameters(cfg, families, d, moments, work / name, beta)
             tune_s = round(time.perf_counter() - start, 1)
-            row = train_and_score(name, families, hp, d, moments, cfg, args.epochs, work, beta,
-                                  sigma)  # fmt: skip
+            row = train_and_score(
+                name, families, hp, d, moments, cfg, args.epochs, work, beta, sigma
+            )
             rows.append(row | {"tune_seconds": tune_s, "sigma": sigma})
             print(_line(dataset, rows[-1]), flush=True)
     return [r | {"dataset": dataset} for r in rows]
@@ -178,8 +202,11 @@ def verdicts(rows: list[dict]) -> list[str]:
         return []
     seeds = [mnist[s] for s in SEEDS if s in mnist]
     best_seed = max(seeds, key=lambda r: r["psnr"]) if seeds else None
-    noisy_in = [(r["neg_elbo"], r["model"]) for r in mnist.values()
-                if r.get("neg_elbo") and r.get("sigma", SIGMA)]  # fmt: skip
+    noisy_in = [
+        (r["neg_elbo"], r["model"])
+        for r in mnist.values()
+        if r.get("neg_elbo") and r.get("sigma", SIGMA)
+    ]
     best = min(noisy_in, default=(float("nan"), "-"))
     cleans = [(r["neg_elbo_clean"], r["model"]) for r in mnist.values() if r.get("neg_elbo_clean")]
     best_clean = min(cleans, default=(float("nan"), "-"))
@@ -190,8 +217,10 @@ def verdicts(rows: list[dict]) -> list[str]:
     out = []
     if best_seed:
         gain = mnist["tuned"]["psnr"] - best_seed["psnr"]
-        out.append(f"tuned vs best seed ({best_seed['model']}): {gain:+.2f} dB "
-                   f"(target >= +{TARGET_GAIN_DB}): {ok(gain >= TARGET_GAIN_DB)}")  # fmt: skip
+        out.append(
+            f"tuned vs best seed ({best_seed['model']}): {gain:+.2f} dB "
+            f"(target >= +{TARGET_GAIN_DB}): {ok(gain >= TARGET_GAIN_DB)}"
+        )
     return out + [
         f"tuned PSNR {mnist['tuned']['psnr']:.2f} dB (target >= {TARGET_PSNR_DB}): "
         f"{ok(mnist['tuned']['psnr'] >= TARGET_PSNR_DB)}",
@@ -210,21 +239,33 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="every model's batch size")
     p.add_argument("--config", default=None, help="a dae config (tuner, families, budget)")
     p.add_argument("--quick", action="store_true", help="a smoke check on a few thousand images")
-    p.add_argument("--models", nargs="+", default=[*SEEDS, "tuned", "tuned VAE", "clean VAE"],
-                   help="a subset of the rows to train (default: all)")  # fmt: skip
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=[*SEEDS, "tuned", "tuned VAE", "clean VAE"],
+        help="a subset of the rows to train (default: all)",
+    )
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     overrides = []
     args.limit = args.test_limit = None
     if args.quick:  # every model, tiny: a check that the benchmark runs, not a measurement
         args.limit, args.test_limit = 3000, 500
-        overrides = ["tune.tuner=random", "tune.max_trials=2", "tune.max_epochs=1",
-                     "tune.train_examples=1000", "tune.eval_examples=200"]  # fmt: skip
+        overrides = [
+            "tune.tuner=random",
+            "tune.max_trials=2",
+            "tune.max_epochs=1",
+            "tune.train_examples=1000",
+            "tune.eval_examples=200",
+        ]
     overrides.append(f"train.batch_size={args.batch_size}")
     cfg = load_config(args.config, "default", overrides)
     args.epochs = 2 if args.quick else args.epochs
-    print(f"{'dataset':<14} {'model':<13} {'family':<13} {'ep':>3} {'params':>9} {'PSNR':>7} "
-          f"{'SSIM':>6} {'-ELBO':>8} {'clean':>8} {'train s':>7}", flush=True)  # fmt: skip
+    print(
+        f"{'dataset':<14} {'model':<13} {'family':<13} {'ep':>3} {'params':>9} {'PSNR':>7} "
+        f"{'SSIM':>6} {'-ELBO':>8} {'clean':>8} {'train s':>7}",
+        flush=True,
+    )
     rows = []
     for dataset in args.datasets:
         rows += bench_dataset(dataset, args, cfg)

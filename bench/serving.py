@@ -59,8 +59,10 @@ def row(label: str, batch: int, calls: int, lat: list[float], limit: float | Non
     ips = batch * calls / sum(lat)
     ratio = f"{ips / limit:5.2f}x" if limit else "  1.00x"
     p50, p99 = np.percentile(lat, 50) * 1e3, np.percentile(lat, 99) * 1e3
-    print(f"{label:<12} batch {batch:>3}: {ips:>9.0f} img/s  {ratio}  p50 {p50:6.2f} ms  "
-          f"p99 {p99:6.2f} ms")  # fmt: skip
+    print(
+        f"{label:<12} batch {batch:>3}: {ips:>9.0f} img/s  {ratio}  p50 {p50:6.2f} ms  "
+        f"p99 {p99:6.2f} ms"
+    )
     return ips
 
 
@@ -76,8 +78,12 @@ def clients_run(target: str, n: int, seconds: float, image, server_pid: int) -> 
     ips, lat = asyncio.run(concurrent_clients(target, n, seconds, image))
     after = cpu_seconds(server_pid), cpu_seconds(os.getpid())
     requests = len(lat) or 1
-    return {"ips": ips, "lat": lat, "server_ms": (after[0] - before[0]) / requests * 1e3,
-            "client_ms": (after[1] - before[1]) / requests * 1e3}  # fmt: skip
+    return {
+        "ips": ips,
+        "lat": lat,
+        "server_ms": (after[0] - before[0]) / requests * 1e3,
+        "client_ms": (after[1] - before[1]) / requests * 1e3,
+    }
 
 
 async def concurrent_clients(target: str, n: int, seconds: float, image) -> tuple[float, list]:
@@ -147,8 +153,13 @@ def rpc_ceiling(clients: int, seconds: float, image) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", help="a servable version dir (default: build one)")
-    p.add_argument("--filters", type=int, nargs=2, metavar=("F1", "F2"),
-                   help="build the conv family with these filters, not its defaults")  # fmt: skip
+    p.add_argument(
+        "--filters",
+        type=int,
+        nargs=2,
+        metavar=("F1", "F2"),
+        help="build the conv family with these filters, not its defaults",
+    )
     p.add_argument("--seconds", type=float, default=4.0, help="per measurement")
     p.add_argument("--clients", type=int, default=32)
     args = p.parse_args()
@@ -201,20 +212,27 @@ def main() -> int:
     base_b.mkdir(parents=True)
     copy_version(model, base_b, 1)
     batched_server = Server(base_b, "--enable-batching", "--batching-parameters-file", str(params))
-    batched = clients_run(batched_server.grpc, args.clients, args.seconds, one,
-                          batched_server.proc.pid)  # fmt: skip
+    batched = clients_run(
+        batched_server.grpc, args.clients, args.seconds, one, batched_server.proc.pid
+    )
     metrics = batched_server.http.get("/monitoring/prometheus/metrics").text
     batched_server.stop()
     ceiling = rpc_ceiling(args.clients, args.seconds, one)
     cores = os.cpu_count() or 1
-    runs = (("unbatched", unbatched), ("1 op thread", one_thread), ("batched", batched),
-            ("echo", ceiling))  # fmt: skip
+    runs = (
+        ("unbatched", unbatched),
+        ("1 op thread", one_thread),
+        ("batched", batched),
+        ("echo", ceiling),
+    )
     for label, run in runs:
         p50, p99 = statistics.median(run["lat"]) * 1e3, np.percentile(run["lat"], 99) * 1e3
         used = (run["server_ms"] + run["client_ms"]) * run["ips"] / 1e3
-        print(f"{args.clients} clients, {label:<11}: {run['ips']:>7.0f} img/s  p50 {p50:6.2f} ms  "
-              f"p99 {p99:6.2f} ms  CPU per request: server {run['server_ms']:.2f} ms, clients "
-              f"{run['client_ms']:.2f} ms ({used:.2f} of {cores} cores busy)")  # fmt: skip
+        print(
+            f"{args.clients} clients, {label:<11}: {run['ips']:>7.0f} img/s  p50 {p50:6.2f} ms  "
+            f"p99 {p99:6.2f} ms  CPU per request: server {run['server_ms']:.2f} ms, clients "
+            f"{run['client_ms']:.2f} ms ({used:.2f} of {cores} cores busy)"
+        )
     counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")
     rows, calls = (
         int(counters["dae_serving_batched_rows_total"]),
@@ -227,15 +245,19 @@ def main() -> int:
     # what batching could reach on this machine at that batch size.
     per_request = batched["server_ms"] + batched["client_ms"]
     bound = cores / per_request * 1e3
-    print(f"batched, all {cores} cores busy at {per_request:.2f} ms CPU per request: "
-          f"{bound:.0f} img/s = {bound / base_ips:.2f}x unbatched\n")  # fmt: skip
+    print(
+        f"batched, all {cores} cores busy at {per_request:.2f} ms CPU per request: "
+        f"{bound:.0f} img/s = {bound / base_ips:.2f}x unbatched\n"
+    )
     p99_b = np.percentile(batched["lat"], 99) * 1e3
     print("targets:")
     print(f"  gRPC / in-process at batch 64: {at64['grpc']:.2f}x (>= 0.8)")
     print(f"  REST / in-process at batch 64: {at64['rest']:.2f}x (>= 0.5)")
     ratio = batched["ips"] / base_ips
-    print(f"  batched / unbatched, {args.clients} clients: {ratio:.2f}x (>= 4), "
-          f"p99 {p99_b:.1f} ms (<= 50)")  # fmt: skip
+    print(
+        f"  batched / unbatched, {args.clients} clients: {ratio:.2f}x (>= 4), "
+        f"p99 {p99_b:.1f} ms (<= 50)"
+    )
     return 0
 
 

@@ -177,14 +177,24 @@ def main() -> int:
         shutil.copytree(good, work / "good")
         bad, other = prepare(good, work)
         params = work / "batching.txt"
-        params.write_text("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
-                          "num_batch_threads { value: 2 }\n")  # fmt: skip
-        server = Server(base, "--enable-batching", "--batching-parameters-file", str(params),
-                        "--file-system-poll-wait-seconds", "0.5")  # fmt: skip
+        params.write_text(
+            "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
+            "num_batch_threads { value: 2 }\n"
+        )
+        server = Server(
+            base,
+            "--enable-batching",
+            "--batching-parameters-file",
+            str(params),
+            "--file-system-poll-wait-seconds",
+            "0.5",
+        )
         try:
             for _ in range(20):  # warm both paths before the baseline
-                server.http.post("/v1/models/denoiser:predict",
-                                 json={"instances": np.zeros((1, 28, 28, 1)).tolist()})  # fmt: skip
+                server.http.post(
+                    "/v1/models/denoiser:predict",
+                    json={"instances": np.zeros((1, 28, 28, 1)).tolist()},
+                )
             time.sleep(1)
             start_rss = rss_mib(server.proc.pid)
             soak = Soak(server, args.seconds)
@@ -210,21 +220,31 @@ def main() -> int:
     failures = {k: v for k, v in soak.codes.items() if k != "OK"}
     lat = np.array(soak.latency) * 1e3
     peak = max([start_rss, end_rss, *soak.rss])
-    print(f"soak: {args.clients} clients ({(args.clients + 1) // 2} gRPC, "
-          f"{args.clients // 2} REST) for {args.seconds:g} s, batching on")  # fmt: skip
+    print(
+        f"soak: {args.clients} clients ({(args.clients + 1) // 2} gRPC, "
+        f"{args.clients // 2} REST) for {args.seconds:g} s, batching on"
+    )
     for when, what in soak.events:
         print(f"  {when:5.1f} s  {what}")
-    print(f"requests: {total} ({total / args.seconds:.0f}/s), failed: {sum(failures.values())}"
-          f" {failures or ''}")  # fmt: skip
+    print(
+        f"requests: {total} ({total / args.seconds:.0f}/s), failed: {sum(failures.values())}"
+        f" {failures or ''}"
+    )
     print(f"latency: p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms")
     print(f"versions answering gRPC over time: {timeline(soak.versions)}")
-    print("final status: " + ", ".join(
-        f"v{s['version']} {s['state']}" + (f" ({s['status']['error_message'][:150]})"
-                                           if s["status"]["error_message"] else "")
-        for s in status))  # fmt: skip
+    print(
+        "final status: "
+        + ", ".join(
+            f"v{s['version']} {s['state']}"
+            + (f" ({s['status']['error_message'][:150]})" if s["status"]["error_message"] else "")
+            for s in status
+        )
+    )
     growth = (end_rss / start_rss - 1) * 100
-    print(f"RSS: start {start_rss:.0f} MiB, peak {peak:.0f} MiB, end {end_rss:.0f} MiB "
-          f"({growth:+.1f}%)")  # fmt: skip
+    print(
+        f"RSS: start {start_rss:.0f} MiB, peak {peak:.0f} MiB, end {end_rss:.0f} MiB "
+        f"({growth:+.1f}%)"
+    )
     return 0 if not failures and growth < 10 else 1
 
 

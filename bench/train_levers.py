@@ -70,8 +70,12 @@ def main() -> int:
         batches[name] = max(1, int(args.batch * fraction))
         keras.config.set_dtype_policy(policy)
         model = conv_denoiser(**kwargs)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy",
-                      metrics=["mse"], jit_compile=jit)  # fmt: skip
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-3),
+            loss="binary_crossentropy",
+            metrics=["mse"],
+            jit_compile=jit,
+        )
         for _ in range(3):
             model.train_on_batch(x[: batches[name]], x[: batches[name]])
         models[name] = model
@@ -87,9 +91,11 @@ def main() -> int:
     per_example = {name: min(seen) / batches[name] for name, seen in times.items()}
     print(f"best of {args.rounds} rounds of {args.steps} steps (ratios per example):")
     for name, seen in times.items():
-        print(f"  {name:<26} batch {batches[name]:4d} {min(seen) * 1e3:7.1f} ms/step "
-              f"{per_example[name] * 1e6:6.0f} us/example "
-              f"{per_example[name] / per_example['float32']:.2f}x float32")  # fmt: skip
+        print(
+            f"  {name:<26} batch {batches[name]:4d} {min(seen) * 1e3:7.1f} ms/step "
+            f"{per_example[name] * 1e6:6.0f} us/example "
+            f"{per_example[name] / per_example['float32']:.2f}x float32"
+        )
     return 0
 
 

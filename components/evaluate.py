@@ -162,16 +162,23 @@ def run(ctx: StageContext) -> StageResult:
     version, served = _baseline(baseline, test["noisy"], test["clean"], ctx.log)
     baseline_psnr = served["psnr"] if served else None
     blessed, reason = bless(
-        metrics, baseline_psnr, cfg.evaluate.min_psnr_gain_db, cfg.evaluate.max_regression_db,
+        metrics,
+        baseline_psnr,
+        cfg.evaluate.min_psnr_gain_db,
+        cfg.evaluate.max_regression_db,
         cfg.evaluate.min_psnr_db,
-    )  # fmt: skip
+    )
     metrics |= {"baseline_version": version, "baseline_psnr": baseline_psnr}
     metrics["baseline_metrics"] = served  # the comparison table's other column
     write_json(ctx.outputs["evaluation"] / ModelEvaluation.METRICS, metrics)
     blessing = ctx.outputs["blessing"]
     # What the verdict was judged against: push refuses it once another version is served.
-    verdict = {"blessed": blessed, "reason": reason, "model_name": cfg.push.model_name,
-               "baseline_version": version}  # fmt: skip
+    verdict = {
+        "blessed": blessed,
+        "reason": reason,
+        "model_name": cfg.push.model_name,
+        "baseline_version": version,
+    }
     write_json(blessing / ModelBlessing.FILE, verdict)
     (blessing / (ModelBlessing.BLESSED if blessed else ModelBlessing.NOT_BLESSED)).touch()
     elbo = f", -ELBO {metrics['neg_elbo']:.1f} nats" if "neg_elbo" in metrics else ""

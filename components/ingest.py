@@ -150,8 +150,9 @@ def source_identity(cfg) -> str:
         return "absent"
     listing = sorted(
         (str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in folder.rglob("*") if p.is_file()
-    )  # fmt: skip
+        for p in folder.rglob("*")
+        if p.is_file()
+    )
     return hashlib.sha256(repr(listing).encode()).hexdigest()
 
 

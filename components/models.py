@@ -204,8 +204,9 @@ VAE_BUILDERS = {
 }
 
 
-def build_model(hp, family, shape, mean: float, std: float, beta: float | None = 1.0,
-                policy: str | None = None):  # fmt: skip
+def build_model(
+    hp, family, shape, mean: float, std: float, beta: float | None = 1.0, policy: str | None = None
+):
     """A compiled denoiser of `family` (a family or a baseline) with hyperparameters drawn
     from `hp`. A list of families makes the family itself a hyperparameter ("family"), each
     family's own hyperparameters active only when it is chosen. `beta` is the VAEs' KL

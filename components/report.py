@@ -130,24 +130,47 @@ def metric_tables(m: dict[str, Any]) -> list[tuple[str, str]]:
     """(title, HTML table) for each of the evaluator's tables."""
     keys = ("mse", "bce", "psnr", "ssim")
     served = m.get("baseline_metrics") or {}
-    out = [("Test split, this run's noise", table(
-        [[k, m.get(f"{k}_noisy"), m.get(f"{k}_denoised"), m.get(f"{k}_clean_input"),
-          served.get(k)] for k in keys],
-        ["metric", "noisy input", "denoised", "clean input -> output",
-         f"served version {m.get('baseline_version') or '(none)'}, denoised"],
-    ))]  # fmt: skip
+    out = [
+        (
+            "Test split, this run's noise",
+            table(
+                [
+                    [
+                        k,
+                        m.get(f"{k}_noisy"),
+                        m.get(f"{k}_denoised"),
+                        m.get(f"{k}_clean_input"),
+                        served.get(k),
+                    ]
+                    for k in keys
+                ],
+                [
+                    "metric",
+                    "noisy input",
+                    "denoised",
+                    "clean input -> output",
+                    f"served version {m.get('baseline_version') or '(none)'}, denoised",
+                ],
+            ),
+        )
+    ]
     kinds = m.get("noise_kinds") or {}
     if kinds:
-        rows = [[name] + [r.get(f"{k}_{s}") for k in keys for s in ("noisy", "denoised")]
-                for name, r in kinds.items()]  # fmt: skip
+        rows = [
+            [name] + [r.get(f"{k}_{s}") for k in keys for s in ("noisy", "denoised")]
+            for name, r in kinds.items()
+        ]
         header = ["corruption"] + [f"{k} {s}" for k in keys for s in ("noisy", "denoised")]
         out.append(("Other corruptions (clean test images, fixed seed)", table(rows, header)))
     if m.get("psnr_per_class"):
         per = m["psnr_per_class"]
         out.append(("Denoised PSNR per class (dB)", table([list(per.values())], list(per))))
     if "neg_elbo" in m:
-        rows = [["-ELBO", m["neg_elbo"]], ["reconstruction", m["reconstruction_nats"]],
-                ["KL", m["kl"]]]  # fmt: skip
+        rows = [
+            ["-ELBO", m["neg_elbo"]],
+            ["reconstruction", m["reconstruction_nats"]],
+            ["KL", m["kl"]],
+        ]
         if "neg_elbo_clean_input" in m:
             rows.append(["-ELBO, clean input", m["neg_elbo_clean_input"]])
         out.append(("VAE, nats per image (noisy in, clean target)", table(rows, ["", "nats"])))
@@ -156,15 +179,21 @@ def metric_tables(m: dict[str, Any]) -> list[tuple[str, str]]:
 
 def page(title: str, intro: list[str], tables, figures: list[tuple[str, str]]) -> str:
     """The HTML page: paragraphs, tables, then figures (caption, file name beside it)."""
-    css = ("body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
-           "collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:.2em .6em;"
-           "text-align:right}img{image-rendering:pixelated;max-width:100%}")  # fmt: skip
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
-             f"<style>{css}</style><h1>{html.escape(title)}</h1>"]  # fmt: skip
+    css = (
+        "body{font-family:sans-serif;margin:2em;max-width:70em}table{border-collapse:"
+        "collapse;margin:.5em 0 1.5em}td,th{border:1px solid #bbb;padding:.2em .6em;"
+        "text-align:right}img{image-rendering:pixelated;max-width:100%}"
+    )
+    parts = [
+        f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{css}</style><h1>{html.escape(title)}</h1>",
+    ]
     parts += [f"<p>{html.escape(p)}</p>" for p in intro]
     parts += [f"<h2>{html.escape(t)}</h2>{body}" for t, body in tables]
-    parts += [f"<h2>{html.escape(cap)}</h2><img src='{html.escape(src)}' alt='{html.escape(cap)}'>"
-              for cap, src in figures]  # fmt: skip
+    parts += [
+        f"<h2>{html.escape(cap)}</h2><img src='{html.escape(src)}' alt='{html.escape(cap)}'>"
+        for cap, src in figures
+    ]
     return "\n".join(parts) + "\n"
 
 

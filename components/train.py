@@ -79,9 +79,19 @@ def fresh_noise(clean, corrupt, batch_size: int, seed: int):
 
 
 def fit(
-    model, train, valid, epochs: int, batch_size: int, patience: int, checkpoint,
-    logs=None, backup=None, callbacks=(), noise=None, seed: int = 0,
-):  # fmt: skip
+    model,
+    train,
+    valid,
+    epochs: int,
+    batch_size: int,
+    patience: int,
+    checkpoint,
+    logs=None,
+    backup=None,
+    callbacks=(),
+    noise=None,
+    seed: int = 0,
+):
     """Fit on (noisy, clean) arrays; leaves the model with the best epoch's weights.
     With `backup`, an interrupted fit resumes from its last finished epoch. With `noise`
     (`corrupt(clean, rng=...)`), the training images are corrupted anew each epoch and
@@ -108,7 +118,7 @@ def fit(
         callbacks.append(_following_epochs(data["x"]))
     history = model.fit(
         **data, validation_data=valid, epochs=epochs, callbacks=callbacks, verbose=0
-    )  # fmt: skip
+    )
     if not Path(checkpoint).exists():
         raise StageError("training diverged: val_loss was never finite, no weights were saved")
     model.load_weights(str(checkpoint))  # the best epoch's, not the last one's
@@ -166,17 +176,23 @@ def run(ctx: StageContext) -> StageResult:
     keras.utils.set_random_seed(cfg.seed)
     hp = hyperparameters(best["config"])
     build = partial(
-        build_model, hp, best.get("families", best["family"]),
-        moments["shape"], moments["mean"], moments["std"], beta=cfg.model.beta,
-    )  # fmt: skip
+        build_model,
+        hp,
+        best.get("families", best["family"]),
+        moments["shape"],
+        moments["mean"],
+        moments["std"],
+        beta=cfg.model.beta,
+    )
     policy = precision(cfg.model.precision)
     with distributed.scope(job), dtype_policy(policy):
         model = build()
     train = read_split(examples, "train", ("noisy", "clean"))
     valid = read_split(examples, "eval", ("noisy", "clean"))
     backup = ctx.outputs["checkpoints"] / _backup_key(best, moments, cfg.train, cfg.model.beta)
-    dirs = distributed.worker_dirs(job, ctx.outputs["model"], ctx.outputs["model_run"],
-                                   backup=backup)  # fmt: skip
+    dirs = distributed.worker_dirs(
+        job, ctx.outputs["model"], ctx.outputs["model_run"], backup=backup
+    )
     fresh = None
     if cfg.train.fresh_noise and job is None:
         kind, level = noise.configured(cfg.noise)
@@ -205,10 +221,14 @@ def run(ctx: StageContext) -> StageResult:
         write_json(run_dir / ModelRun.HISTORY, history)
         write_json(
             out / Model.INFO,
-            {"family": best["family"], "vae": best["family"] in VAES,
-             "hyperparameters": hp.values, "parameters": model.count_params(),
-             "training_precision": policy},
-        )  # fmt: skip
+            {
+                "family": best["family"],
+                "vae": best["family"] in VAES,
+                "hyperparameters": hp.values,
+                "parameters": model.count_params(),
+                "training_precision": policy,
+            },
+        )
     best_val = min(history["val_loss"])
     ctx.log(f"train: {len(history['loss'])} epochs ({policy}), best val_loss={best_val:.4f}")
     summary = {"train_epochs": len(history["loss"]), "train_best_val_loss": best_val}

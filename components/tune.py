@@ -33,12 +33,7 @@ from dae.artifacts import (
 )
 from dae.component import Spec, StageContext, StageResult, pick
 from dae.components import distributed
-from dae.components.models import (
-    OBJECTIVE,
-    build_model,
-    hyperparameters,
-    precision,
-)
+from dae.components.models import OBJECTIVE, build_model, hyperparameters, precision
 
 # ---- pure core -------------------------------------------------------------------------
 
@@ -50,14 +45,16 @@ def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_c
     compat.atomic_tuner_state()
 
     common = dict(
-        objective=kt.Objective(OBJECTIVE, "min"), directory=str(directory),
-        project_name=project, seed=seed, overwrite=False,
-    )  # fmt: skip
+        objective=kt.Objective(OBJECTIVE, "min"),
+        directory=str(directory),
+        project_name=project,
+        seed=seed,
+        overwrite=False,
+    )
     if kind == "hyperband":
         return kt.Hyperband(
-            hypermodel, max_epochs=tune_cfg.max_epochs, factor=tune_cfg.hyperband_factor,
-            **common,
-        )  # fmt: skip
+            hypermodel, max_epochs=tune_cfg.max_epochs, factor=tune_cfg.hyperband_factor, **common
+        )
     if kind == "random":
         return kt.RandomSearch(hypermodel, max_trials=tune_cfg.max_trials, **common)
     if kind == "bayesian":
@@ -106,9 +103,20 @@ def search_id(cfg, moments: dict) -> str:
     """Names the search by what defines it, so a resumed search is the same search (more
     trials may be asked for) and a different one starts afresh beside it."""
     t = cfg.tune
-    key = (families(cfg), cfg.model.beta, OBJECTIVE, t.tuner, t.max_epochs, t.hyperband_factor,
-           t.batch_size, t.train_examples, t.eval_examples, cfg.seed, moments["shape"],
-           precision(cfg.model.precision))  # fmt: skip
+    key = (
+        families(cfg),
+        cfg.model.beta,
+        OBJECTIVE,
+        t.tuner,
+        t.max_epochs,
+        t.hyperband_factor,
+        t.batch_size,
+        t.train_examples,
+        t.eval_examples,
+        cfg.seed,
+        moments["shape"],
+        precision(cfg.model.precision),
+    )
     name = "+".join(families(cfg))
     return f"{name}-{t.tuner}-" + hashlib.sha256(repr(key).encode()).hexdigest()[:10]
 
@@ -150,9 +158,13 @@ def run(ctx: StageContext) -> StageResult:
         policy=precision(cfg.model.precision),
     )
     tuner = make_tuner(
-        cfg.tune.tuner, hypermodel, ctx.outputs["tuner_results"],
-        search_id(cfg, moments), cfg.seed, cfg.tune,
-    )  # fmt: skip
+        cfg.tune.tuner,
+        hypermodel,
+        ctx.outputs["tuner_results"],
+        search_id(cfg, moments),
+        cfg.seed,
+        cfg.tune,
+    )
     data = (train["noisy"], train["clean"]), (valid["noisy"], valid["clean"])
     if worker:
         return _work(ctx, tuner, role, data)
@@ -160,8 +172,9 @@ def run(ctx: StageContext) -> StageResult:
     if role == "chief":
         waits = distributed.chief_waits_for(tuner)
         until = f" until {waits} workers have been told the search is over" if waits else ""
-        ctx.log(f"tune: chief serving the oracle on port {os.environ['KERASTUNER_ORACLE_PORT']}"
-                f"{until}")  # fmt: skip
+        ctx.log(
+            f"tune: chief serving the oracle on port {os.environ['KERASTUNER_ORACLE_PORT']}{until}"
+        )
     progress = ctx.progress("trial", planned_trials(tuner))
     report_trials(tuner, progress)
     best = search(tuner, *data, cfg.tune.max_epochs, cfg.tune.batch_size)

@@ -97,10 +97,12 @@ class VAE(keras.Model):
 
     def get_config(self):
         return {
-            "name": self.name, "beta": self.beta, "seed": self.seed,
+            "name": self.name,
+            "beta": self.beta,
+            "seed": self.seed,
             "encoder": keras.saving.serialize_keras_object(self.encoder),
             "decoder": keras.saving.serialize_keras_object(self.decoder),
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_config(cls, config):

@@ -136,8 +136,12 @@ def record_oracle_client_trials(client, objective: str) -> dict[str, dict[str, A
     _attr(lib, patch, cls, "update_trial", ("self", "trial_id", "metrics", "step"))
     _attr(lib, patch, cls, "end_trial", ("self", "trial"))
     if not isinstance(client, cls):
-        _fail(lib, patch, f"a worker's oracle ({type(client).__name__})",
-              "is not a keras_tuner OracleClient")  # fmt: skip
+        _fail(
+            lib,
+            patch,
+            f"a worker's oracle ({type(client).__name__})",
+            "is not a keras_tuner OracleClient",
+        )
     if patched(client.end_trial):
         return client.end_trial.trials
     scores, trials = {}, {}
@@ -149,8 +153,11 @@ def record_oracle_client_trials(client, objective: str) -> dict[str, dict[str, A
 
     def end_trial(trial):
         values = dict(trial.hyperparameters.values)
-        trials[trial.trial_id] = {"values": values, "score": scores.get(trial.trial_id),
-                                  "status": trial.status}  # fmt: skip
+        trials[trial.trial_id] = {
+            "values": values,
+            "score": scores.get(trial.trial_id),
+            "status": trial.status,
+        }
         return end(trial)
 
     end_trial.trials = trials
@@ -306,8 +313,12 @@ def tf_gradient_registry() -> dict:
     ops = _module(lib, patch, "tensorflow.python.framework.ops")
     registry = getattr(_attr(lib, patch, ops, "_gradient_registry"), "_registry", None)
     if not isinstance(registry, dict):
-        _fail(lib, patch, "tensorflow.python.framework.ops._gradient_registry._registry",
-              "is not a dict")  # fmt: skip
+        _fail(
+            lib,
+            patch,
+            "tensorflow.python.framework.ops._gradient_registry._registry",
+            "is not a dict",
+        )
     return registry
 
 

@@ -52,8 +52,10 @@ CHECKOV = {
     "checkov.io/skip2": "CKV_K8S_35=the pipeline reads the metadata store URL from "
     "$DAE_METADATA_URL, a secretKeyRef (never a literal or a ConfigMap)",
 }
-WORKERS = {"keras-tuner": "how many Keras Tuner workers run {}'s trials (beside its chief)",
-           "multi-worker": "how many MultiWorkerMirroredStrategy workers {} runs on"}  # fmt: skip
+WORKERS = {
+    "keras-tuner": "how many Keras Tuner workers run {}'s trials (beside its chief)",
+    "multi-worker": "how many MultiWorkerMirroredStrategy workers {} runs on",
+}
 # `dae runs finish|fail` load no stage (no TensorFlow): a tenth of a stage's memory does.
 RUNS = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "250m", "memory": "512Mi"}}
 BACKOFF = {"duration": "30s", "factor": "2", "maxDuration": "10m"}  # IntOrString: a string
@@ -63,8 +65,10 @@ TRANSIENT = "lastRetry.status == 'Error' || !(lastRetry.exitCode in [{}])".forma
 )
 # A Job that failed for a lost or killed worker (not for a worker's exit code in PERMANENT,
 # nor for its deadline). The resource step's own Pod lost is not retried: its Job may live on.
-JOB_FAILED = ("status.conditions.0.reason in (DeadlineExceeded,PodFailurePolicy),"
-              "status.conditions.0.reason in (BackoffLimitExceeded)")  # fmt: skip
+JOB_FAILED = (
+    "status.conditions.0.reason in (DeadlineExceeded,PodFailurePolicy),"
+    "status.conditions.0.reason in (BackoffLimitExceeded)"
+)
 JOB_TRANSIENT = "lastRetry.message contains 'BackoffLimitExceeded'"
 WAIT_FOR_METADATA = """\
 import os, socket, sys, time
@@ -100,8 +104,11 @@ exec dae stage {stage} --run "$RUN_ID" --root {root}
 
 def _env(*extra: dict) -> list[dict]:
     secret = {"secretKeyRef": {"name": "dae-metadata", "key": "url"}}
-    return [*extra, {"name": "DAE_METADATA_URL", "valueFrom": secret},
-            {"name": "HOME", "value": "/tmp"}]  # fmt: skip
+    return [
+        *extra,
+        {"name": "DAE_METADATA_URL", "valueFrom": secret},
+        {"name": "HOME", "value": "/tmp"},
+    ]
 
 
 def _value(name: str, value) -> dict:
@@ -116,8 +123,14 @@ def _container(args, resources, env=(), config=False, ports=()) -> dict:
     mounts = [{"name": "dae-root", "mountPath": ROOT}, {"name": "tmp", "mountPath": "/tmp"}]
     if config:
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
-    container = {"image": IMAGE, "imagePullPolicy": "Always", "command": ["dae"],
-                 "args": list(args), "env": _env(*env), "resources": resources}  # fmt: skip
+    container = {
+        "image": IMAGE,
+        "imagePullPolicy": "Always",
+        "command": ["dae"],
+        "args": list(args),
+        "env": _env(*env),
+        "resources": resources,
+    }
     if ports:
         container["ports"] = list(ports)
     return container | {"securityContext": hardened(), "volumeMounts": mounts}
@@ -128,11 +141,18 @@ def _retry(layout: Layout, expression: str | None = TRANSIENT) -> dict:
     return retry | ({"expression": expression} if expression else {})
 
 
-def _template(name: str, component: str, container: dict, deadline: int, retry: dict,
-              **extra) -> dict:  # fmt: skip
+def _template(
+    name: str, component: str, container: dict, deadline: int, retry: dict, **extra
+) -> dict:
     labels = {"app.kubernetes.io/component": component}
-    return {"name": name, "metadata": {"labels": labels}, "activeDeadlineSeconds": str(deadline),
-            "retryStrategy": retry, **extra, "container": container}  # fmt: skip
+    return {
+        "name": name,
+        "metadata": {"labels": labels},
+        "activeDeadlineSeconds": str(deadline),
+        "retryStrategy": retry,
+        **extra,
+        "container": container,
+    }
 
 
 def _stage_args(name: str, *extra: str) -> list[str]:
@@ -143,11 +163,18 @@ def _first(layout: Layout, name: str) -> dict:
     """The first stage creates the run from the compiled config, once the store is up."""
     spec = layout.stage(name)
     args = _stage_args(name, "--cache", "--create", "--config", f"{CONFIG_DIR}/config.yaml")
-    wait = {"name": "wait-for-metadata", "image": IMAGE, "imagePullPolicy": "Always",
-            "command": ["python", "-c", WAIT_FOR_METADATA], "env": _env()[:1],
-            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"},
-                          "limits": {"cpu": "100m", "memory": "128Mi"}},
-            "securityContext": hardened()}  # fmt: skip
+    wait = {
+        "name": "wait-for-metadata",
+        "image": IMAGE,
+        "imagePullPolicy": "Always",
+        "command": ["python", "-c", WAIT_FOR_METADATA],
+        "env": _env()[:1],
+        "resources": {
+            "requests": {"cpu": "10m", "memory": "32Mi"},
+            "limits": {"cpu": "100m", "memory": "128Mi"},
+        },
+        "securityContext": hardened(),
+    }
     container = _container(args, spec.resources, config=True)
     return _template(name, name, container, spec.deadline, _retry(layout), initContainers=[wait])
 
@@ -156,8 +183,14 @@ def _probe(layout: Layout, name: str) -> dict:
     args = _stage_args(name, "--cache-only", "--result", RESULT)
     outputs = {"parameters": [{"name": "result", "valueFrom": {"path": RESULT}}]}
     container = _container(args, layout.resources)
-    return _template(f"{name}-cache", f"{name}-cache", container, layout.step_deadline,
-                     _retry(layout), outputs=outputs)  # fmt: skip
+    return _template(
+        f"{name}-cache",
+        f"{name}-cache",
+        container,
+        layout.step_deadline,
+        _retry(layout),
+        outputs=outputs,
+    )
 
 
 def _keras_tuner(layout: Layout, name: str) -> list[dict]:
@@ -165,21 +198,27 @@ def _keras_tuner(layout: Layout, name: str) -> list[dict]:
     workers find it. Worker ids follow the task's index: tuner0, tuner1, ..."""
     spec, port = layout.stage(name), layout.stage(name).port
     oracle = [{"name": "oracle", "containerPort": port, "protocol": "TCP"}]
-    chief_env = [_value("KERASTUNER_TUNER_ID", "chief"), _value("KERASTUNER_ORACLE_IP", "0.0.0.0"),
-                 _value("KERASTUNER_ORACLE_PORT", port),
-                 _value(TUNER_WORKERS, f"{{{{workflow.parameters.{name}-workers}}}}")]  # fmt: skip
-    worker_env = [_value("KERASTUNER_TUNER_ID", "tuner{{inputs.parameters.index}}"),
-                  _value("KERASTUNER_ORACLE_IP", f"dae-{name}-chief"),
-                  _value("KERASTUNER_ORACLE_PORT", port)]  # fmt: skip
+    chief_env = [
+        _value("KERASTUNER_TUNER_ID", "chief"),
+        _value("KERASTUNER_ORACLE_IP", "0.0.0.0"),
+        _value("KERASTUNER_ORACLE_PORT", port),
+        _value(TUNER_WORKERS, f"{{{{workflow.parameters.{name}-workers}}}}"),
+    ]
+    worker_env = [
+        _value("KERASTUNER_TUNER_ID", "tuner{{inputs.parameters.index}}"),
+        _value("KERASTUNER_ORACLE_IP", f"dae-{name}-chief"),
+        _value("KERASTUNER_ORACLE_PORT", port),
+    ]
     args = _stage_args(name, "--cache")
     chief = _container(args, spec.chief_resources, chief_env, ports=oracle)
     worker = _container(args, spec.resources, worker_env)
     index = {"parameters": [{"name": "index"}]}
     return [
         _template(f"{name}-chief", f"{name}-chief", chief, spec.deadline, _retry(layout)),
-        _template(f"{name}-worker", f"{name}-worker", worker, spec.deadline, _retry(layout),
-                  inputs=index),
-    ]  # fmt: skip
+        _template(
+            f"{name}-worker", f"{name}-worker", worker, spec.deadline, _retry(layout), inputs=index
+        ),
+    ]
 
 
 def _multi_worker(layout: Layout, name: str) -> dict:
@@ -190,40 +229,77 @@ def _multi_worker(layout: Layout, name: str) -> dict:
     script = TF_CONFIG.format(service=f"dae-{name}", stage=name, root=ROOT)
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
     job_name = "metadata.labels['batch.kubernetes.io/job-name']"
-    env = [_value("RUN_ID", RUN), _field("WORKER_INDEX", index), _field("JOB_NAME", job_name),
-           _value("NUM_WORKERS", workers), _value("TF_PORT", spec.port)]  # fmt: skip
-    container = _container([], spec.resources, env, ports=[
-        {"name": "collective", "containerPort": spec.port, "protocol": "TCP"}])  # fmt: skip
+    env = [
+        _value("RUN_ID", RUN),
+        _field("WORKER_INDEX", index),
+        _field("JOB_NAME", job_name),
+        _value("NUM_WORKERS", workers),
+        _value("TF_PORT", spec.port),
+    ]
+    container = _container(
+        [],
+        spec.resources,
+        env,
+        ports=[{"name": "collective", "containerPort": spec.port, "protocol": "TCP"}],
+    )
     del container["args"]
-    container = {"name": "dae"} | container | {"image": "{{inputs.parameters.image}}",
-                                               "command": ["sh", "-c", script]}  # fmt: skip
-    labels = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/part-of": "dae",
-              "app.kubernetes.io/component": f"{name}-worker"}  # fmt: skip
-    failure = {"action": "FailJob", "onExitCodes": {"containerName": "dae", "operator": "In",
-                                                     "values": list(PERMANENT)}}  # fmt: skip
-    job = {"apiVersion": "batch/v1", "kind": "Job",
-           "metadata": {"generateName": f"dae-{name}-", "labels": labels, "annotations": CHECKOV},
-           "spec": {"completionMode": "Indexed", "completions": 1 << 30, "parallelism": 1 << 31,
-                    "backoffLimit": 0, "activeDeadlineSeconds": spec.deadline,
-                    "podFailurePolicy": {"rules": [failure]},
-                    "template": {"metadata": {"labels": labels, "annotations": CHECKOV},
-                                 "spec": {"subdomain": f"dae-{name}", "restartPolicy": "Never",
-                                          "terminationGracePeriodSeconds": 60,
-                                          "automountServiceAccountToken": False,
-                                          "securityContext": pod_security(),
-                                          "containers": [container],
-                                          "volumes": volumes(config=False)}}}}  # fmt: skip
+    container = (
+        {"name": "dae"}
+        | container
+        | {"image": "{{inputs.parameters.image}}", "command": ["sh", "-c", script]}
+    )
+    labels = {
+        "app.kubernetes.io/name": "dae",
+        "app.kubernetes.io/part-of": "dae",
+        "app.kubernetes.io/component": f"{name}-worker",
+    }
+    failure = {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "dae", "operator": "In", "values": list(PERMANENT)},
+    }
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"generateName": f"dae-{name}-", "labels": labels, "annotations": CHECKOV},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": 1 << 30,
+            "parallelism": 1 << 31,
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": spec.deadline,
+            "podFailurePolicy": {"rules": [failure]},
+            "template": {
+                "metadata": {"labels": labels, "annotations": CHECKOV},
+                "spec": {
+                    "subdomain": f"dae-{name}",
+                    "restartPolicy": "Never",
+                    "terminationGracePeriodSeconds": 60,
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security(),
+                    "containers": [container],
+                    "volumes": volumes(config=False),
+                },
+            },
+        },
+    }
     manifest = yaml.dump(job, Dumper=_Dumper, sort_keys=False, width=200)
     for number in (str(1 << 30), str(1 << 31)):  # integers Argo fills in before kubectl reads
         manifest = manifest.replace(number, workers)
-    resource = {"action": "create", "setOwnerReference": True,
-                "successCondition": "status.completionTime", "failureCondition": JOB_FAILED,
-                "manifest": manifest}  # fmt: skip
-    return {"name": name, "metadata": {"labels": {"app.kubernetes.io/component": f"{name}-job"}},
-            "activeDeadlineSeconds": str(spec.deadline + 600),
-            "retryStrategy": _retry(layout, JOB_TRANSIENT),
-            "inputs": {"parameters": [{"name": "image", "value": IMAGE}]},
-            "resource": resource}  # fmt: skip
+    resource = {
+        "action": "create",
+        "setOwnerReference": True,
+        "successCondition": "status.completionTime",
+        "failureCondition": JOB_FAILED,
+        "manifest": manifest,
+    }
+    return {
+        "name": name,
+        "metadata": {"labels": {"app.kubernetes.io/component": f"{name}-job"}},
+        "activeDeadlineSeconds": str(spec.deadline + 600),
+        "retryStrategy": _retry(layout, JOB_TRANSIENT),
+        "inputs": {"parameters": [{"name": "image", "value": IMAGE}]},
+        "resource": resource,
+    }
 
 
 def _ancestors() -> dict[str, set[str]]:
@@ -237,8 +313,9 @@ def _ancestors() -> dict[str, set[str]]:
 def _direct(stage: str, ancestors: dict[str, set[str]]) -> list[str]:
     """The stages `stage` waits for, without those it waits for through another."""
     mine = ancestors[stage] or ({DAG[0].name} - {stage})  # every stage follows the first
-    return [s for s in (n.name for n in DAG) if s in mine
-            and not any(s in ancestors[o] for o in mine)]  # fmt: skip
+    return [
+        s for s in (n.name for n in DAG) if s in mine and not any(s in ancestors[o] for o in mine)
+    ]
 
 
 def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
@@ -260,9 +337,17 @@ def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
             templates += _keras_tuner(layout, name)
             count = {"count": f"{{{{workflow.parameters.{name}-workers}}}}"}
             index = {"parameters": [{"name": "index", "value": "{{item}}"}]}
-            tasks += [_task(f"{name}-chief", f"{name}-chief", [f"{name}-cache"], when=when),
-                      _task(f"{name}-workers", f"{name}-worker", [f"{name}-cache"], when=when,
-                            withSequence=count, arguments=index)]  # fmt: skip
+            tasks += [
+                _task(f"{name}-chief", f"{name}-chief", [f"{name}-cache"], when=when),
+                _task(
+                    f"{name}-workers",
+                    f"{name}-worker",
+                    [f"{name}-cache"],
+                    when=when,
+                    withSequence=count,
+                    arguments=index,
+                ),
+            ]
             ends[name] = [f"{name}-chief", f"{name}-workers"]
         else:
             templates.append(_multi_worker(layout, name))
@@ -274,8 +359,7 @@ def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
 
 
 def _task(name: str, template: str, deps: list[str], **extra) -> dict:
-    return {"name": name, "template": template, **({"dependencies": deps} if deps else {}),
-            **extra}  # fmt: skip
+    return {"name": name, "template": template, **({"dependencies": deps} if deps else {}), **extra}
 
 
 def _single(layout: Layout, name: str) -> dict:
@@ -294,38 +378,56 @@ def _bookkeeping(layout: Layout) -> list[dict]:
     when = "{{workflow.status}} != Succeeded"
     return [
         _template("finish", "finish", finish, layout.step_deadline, _retry(layout)),
-        {"name": "exit-handler",
-         "steps": [[{"name": "record-failure", "template": "record-failure", "when": when}]]},
+        {
+            "name": "exit-handler",
+            "steps": [[{"name": "record-failure", "template": "record-failure", "when": when}]],
+        },
         _template("record-failure", "record-failure", fail, layout.step_deadline, record),
-    ]  # fmt: skip
+    ]
 
 
 def workflow_template(layout: Layout) -> dict:
     tasks, templates = _tasks(layout)
     scaled = [(n.name, layout.stage(n.name)) for n in DAG if layout.stage(n.name).scale_out]
-    parameters = [{"name": f"{name}-workers", "value": str(spec.workers),
-                   "description": WORKERS[spec.scale_out].format(name)}
-                  for name, spec in scaled]  # fmt: skip
+    parameters = [
+        {
+            "name": f"{name}-workers",
+            "value": str(spec.workers),
+            "description": WORKERS[spec.scale_out].format(name),
+        }
+        for name, spec in scaled
+    ]
     spec = {
-        "entrypoint": "pipeline", "onExit": "exit-handler",
+        "entrypoint": "pipeline",
+        "onExit": "exit-handler",
         **({"arguments": {"parameters": parameters}} if parameters else {}),
-        "serviceAccountName": ACCOUNT, "automountServiceAccountToken": False,
+        "serviceAccountName": ACCOUNT,
+        "automountServiceAccountToken": False,
         "executor": {"serviceAccountName": ACCOUNT},
         "activeDeadlineSeconds": layout.deadline,
         # Never two runs of one root at once (the metadata store's lock refuses them too).
         "synchronization": {"mutexes": [{"name": CLAIM}]},
-        "podMetadata": {"labels": {"app.kubernetes.io/name": "dae",
-                                   "app.kubernetes.io/part-of": "dae"}, "annotations": CHECKOV},
+        "podMetadata": {
+            "labels": {"app.kubernetes.io/name": "dae", "app.kubernetes.io/part-of": "dae"},
+            "annotations": CHECKOV,
+        },
         # `dae` turns SIGTERM into a clean "failed" record; give it time to write it.
         "podSpecPatch": '{"terminationGracePeriodSeconds": 60}',
         "securityContext": pod_security(),
         "volumes": volumes(config=True),
-        "templates": [{"name": "pipeline", "dag": {"tasks": tasks}}, *templates,
-                      *_bookkeeping(layout)],
-    }  # fmt: skip
+        "templates": [
+            {"name": "pipeline", "dag": {"tasks": tasks}},
+            *templates,
+            *_bookkeeping(layout),
+        ],
+    }
     labels = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/component": "workflow"}
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "WorkflowTemplate",
-            "metadata": {"name": TEMPLATE, "labels": labels}, "spec": spec}  # fmt: skip
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "WorkflowTemplate",
+        "metadata": {"name": TEMPLATE, "labels": labels},
+        "spec": spec,
+    }
 
 
 def compile_pipeline(config: Config, layout: Layout) -> list[dict]:

@@ -60,9 +60,11 @@ class Layout:
 
 
 def _resources(where: str, value: Any) -> dict:
-    ok = isinstance(value, dict) and set(value) == {"requests", "limits"} and all(
-        isinstance(value[k], dict) and set(value[k]) == {"cpu", "memory"} for k in value
-    )  # fmt: skip
+    ok = (
+        isinstance(value, dict)
+        and set(value) == {"requests", "limits"}
+        and all(isinstance(value[k], dict) and set(value[k]) == {"cpu", "memory"} for k in value)
+    )
     if not ok:
         raise ConfigError(f"{where}: resources need requests and limits, each cpu and memory")
     return {k: {r: str(v) for r, v in value[k].items()} for k in ("requests", "limits")}
@@ -82,8 +84,9 @@ def _stage(name: str, raw: Any, top: Layout, where: str) -> StageLayout:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)} for stage {name}")
     kind = raw.get("scale_out")
     if kind is not None and kind not in SCALE_OUT:
-        raise ConfigError(f"{where}: stage {name}: unknown scale_out {kind!r} "
-                          f"(known: {', '.join(SCALE_OUT)})")  # fmt: skip
+        raise ConfigError(
+            f"{where}: stage {name}: unknown scale_out {kind!r} (known: {', '.join(SCALE_OUT)})"
+        )
     where = f"{where}: stage {name}"
     if kind != "keras-tuner" and "chief" in raw or kind is None and "workers" in raw:
         raise ConfigError(f"{where}: 'workers' needs a scale_out, 'chief' keras-tuner")
@@ -94,7 +97,7 @@ def _stage(name: str, raw: Any, top: Layout, where: str) -> StageLayout:
         scale_out=kind,
         workers=_positive(f"{where} workers", raw.get("workers", 2)),
         chief_resources=_resources(f"{where} chief", raw.get("chief", resources)),
-    )  # fmt: skip
+    )
 
 
 def load_layout(path: str | Path | None) -> Layout:
@@ -135,15 +138,24 @@ def load_layout(path: str | Path | None) -> Layout:
 
 
 def hardened() -> dict:
-    return {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def pod_security() -> dict:
-    return {"runAsNonRoot": True, "runAsUser": UID, "runAsGroup": UID, "fsGroup": UID,
-            "fsGroupChangePolicy": "OnRootMismatch",
-            "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
 
 
 def volumes(config: bool) -> list[dict]:
@@ -164,27 +176,52 @@ def _rbac(layout: Layout) -> list[dict]:
     """The executor's account (Argo's own containers report through it; the dae containers
     get no token) and what it may do: report results, and create and watch the Jobs of
     multi-worker stages (owned by their workflow)."""
-    rules = [{"apiGroups": ["argoproj.io"], "resources": ["workflowtaskresults"],
-              "verbs": ["create", "patch"]}]  # fmt: skip
+    rules = [
+        {
+            "apiGroups": ["argoproj.io"],
+            "resources": ["workflowtaskresults"],
+            "verbs": ["create", "patch"],
+        }
+    ]
     if any(s.scale_out == "multi-worker" for s in layout.stages.values()):
-        rules += [{"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]},
-                  {"apiGroups": ["argoproj.io"], "resources": ["workflows/finalizers"],
-                   "verbs": ["update"]}]  # fmt: skip
+        rules += [
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]},
+            {
+                "apiGroups": ["argoproj.io"],
+                "resources": ["workflows/finalizers"],
+                "verbs": ["update"],
+            },
+        ]
     token = {"kubernetes.io/service-account.name": ACCOUNT}
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ACCOUNT),
-         "automountServiceAccountToken": False},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(ACCOUNT),
+            "automountServiceAccountToken": False,
+        },
         # Argo mounts this token into its executor containers only (Kubernetes 1.24+ makes
         # none by itself); found by its name, <account>.service-account-token.
-        {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/service-account-token",
-         "metadata": _meta(f"{ACCOUNT}.service-account-token", annotations=token)},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": _meta(ACCOUNT),
-         "rules": rules},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-         "metadata": _meta(ACCOUNT),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
-         "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT}]},
-    ]  # fmt: skip
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/service-account-token",
+            "metadata": _meta(f"{ACCOUNT}.service-account-token", annotations=token),
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(ACCOUNT),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(ACCOUNT),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
+            "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT}],
+        },
+    ]
 
 
 def _services(layout: Layout) -> list[dict]:
@@ -203,23 +240,45 @@ def _services(layout: Layout) -> list[dict]:
         selector = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/component": component}
         port |= {"port": spec.port, "targetPort": port["name"], "protocol": "TCP"}
         metadata = {"name": f"dae-{component.removesuffix('-worker')}", "labels": selector}
-        out.append({"apiVersion": "v1", "kind": "Service", "metadata": metadata,
-                    "spec": service | {"selector": selector, "ports": [port]}})  # fmt: skip
+        out.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": metadata,
+                "spec": service | {"selector": selector, "ports": [port]},
+            }
+        )
     return out
 
 
 def cluster_objects(config: Config, layout: Layout, template: dict) -> list[dict]:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(CONFIG_MAP),
-                  "data": {"config.yaml": text}}  # fmt: skip
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(CONFIG_MAP),
+        "data": {"config.yaml": text},
+    }
     ref = {"workflowTemplateRef": {"name": TEMPLATE}}
-    cron = {"apiVersion": "argoproj.io/v1alpha1", "kind": "CronWorkflow", "metadata": _meta(CRON),
-            "spec": {"schedules": [layout.schedule], "timezone": layout.timezone,
-                     "concurrencyPolicy": "Forbid",
-                     "startingDeadlineSeconds": layout.starting_deadline,
-                     "successfulJobsHistoryLimit": layout.history,
-                     "failedJobsHistoryLimit": layout.history, "workflowSpec": ref}}  # fmt: skip
+    cron = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "CronWorkflow",
+        "metadata": _meta(CRON),
+        "spec": {
+            "schedules": [layout.schedule],
+            "timezone": layout.timezone,
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": layout.starting_deadline,
+            "successfulJobsHistoryLimit": layout.history,
+            "failedJobsHistoryLimit": layout.history,
+            "workflowSpec": ref,
+        },
+    }
     # Applying the component starts one run, so that serving gets a first model.
-    first = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-             "metadata": _meta(FIRST_RUN), "spec": ref}  # fmt: skip
+    first = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": _meta(FIRST_RUN),
+        "spec": ref,
+    }
     return [config_map, *_rbac(layout), *_services(layout), template, cron, first]

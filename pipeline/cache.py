@@ -108,7 +108,8 @@ def unread_settings(config, specs) -> list[str]:
     changed = {p: v for p, v in _leaves(config.to_dict()).items() if default.get(p) != v}
     read = set().union(*(spec.values(config) for spec in specs))
     return [
-        f"{path}={value}" for path, value in changed.items()
+        f"{path}={value}"
+        for path, value in changed.items()
         if path.split(".")[0] not in RUNNER_SETTINGS
         and not any(path == r or path.startswith(r + ".") for r in read)
-    ]  # fmt: skip
+    ]

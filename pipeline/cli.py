@@ -24,8 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     def common(sp):
         sp.add_argument("--root", default="./dae-root", help="pipeline root (default ./dae-root)")
         sp.add_argument("--quiet", action="store_true", help="only the summary, no progress")
-        sp.add_argument("--verbose", action="store_true",
-                        help="also TensorFlow's native log lines and known warnings")  # fmt: skip
+        sp.add_argument(
+            "--verbose",
+            action="store_true",
+            help="also TensorFlow's native log lines and known warnings",
+        )
         sp.add_argument(
             "--set",
             dest="overrides",
@@ -42,9 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
 
     runs = sub.add_parser("runs", help="run history from the metadata store; end a run")
-    runs.add_argument("action", choices=["list", "show", "finish", "fail"],
-                      help="finish: write a run's metrics once every stage succeeded; fail: "
-                           "record it failed (what an orchestrator's last steps do)")  # fmt: skip
+    runs.add_argument(
+        "action",
+        choices=["list", "show", "finish", "fail"],
+        help="finish: write a run's metrics once every stage succeeded; fail: "
+        "record it failed (what an orchestrator's last steps do)",
+    )
     runs.add_argument("run_id", nargs="?", help="for show, finish and fail")
     runs.add_argument("--root", default="./dae-root")
     runs.add_argument("--reason", default="", help="fail: why (e.g. the workflow's status)")
@@ -58,15 +64,23 @@ def _parser() -> argparse.ArgumentParser:
     stage = sub.add_parser("stage", help="run one stage on an existing run's inputs")
     stage.add_argument("name", help="the stage, as `dae run` names it (e.g. train)")
     stage.add_argument("--run", required=True, dest="run_id", help="the run to work in")
-    stage.add_argument("--cache", action="store_true",
-                       help="skip the stage on a cache hit, as `dae run` does")  # fmt: skip
-    stage.add_argument("--cache-only", action="store_true",
-                       help="take a cache hit if there is one, else run nothing")  # fmt: skip
-    stage.add_argument("--result", metavar="FILE",
-                       help="write how the stage ended to FILE: ran, cached or missed")  # fmt: skip
-    stage.add_argument("--create", action="store_true",
-                       help="first start the run, as `dae run` would, from --config, "
-                            "--profile and --set (again: nothing to do)")  # fmt: skip
+    stage.add_argument(
+        "--cache", action="store_true", help="skip the stage on a cache hit, as `dae run` does"
+    )
+    stage.add_argument(
+        "--cache-only",
+        action="store_true",
+        help="take a cache hit if there is one, else run nothing",
+    )
+    stage.add_argument(
+        "--result", metavar="FILE", help="write how the stage ended to FILE: ran, cached or missed"
+    )
+    stage.add_argument(
+        "--create",
+        action="store_true",
+        help="first start the run, as `dae run` would, from --config, "
+        "--profile and --set (again: nothing to do)",
+    )
     stage.add_argument("--config", help="with --create: YAML config file")
     stage.add_argument("--profile", help="with --create: named profile (default: default)")
     common(stage)
@@ -75,10 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     argo.add_argument("action", choices=["compile"])
     argo.add_argument("--config", help="YAML config file (default: built-in defaults)")
     argo.add_argument("--profile", default="default", help="named profile: default, smoke")
-    argo.add_argument("--set", dest="overrides", action="append", default=[],
-                      metavar="KEY=VALUE", help="override a config value (repeatable)")  # fmt: skip
-    argo.add_argument("--layout", help="YAML: each stage's Pod size, scale-out and the schedule "
-                                       "(e.g. k8s/components/argo/layout.yaml)")  # fmt: skip
+    argo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
+    argo.add_argument(
+        "--layout",
+        help="YAML: each stage's Pod size, scale-out and the schedule "
+        "(e.g. k8s/components/argo/layout.yaml)",
+    )
     argo.add_argument("--output", "-o", help="write the manifests here (default: stdout)")
 
     from dae.serving.server import add_arguments
@@ -92,8 +115,11 @@ def _parser() -> argparse.ArgumentParser:
 
     from dae.serving import explorer
 
-    explorer.add_arguments(sub.add_parser("explore", help="a web page to play with a served model",
-                                          description=explorer.__doc__))  # fmt: skip
+    explorer.add_arguments(
+        sub.add_parser(
+            "explore", help="a web page to play with a served model", description=explorer.__doc__
+        )
+    )
 
     data = sub.add_parser("data", help="prepare offline datasets (see `dae data prepare -h`)")
     data.add_argument("action", choices=["prepare"])
@@ -256,8 +282,10 @@ def _history(args) -> int:
     root = Path(args.root).expanduser()
     url = store_url(None, root)
     if url.startswith("sqlite") and not (root / "metadata.sqlite").is_file():
-        raise StageError(f"no metadata store under {root} (has `dae run` used this --root? "
-                         f"A server database is read from ${ENV_URL})")  # fmt: skip
+        raise StageError(
+            f"no metadata store under {root} (has `dae run` used this --root? "
+            f"A server database is read from ${ENV_URL})"
+        )
     store = MetadataStore(url)
     if args.command == "lineage":
         info = history.lineage(store, root, args.name, args.version)

@@ -98,9 +98,15 @@ class Progress:
                 width = os.get_terminal_size(console.stream.fileno()).columns
             except (OSError, ValueError):
                 width = 0
-            self.bar = tqdm(total=total, desc=f"[{stage}] {unit}", unit=unit, leave=True,
-                            file=console.stream, ncols=None if width else 100,
-                            dynamic_ncols=bool(width))  # fmt: skip
+            self.bar = tqdm(
+                total=total,
+                desc=f"[{stage}] {unit}",
+                unit=unit,
+                leave=True,
+                file=console.stream,
+                ncols=None if width else 100,
+                dynamic_ncols=bool(width),
+            )
 
     def advance(self, **fields) -> None:
         self.done += 1
@@ -117,9 +123,11 @@ class Progress:
         left = ""
         if self.total and self.total > self.done:
             left = f", ~{_duration(pace * (self.total - self.done))} left"
-        print(f"{self.stage}: {self.unit} {self.done}{of} {shown} "
-              f"({pace:.1f} s/{self.unit}, {_duration(elapsed)} elapsed{left})".replace("  ", " "),
-              flush=True)  # fmt: skip
+        print(
+            f"{self.stage}: {self.unit} {self.done}{of} {shown} "
+            f"({pace:.1f} s/{self.unit}, {_duration(elapsed)} elapsed{left})".replace("  ", " "),
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:

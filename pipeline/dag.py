@@ -39,20 +39,42 @@ class Node:
 DAG: tuple[Node, ...] = (
     Node("ingest", ingest),
     Node("validate", validate, {"examples": "ingest.examples"}),
-    Node("transform", transform, {"examples": "ingest.examples",
-                                  "statistics": "validate.statistics"}),
+    Node(
+        "transform", transform, {"examples": "ingest.examples", "statistics": "validate.statistics"}
+    ),
     Node("tune", tune, {"transformed_examples": EXAMPLES, "transform_graph": GRAPH}),
-    Node("train", train, {"transformed_examples": EXAMPLES, "transform_graph": GRAPH,
-                          "best_hyperparameters": "tune.best_hyperparameters"}),
+    Node(
+        "train",
+        train,
+        {
+            "transformed_examples": EXAMPLES,
+            "transform_graph": GRAPH,
+            "best_hyperparameters": "tune.best_hyperparameters",
+        },
+    ),
     Node("resolver", resolver, {"model": MODEL}),
-    Node("evaluate", evaluate, {"transformed_examples": EXAMPLES, "model": MODEL,
-                                "baseline": "resolver.baseline"}),
-    Node("push", push, {"model": MODEL, "blessing": "evaluate.blessing",
-                        "evaluation": "evaluate.evaluation"}),
-    Node("report", report, {"transformed_examples": EXAMPLES, "model": MODEL,
-                            "model_run": "train.model_run", "evaluation": "evaluate.evaluation",
-                            "blessing": "evaluate.blessing"}),
-)  # fmt: skip
+    Node(
+        "evaluate",
+        evaluate,
+        {"transformed_examples": EXAMPLES, "model": MODEL, "baseline": "resolver.baseline"},
+    ),
+    Node(
+        "push",
+        push,
+        {"model": MODEL, "blessing": "evaluate.blessing", "evaluation": "evaluate.evaluation"},
+    ),
+    Node(
+        "report",
+        report,
+        {
+            "transformed_examples": EXAMPLES,
+            "model": MODEL,
+            "model_run": "train.model_run",
+            "evaluation": "evaluate.evaluation",
+            "blessing": "evaluate.blessing",
+        },
+    ),
+)
 
 STAGES = tuple(node.name for node in DAG)
 

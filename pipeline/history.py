@@ -16,8 +16,9 @@ def _fmt(value, spec: str = "") -> str:
 
 
 def runs_list(store: MetadataStore) -> str:
-    rows = [f"{'run':<24} {'started':<25} {'status':<10} {'seconds':>8} {'pushed':>6} "
-            f"{'PSNR dB':>8}"]  # fmt: skip
+    rows = [
+        f"{'run':<24} {'started':<25} {'status':<10} {'seconds':>8} {'pushed':>6} {'PSNR dB':>8}"
+    ]
     for r in store.runs():
         p = r["properties"]
         rows.append(
@@ -33,14 +34,18 @@ def runs_show(store: MetadataStore, run_id: str) -> str:
     if run_id not in runs:
         raise StageError(f"no run '{run_id}' in the metadata store")
     p = runs[run_id]["properties"]
-    lines = [f"run {run_id}: {p.get('status')}, started {p.get('started')}, "
-             f"code {p.get('code_version', '-')}"]  # fmt: skip
+    lines = [
+        f"run {run_id}: {p.get('status')}, started {p.get('started')}, "
+        f"code {p.get('code_version', '-')}"
+    ]
     if p.get("error"):
         lines.append(f"error: {p['error']}")
     for ex in store.executions_of_run(run_id):
         origin = f" (from execution {ex['cached_from']})" if ex["cached_from"] else ""
-        lines.append(f"  {ex['component']:<10} {ex['status']:<9} {_fmt(ex['seconds'], '.2f'):>8} s"
-                     f"{origin}" + (f"  error: {ex['error']}" if ex["error"] else ""))  # fmt: skip
+        lines.append(
+            f"  {ex['component']:<10} {ex['status']:<9} {_fmt(ex['seconds'], '.2f'):>8} s"
+            f"{origin}" + (f"  error: {ex['error']}" if ex["error"] else "")
+        )
         for name, art in store.artifacts_of(ex["id"]).items():
             lines.append(f"      {name:<22} {art['fingerprint'][:12]:<12}  {art['uri']}")
     return "\n".join(lines)
@@ -63,8 +68,10 @@ def lineage(store: MetadataStore, root: Path, name: str, version: int) -> dict:
             if producer and producer["component"] not in chain:
                 frontier.append(producer)
     out["run_id"] = push["run_id"]
-    out["executions"] = {c: {"run_id": e["run_id"], "id": e["id"], "code": e["code_fingerprint"]}
-                         for c, e in chain.items()}  # fmt: skip
+    out["executions"] = {
+        c: {"run_id": e["run_id"], "id": e["id"], "code": e["code_fingerprint"]}
+        for c, e in chain.items()
+    }
     run = {r["name"]: r["properties"] for r in store.runs()}.get(push["run_id"], {})
     out["code_version"] = run.get("code_version")
     for ex in chain.values():  # what each artifact's type says of it: the dataset, the hps
@@ -87,8 +94,6 @@ def lineage_text(info: dict) -> str:
         f"fingerprint {str(ds.get('sha256'))[:16]}",
         f"hyperparameters: {json.dumps(info.get('hyperparameters'))}",
         "executions: "
-        + ", ".join(
-            f"{c} <- run {e['run_id']}" for c, e in info["executions"].items()
-        ),  # fmt: skip
+        + ", ".join(f"{c} <- run {e['run_id']}" for c, e in info["executions"].items()),
     ]
     return "\n".join(lines)

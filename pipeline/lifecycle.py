@@ -20,8 +20,17 @@ from dae.pipeline.locks import root_lock
 from dae.pipeline.metadata import MetadataStore, store_url
 
 SUCCESS = "_SUCCESS"
-METRIC_KEYS = ("psnr_noisy", "psnr_denoised", "ssim_noisy", "ssim_denoised", "mse_noisy",
-               "mse_denoised", "blessed", "blessing_reason", "pushed_version")  # fmt: skip
+METRIC_KEYS = (
+    "psnr_noisy",
+    "psnr_denoised",
+    "ssim_noisy",
+    "ssim_denoised",
+    "mse_noisy",
+    "mse_denoised",
+    "blessed",
+    "blessing_reason",
+    "pushed_version",
+)
 ENDED = ("succeeded", "failed")
 
 
@@ -47,9 +56,12 @@ def write_metrics(rdir: Path, stages: dict[str, dict], status: str, error: str |
     for stage in stages.values():
         metrics.update(stage["metrics"])
     metrics["blessed"] = bool(metrics["blessed"])
-    metrics |= {"run_id": rdir.name, "status": status,
-                "stage_seconds": {k: v["seconds"] for k, v in stages.items()},
-                "cached_stages": [k for k, v in stages.items() if v["cached"]]}  # fmt: skip
+    metrics |= {
+        "run_id": rdir.name,
+        "status": status,
+        "stage_seconds": {k: v["seconds"] for k, v in stages.items()},
+        "cached_stages": [k for k, v in stages.items() if v["cached"]],
+    }
     if error:
         metrics["error"] = error
     write_json(rdir / "metrics.json", metrics)
@@ -61,8 +73,9 @@ def run_fields(metrics: dict) -> dict:
     """What the store keeps of a finished run (what `dae runs list` shows)."""
     keys = ("status", "error", "pushed_version", "psnr_denoised", "psnr_noisy", "blessed")
     return {k: metrics.get(k) for k in keys} | {
-        "finished": now(), "seconds": round(sum(metrics["stage_seconds"].values()), 2),
-    }  # fmt: skip
+        "finished": now(),
+        "seconds": round(sum(metrics["stage_seconds"].values()), 2),
+    }
 
 
 def recorded_stages(rdir: Path, names: list[str]) -> dict[str, dict]:
@@ -72,8 +85,11 @@ def recorded_stages(rdir: Path, names: list[str]) -> dict[str, dict]:
         if (rdir / name / SUCCESS).exists() and (rdir / name / "stage.json").is_file():
             record = read_json(rdir / name / "stage.json")
             metrics = record.get("summary") or {}
-            out[name] = {"seconds": record.get("seconds", 0.0), "metrics": metrics,
-                         "cached": bool(record.get("cached"))}  # fmt: skip
+            out[name] = {
+                "seconds": record.get("seconds", 0.0),
+                "metrics": metrics,
+                "cached": bool(record.get("cached")),
+            }
     return out
 
 
@@ -96,8 +112,10 @@ def finish_run(root: Path, run_id: str) -> dict[str, Any]:
         stages = read_json(rdir / "run.json").get("stages", [])
         missing = [s for s in stages if not (rdir / s / SUCCESS).exists()]
         if missing:
-            raise StageError(f"run '{run_id}' cannot finish: {', '.join(missing)} "
-                             f"{'has' if len(missing) == 1 else 'have'} not succeeded")  # fmt: skip
+            raise StageError(
+                f"run '{run_id}' cannot finish: {', '.join(missing)} "
+                f"{'has' if len(missing) == 1 else 'have'} not succeeded"
+            )
         metrics = write_metrics(rdir, recorded_stages(rdir, stages), "succeeded")
         store = MetadataStore(url)
         # An attempt an orchestrator retried (its Pod lost) left its execution running.
@@ -143,7 +161,10 @@ def failure_reason(reason: str, failures: str | None) -> str:
         steps = json.loads(failures) if failures else []
     except ValueError:
         steps = []
-    named = [f"{s.get('displayName', '?')}: {s.get('message') or s.get('phase', '')}"
-             for s in steps if isinstance(s, dict)]  # fmt: skip
+    named = [
+        f"{s.get('displayName', '?')}: {s.get('message') or s.get('phase', '')}"
+        for s in steps
+        if isinstance(s, dict)
+    ]
     text = f"{reason}: {'; '.join(named)}" if named else reason
     return " ".join(text.split())[:500]

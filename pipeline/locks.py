@@ -76,8 +76,9 @@ def lock_key(root: Path) -> int:
 @contextlib.contextmanager
 def _advisory(root: Path, what: str, shared: bool, url: str):
     label = f"{what} (pid {os.getpid()} on {socket.gethostname()})"[:63]  # NAMEDATALEN
-    engine = sa.create_engine(url, poolclass=sa.pool.NullPool,
-                              connect_args={"application_name": label})  # fmt: skip
+    engine = sa.create_engine(
+        url, poolclass=sa.pool.NullPool, connect_args={"application_name": label}
+    )
     key = lock_key(root)
     try:
         with engine.connect() as conn:
@@ -100,14 +101,18 @@ def _advisory(root: Path, what: str, shared: bool, url: str):
 def _holder(conn, key: int, shared: bool) -> str:
     """Who holds the key, as its session named itself (application_name)."""
     unsigned = key & (2**64 - 1)
-    rows = conn.execute(
-        sa.text(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo"
-            " AND l.objsubid = 1 AND l.pid <> pg_backend_pid()"
-        ),
-        {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
-    ).scalars().all()  # fmt: skip
+    rows = (
+        conn.execute(
+            sa.text(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = :hi AND l.objid = :lo"
+                " AND l.objsubid = 1 AND l.pid <> pg_backend_pid()"
+            ),
+            {"hi": unsigned >> 32, "lo": unsigned & 0xFFFFFFFF},
+        )
+        .scalars()
+        .all()
+    )
     names = sorted({r for r in rows if r})
     if names:
         return ", ".join(names)

@@ -21,16 +21,18 @@ import sqlalchemy as sa
 
 _meta = sa.MetaData()
 contexts = sa.Table(
-    "contexts", _meta,
+    "contexts",
+    _meta,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("type", sa.String(32), nullable=False),  # pipeline | run
     sa.Column("name", sa.String(255), nullable=False),
     sa.Column("properties", sa.Text, default="{}"),
     sa.Column("created", sa.String(32)),
     sa.UniqueConstraint("type", "name"),
-)  # fmt: skip
+)
 executions = sa.Table(
-    "executions", _meta,
+    "executions",
+    _meta,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("run_id", sa.String(64), nullable=False, index=True),
     sa.Column("component", sa.String(64), nullable=False),
@@ -44,28 +46,31 @@ executions = sa.Table(
     sa.Column("seconds", sa.Float),
     sa.Column("error", sa.Text),
     sa.Column("summary", sa.Text),
-)  # fmt: skip
+)
 artifacts = sa.Table(
-    "artifacts", _meta,
+    "artifacts",
+    _meta,
     sa.Column("id", sa.Integer, primary_key=True),
     sa.Column("type", sa.String(64), nullable=False),
     sa.Column("uri", sa.Text, nullable=False),
     sa.Column("fingerprint", sa.String(64)),
     sa.Column("properties", sa.Text, default="{}"),
     sa.Column("created", sa.String(32)),
-)  # fmt: skip
+)
 events = sa.Table(
-    "events", _meta,
+    "events",
+    _meta,
     sa.Column("execution_id", sa.Integer, sa.ForeignKey("executions.id"), nullable=False),
     sa.Column("artifact_id", sa.Integer, sa.ForeignKey("artifacts.id"), nullable=False),
     sa.Column("type", sa.String(8), nullable=False),  # input | output
     sa.Column("name", sa.String(64), nullable=False),
-)  # fmt: skip
+)
 attributions = sa.Table(  # which run (context) an execution belongs to
-    "associations", _meta,
+    "associations",
+    _meta,
     sa.Column("context_id", sa.Integer, sa.ForeignKey("contexts.id"), nullable=False),
     sa.Column("execution_id", sa.Integer, sa.ForeignKey("executions.id"), nullable=False),
-)  # fmt: skip
+)
 
 
 def now() -> str:
@@ -138,8 +143,11 @@ class MetadataStore:
             ).first()
             if row:
                 if properties is not None:
-                    c.execute(contexts.update().where(contexts.c.id == row.id)
-                              .values(properties=json.dumps(properties)))  # fmt: skip
+                    c.execute(
+                        contexts.update()
+                        .where(contexts.c.id == row.id)
+                        .values(properties=json.dumps(properties))
+                    )
                 return row.id
             return c.execute(
                 contexts.insert().values(
@@ -149,48 +157,92 @@ class MetadataStore:
 
     def update_context(self, context_id: int, **fields: Any) -> None:
         with self.engine.begin() as c:
-            query = (sa.select(contexts.c.properties).where(contexts.c.id == context_id)
-                     .with_for_update())  # fmt: skip
+            query = (
+                sa.select(contexts.c.properties)
+                .where(contexts.c.id == context_id)
+                .with_for_update()
+            )
             props = json.loads(c.execute(query).scalar_one())
             props.update(fields)
-            c.execute(contexts.update().where(contexts.c.id == context_id)
-                      .values(properties=json.dumps(props)))  # fmt: skip
+            c.execute(
+                contexts.update()
+                .where(contexts.c.id == context_id)
+                .values(properties=json.dumps(props))
+            )
 
-    def start_execution(self, run_ctx: int, run_id: str, component: str, cache_key: str,
-                        parameters: dict, code: str, inputs: dict[str, int]) -> int:  # fmt: skip
+    def start_execution(
+        self,
+        run_ctx: int,
+        run_id: str,
+        component: str,
+        cache_key: str,
+        parameters: dict,
+        code: str,
+        inputs: dict[str, int],
+    ) -> int:
         with self.engine.begin() as c:
             eid = c.execute(
                 executions.insert().values(
-                    run_id=run_id, component=component, cache_key=cache_key, status="running",
-                    parameters=json.dumps(parameters, sort_keys=True), code_fingerprint=code,
+                    run_id=run_id,
+                    component=component,
+                    cache_key=cache_key,
+                    status="running",
+                    parameters=json.dumps(parameters, sort_keys=True),
+                    code_fingerprint=code,
                     started=now(),
                 )
-            ).inserted_primary_key[0]  # fmt: skip
+            ).inserted_primary_key[0]
             c.execute(attributions.insert().values(context_id=run_ctx, execution_id=eid))
             for name, aid in inputs.items():
-                c.execute(events.insert().values(
-                    execution_id=eid, artifact_id=aid, type="input", name=name))  # fmt: skip
+                c.execute(
+                    events.insert().values(
+                        execution_id=eid, artifact_id=aid, type="input", name=name
+                    )
+                )
         return eid
 
-    def finish_execution(self, eid: int, status: str, seconds: float, summary: dict,
-                         outputs: dict[str, dict] = None, error: str | None = None,
-                         cached_from: int | None = None) -> dict[str, int]:  # fmt: skip
+    def finish_execution(
+        self,
+        eid: int,
+        status: str,
+        seconds: float,
+        summary: dict,
+        outputs: dict[str, dict] = None,
+        error: str | None = None,
+        cached_from: int | None = None,
+    ) -> dict[str, int]:
         """Record how an execution ended and its outputs; returns output artifact ids."""
         ids = {}
         with self.engine.begin() as c:
-            c.execute(executions.update().where(executions.c.id == eid).values(
-                status=status, finished=now(), seconds=seconds, error=error,
-                summary=json.dumps(summary), cached_from=cached_from,
-            ))  # fmt: skip
+            c.execute(
+                executions.update()
+                .where(executions.c.id == eid)
+                .values(
+                    status=status,
+                    finished=now(),
+                    seconds=seconds,
+                    error=error,
+                    summary=json.dumps(summary),
+                    cached_from=cached_from,
+                )
+            )
             for name, art in (outputs or {}).items():
                 aid = art.get("id")
                 if aid is None:
-                    aid = c.execute(artifacts.insert().values(
-                        type=art["type"], uri=art["uri"], fingerprint=art["fingerprint"],
-                        properties=json.dumps(art.get("properties", {})), created=now(),
-                    )).inserted_primary_key[0]  # fmt: skip
-                c.execute(events.insert().values(
-                    execution_id=eid, artifact_id=aid, type="output", name=name))  # fmt: skip
+                    aid = c.execute(
+                        artifacts.insert().values(
+                            type=art["type"],
+                            uri=art["uri"],
+                            fingerprint=art["fingerprint"],
+                            properties=json.dumps(art.get("properties", {})),
+                            created=now(),
+                        )
+                    ).inserted_primary_key[0]
+                c.execute(
+                    events.insert().values(
+                        execution_id=eid, artifact_id=aid, type="output", name=name
+                    )
+                )
                 ids[name] = aid
         return ids
 
@@ -199,57 +251,97 @@ class MetadataStore:
     def cache_candidates(self, component: str, cache_key: str) -> list[dict]:
         """Successful executions with this key, newest first (failed ones never count)."""
         with self.engine.connect() as c:
-            rows = c.execute(
-                sa.select(executions).where(
-                    executions.c.component == component, executions.c.cache_key == cache_key,
-                    executions.c.status == "succeeded",
-                ).order_by(executions.c.id.desc())
-            ).mappings().all()  # fmt: skip
+            rows = (
+                c.execute(
+                    sa.select(executions)
+                    .where(
+                        executions.c.component == component,
+                        executions.c.cache_key == cache_key,
+                        executions.c.status == "succeeded",
+                    )
+                    .order_by(executions.c.id.desc())
+                )
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
 
     def artifacts_of(self, eid: int, kind: str = "output") -> dict[str, dict]:
         with self.engine.connect() as c:
             joined = events.join(artifacts, events.c.artifact_id == artifacts.c.id)
-            rows = c.execute(
-                sa.select(events.c.name, artifacts).select_from(joined)
-                .where(events.c.execution_id == eid, events.c.type == kind)
-            ).mappings().all()  # fmt: skip
+            rows = (
+                c.execute(
+                    sa.select(events.c.name, artifacts)
+                    .select_from(joined)
+                    .where(events.c.execution_id == eid, events.c.type == kind)
+                )
+                .mappings()
+                .all()
+            )
             return {r["name"]: dict(r) for r in rows}
 
     def executions_of_run(self, run_id: str) -> list[dict]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(executions).where(executions.c.run_id == run_id)
-                             .order_by(executions.c.id)).mappings().all()  # fmt: skip
+            rows = (
+                c.execute(
+                    sa.select(executions)
+                    .where(executions.c.run_id == run_id)
+                    .order_by(executions.c.id)
+                )
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
 
     def runs(self) -> list[dict]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(contexts).where(contexts.c.type == "run")
-                             .order_by(contexts.c.id)).mappings().all()  # fmt: skip
+            rows = (
+                c.execute(
+                    sa.select(contexts).where(contexts.c.type == "run").order_by(contexts.c.id)
+                )
+                .mappings()
+                .all()
+            )
             return [{**dict(r), "properties": json.loads(r["properties"])} for r in rows]
 
     def producer_of(self, artifact_id: int) -> dict | None:
         """The execution that output this artifact (the first, not a cached reuse)."""
         with self.engine.connect() as c:
-            row = c.execute(
-                sa.select(executions).join(events, events.c.execution_id == executions.c.id)
-                .where(events.c.artifact_id == artifact_id, events.c.type == "output",
-                       executions.c.status == "succeeded").order_by(executions.c.id)
-            ).mappings().first()  # fmt: skip
+            row = (
+                c.execute(
+                    sa.select(executions)
+                    .join(events, events.c.execution_id == executions.c.id)
+                    .where(
+                        events.c.artifact_id == artifact_id,
+                        events.c.type == "output",
+                        executions.c.status == "succeeded",
+                    )
+                    .order_by(executions.c.id)
+                )
+                .mappings()
+                .first()
+            )
             return dict(row) if row else None
 
     def artifacts_by_uri(self, uri: str) -> list[dict]:
         with self.engine.connect() as c:
-            rows = c.execute(sa.select(artifacts).where(artifacts.c.uri == uri)
-                             .order_by(artifacts.c.id)).mappings().all()  # fmt: skip
+            rows = (
+                c.execute(
+                    sa.select(artifacts).where(artifacts.c.uri == uri).order_by(artifacts.c.id)
+                )
+                .mappings()
+                .all()
+            )
             return [dict(r) for r in rows]
 
     def abandon_running(self, run_id: str, error: str) -> None:
         """Executions a killed process left 'running' are failed, never cache hits."""
         with self.engine.begin() as c:
-            c.execute(executions.update().where(
-                executions.c.run_id == run_id, executions.c.status == "running"
-            ).values(status="failed", error=error, finished=now()))  # fmt: skip
+            c.execute(
+                executions.update()
+                .where(executions.c.run_id == run_id, executions.c.status == "running")
+                .values(status="failed", error=error, finished=now())
+            )
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

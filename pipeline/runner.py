@@ -79,9 +79,13 @@ def resolve_inputs(n: Node, rdir: Path) -> dict[str, Path]:
 
 
 def execute(
-    n: Node, config: Config, rdir: Path, serving_dir: Path,
-    inputs: dict[str, Path] | None = None, work: Path | None = None,
-) -> Outcome:  # fmt: skip
+    n: Node,
+    config: Config,
+    rdir: Path,
+    serving_dir: Path,
+    inputs: dict[str, Path] | None = None,
+    work: Path | None = None,
+) -> Outcome:
     """Run one stage of an existing run; its previous outputs, if any, are replaced.
     Resumable outputs go to `work` (kept across executions) when given."""
     spec = n.component.SPEC
@@ -100,8 +104,16 @@ def execute(
         else:  # an output named like its stage is the stage folder itself (runs/<id>/report/)
             outputs[name] = sdir if name == n.name else sdir / name
         outputs[name].mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(config, inputs, outputs, rdir.name, rdir, serving_dir, log,
-                       lambda unit, total: console.progress(n.name, unit, total))  # fmt: skip
+    ctx = StageContext(
+        config,
+        inputs,
+        outputs,
+        rdir.name,
+        rdir,
+        serving_dir,
+        log,
+        lambda unit, total: console.progress(n.name, unit, total),
+    )
     start = time.perf_counter()
     result = n.component.run(ctx)
     if not isinstance(result, StageResult):
@@ -111,8 +123,9 @@ def execute(
     if not result.worker:  # a distributed job's workers leave the record to its chief
         _check_written(n, outputs)
         uris = {k: str(v) for k, v in outputs.items()}
-        write_json(sdir / "stage.json", {"seconds": seconds, "summary": result.metrics,
-                                         "outputs": uris})  # fmt: skip
+        write_json(
+            sdir / "stage.json", {"seconds": seconds, "summary": result.metrics, "outputs": uris}
+        )
         (sdir / SUCCESS).touch()
     return outcome
 
@@ -153,8 +166,10 @@ def preflight(config: Config) -> None:
 
 def _finish(rdir: Path, results: dict[str, Outcome], status: str, error: str | None = None):
     """metrics.json: every stage's metrics, with the contract's keys always present."""
-    stages = {k: {"seconds": v.seconds, "metrics": v.metrics, "cached": v.cached}
-              for k, v in results.items()}  # fmt: skip
+    stages = {
+        k: {"seconds": v.seconds, "metrics": v.metrics, "cached": v.cached}
+        for k, v in results.items()
+    }
     return write_metrics(rdir, stages, status, error)
 
 
@@ -248,8 +263,9 @@ def create_run(config: Config, root: Path, run_id: str) -> bool:
         raise StageError(f"invalid run id {run_id!r}: letters, digits, '.', '_' and '-' only")
     root = Path(root)
     preflight(config)
-    with root_lock(root, f"dae stage --create --run {run_id}",
-                   url=store_url(config.metadata_url, root)):  # fmt: skip
+    with root_lock(
+        root, f"dae stage --create --run {run_id}", url=store_url(config.metadata_url, root)
+    ):
         rdir = run_dir(root, run_id)
         if (rdir / "run.json").is_file():
             status = read_json(rdir / "run.json").get("status")
@@ -291,9 +307,13 @@ def _stage_node(stage: str) -> Node:
 
 
 def run_stage(
-    config: Config, root: Path, run_id: str, stage: str, overrides: list[str] = (),
+    config: Config,
+    root: Path,
+    run_id: str,
+    stage: str,
+    overrides: list[str] = (),
     use_cache: bool = False,
-) -> Outcome:  # fmt: skip
+) -> Outcome:
     """Re-run one stage of a run (never from cache, unless asked to behave as `dae run`
     would: then a cache hit is taken when the config allows it). Stages downstream of it
     lose their _SUCCESS: they were computed from outputs now replaced. A distributed job's

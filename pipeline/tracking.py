@@ -41,12 +41,17 @@ def code_version() -> str:
     """The git commit of the code, when it runs from a checkout."""
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
-    dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                           capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
+    dirty = subprocess.run(
+        ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+        capture_output=True,
+        text=True,
+        timeout=5,
+    ).stdout.strip()
     return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else "unknown"
 
 
@@ -77,8 +82,11 @@ class Tracker:
             art = self.artifacts.get(ref) or self._recorded(rdir, ref)
             if art is None or Path(art["uri"]) != Path(inputs[name]):
                 kind = n.component.SPEC.inputs[name]
-                art = {"id": None, "uri": str(inputs[name]),
-                       "fingerprint": kind.fingerprint(inputs[name])}  # fmt: skip
+                art = {
+                    "id": None,
+                    "uri": str(inputs[name]),
+                    "fingerprint": kind.fingerprint(inputs[name]),
+                }
             out[name] = art
         return out
 
@@ -96,16 +104,20 @@ class Tracker:
         code = cache.code_fingerprint(n.component)
         extra = spec.external(self.config) if spec.external else ""
         fps = {k: a["fingerprint"] for k, a in inputs.items()}
-        return {"key": cache.cache_key(n.name, fps, params, code, extra), "params": params,
-                "code": code}  # fmt: skip
+        return {
+            "key": cache.cache_key(n.name, fps, params, code, extra),
+            "params": params,
+            "code": code,
+        }
 
     def hit(self, n: Node, key: str) -> tuple[dict, dict[str, dict]] | None:
         if not self.use_cache or not n.component.SPEC.cache:
             return None
         for execution in self.store.cache_candidates(n.name, key):
             outputs = self.store.artifacts_of(execution["id"])
-            usable = (_type(a["type"]).still_valid(a["uri"], a["fingerprint"])
-                      for a in outputs.values())  # fmt: skip
+            usable = (
+                _type(a["type"]).still_valid(a["uri"], a["fingerprint"]) for a in outputs.values()
+            )
             if outputs and all(usable):
                 return execution, outputs
         return None
@@ -114,8 +126,9 @@ class Tracker:
 
     def start(self, n: Node, k: dict, inputs: dict[str, dict]) -> int:
         ids = {name: a["id"] for name, a in inputs.items() if a["id"] is not None}
-        return self.store.start_execution(self.run_ctx, self.run_id, n.name, k["key"],
-                                          k["params"], k["code"], ids)  # fmt: skip
+        return self.store.start_execution(
+            self.run_ctx, self.run_id, n.name, k["key"], k["params"], k["code"], ids
+        )
 
     def succeeded(self, eid: int, n: Node, outcome: Outcome) -> None:
         """A secondary's execution is recorded without outputs (they are its chief's), so
@@ -128,10 +141,14 @@ class Tracker:
             fp = f"working-state:{eid}" if resumable else kind.fingerprint(path)
             outputs[name] = {"type": kind.__name__, "uri": str(path), "fingerprint": fp}
         for name, art in outcome.external.items():
-            outputs[name] = {"type": art.type.__name__, "uri": art.uri,
-                             "fingerprint": art.type.fingerprint(Path(art.uri))}  # fmt: skip
-        ids = self.store.finish_execution(eid, "succeeded", outcome.seconds, outcome.metrics,
-                                          outputs)  # fmt: skip
+            outputs[name] = {
+                "type": art.type.__name__,
+                "uri": art.uri,
+                "fingerprint": art.type.fingerprint(Path(art.uri)),
+            }
+        ids = self.store.finish_execution(
+            eid, "succeeded", outcome.seconds, outcome.metrics, outputs
+        )
         for name, art in outputs.items():
             self.artifacts[f"{n.name}.{name}"] = {**art, "id": ids[name]}
 
@@ -143,9 +160,14 @@ class Tracker:
         execution, outputs = hit
         metrics = json.loads(execution["summary"]) if execution["summary"] else {}
         seconds = round(time.perf_counter() - start, 2)
-        self.store.finish_execution(eid, "cached", seconds, metrics,
-                                    {k: {"id": a["id"]} for k, a in outputs.items()},
-                                    cached_from=execution["id"])  # fmt: skip
+        self.store.finish_execution(
+            eid,
+            "cached",
+            seconds,
+            metrics,
+            {k: {"id": a["id"]} for k, a in outputs.items()},
+            cached_from=execution["id"],
+        )
         sdir = rdir / n.name
         sdir.mkdir(parents=True, exist_ok=True)
         own = outputs.get(n.name)  # an output that is the stage folder (the report): copied in
@@ -153,9 +175,16 @@ class Tracker:
             skip = shutil.ignore_patterns("stage.json", SUCCESS)
             shutil.copytree(own["uri"], sdir, ignore=skip, dirs_exist_ok=True)
         uris = {k: a["uri"] for k, a in outputs.items() if k in n.component.SPEC.outputs}
-        write_json(sdir / "stage.json", {"seconds": seconds, "summary": metrics, "outputs": uris,
-                                         "cached": True,
-                                         "cached_from": execution["run_id"]})  # fmt: skip
+        write_json(
+            sdir / "stage.json",
+            {
+                "seconds": seconds,
+                "summary": metrics,
+                "outputs": uris,
+                "cached": True,
+                "cached_from": execution["run_id"],
+            },
+        )
         (sdir / SUCCESS).touch()
         for name, art in outputs.items():
             self.artifacts[f"{n.name}.{name}"] = art

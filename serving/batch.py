@@ -33,33 +33,60 @@ class BatchError(Exception):
 
 def add_arguments(p) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--input", required=True, metavar="SRC", help="PNG folder, .npy, .tfrecord "
-                   "or tfds:NAME/SPLIT")  # fmt: skip
+    p.add_argument(
+        "--input",
+        required=True,
+        metavar="SRC",
+        help="PNG folder, .npy, .tfrecord or tfds:NAME/SPLIT",
+    )
     p.add_argument("--output", required=True, metavar="DST", help="PNG folder or .npy file")
-    p.add_argument("--model", metavar="DIR", help="SavedModel version folder, or a base path "
-                   "(its latest integer version): run it here in a Beam pipeline")  # fmt: skip
-    p.add_argument("--server", metavar="HOST:PORT", help="send batches to this TF Serving "
-                   "endpoint (gRPC; REST with --rest); give --model or --server")  # fmt: skip
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="SavedModel version folder, or a base path "
+        "(its latest integer version): run it here in a Beam pipeline",
+    )
+    p.add_argument(
+        "--server",
+        metavar="HOST:PORT",
+        help="send batches to this TF Serving "
+        "endpoint (gRPC; REST with --rest); give --model or --server",
+    )
     p.add_argument("--rest", action="store_true", help="--server is TF Serving's REST port")
     p.add_argument("--model-name", default="denoiser", help="served model name (default denoiser)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                   help=f"images per model call (default {DEFAULT_BATCH_SIZE})")  # fmt: skip
     p.add_argument(
-        "--on-error", choices=["skip", "stop"], default="skip",
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"images per model call (default {DEFAULT_BATCH_SIZE})",
+    )
+    p.add_argument(
+        "--on-error",
+        choices=["skip", "stop"],
+        default="skip",
         help="an unreadable or wrongly shaped image: skip reports it on stderr, leaves it out and "
         "counts it (default); stop fails the job on the first one, writing nothing",
-    )  # fmt: skip
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing DST")
     p.add_argument("--shape", metavar="H,W,C", help="TFRecord input: overrides its schema.json")
-    p.add_argument("--data-dir", default="~/tensorflow_datasets", help="TFDS data_dir for tfds: "
-                   "input (default ~/tensorflow_datasets)")  # fmt: skip
-    p.add_argument("--runner", help="--model: Beam runner (default DirectRunner, as its "
-                   "in-process FnApiRunner: no attempt to fetch the Prism runner)")  # fmt: skip
     p.add_argument(
-        "--beam-option", action="append", default=[], metavar="FLAG",
+        "--data-dir",
+        default="~/tensorflow_datasets",
+        help="TFDS data_dir for tfds: input (default ~/tensorflow_datasets)",
+    )
+    p.add_argument(
+        "--runner",
+        help="--model: Beam runner (default DirectRunner, as its "
+        "in-process FnApiRunner: no attempt to fetch the Prism runner)",
+    )
+    p.add_argument(
+        "--beam-option",
+        action="append",
+        default=[],
+        metavar="FLAG",
         help="--model: a Beam pipeline option, repeatable; write it with '=', e.g. "
         "--beam-option=--direct_num_workers=2",
-    )  # fmt: skip
+    )
 
 
 # ---- the model's input shape -----------------------------------------------------------
@@ -142,8 +169,9 @@ def server_shape(client, args) -> tuple:
         import httpx
 
         try:
-            r = client.http.get(f"/v1/models/{args.model_name}/metadata",
-                                timeout=METADATA_TIMEOUT_S)  # fmt: skip
+            r = client.http.get(
+                f"/v1/models/{args.model_name}/metadata", timeout=METADATA_TIMEOUT_S
+            )
         except httpx.HTTPError as e:
             raise BatchError(f"cannot reach the {where}: {e or type(e).__name__}") from None
         if r.status_code == 404:
@@ -156,8 +184,9 @@ def server_shape(client, args) -> tuple:
             raise BatchError(f"the {where} sent metadata without a signature_def") from None
         if SIGNATURE not in sigs:
             raise BatchError(f"model '{args.model_name}' at the {where} has no '{SIGNATURE}'")
-        sig = json_format.ParseDict(sigs[SIGNATURE], meta_graph_pb2.SignatureDef(),
-                                    ignore_unknown_fields=True)  # fmt: skip
+        sig = json_format.ParseDict(
+            sigs[SIGNATURE], meta_graph_pb2.SignatureDef(), ignore_unknown_fields=True
+        )
         return _signature_shape(sig, f"model '{args.model_name}' at the {where}")
 
     import grpc
@@ -293,8 +322,10 @@ def main(args) -> int:
 
     start = time.perf_counter()
     if bool(args.model) == bool(args.server):
-        raise BatchError("give one of --model DIR (run a SavedModel here, with Beam) or "
-                         "--server HOST:PORT (a TF Serving endpoint)")  # fmt: skip
+        raise BatchError(
+            "give one of --model DIR (run a SavedModel here, with Beam) or "
+            "--server HOST:PORT (a TF Serving endpoint)"
+        )
     if args.rest and not args.server:
         raise BatchError("--rest goes with --server")
     if args.server and (args.runner or args.beam_option):

@@ -75,8 +75,10 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         execution = splitting.get("max_execution_batch_size")
         if execution is not None:
             if not execution.isdigit() or int(execution) < 1:
-                raise ValueError(f"batching parameters: max_execution_batch_size must be a "
-                                 f"positive integer, got {execution}")  # fmt: skip
+                raise ValueError(
+                    f"batching parameters: max_execution_batch_size must be a "
+                    f"positive integer, got {execution}"
+                )
             largest = values.get("max_batch_size", BatchingParameters.max_batch_size)
             values |= {"max_batch_size": int(execution), "max_request_rows": largest}
     return BatchingParameters(**values)
@@ -128,8 +130,10 @@ class Batcher:
         step, limit = self.params.max_batch_size, self.params.max_enqueued_batches
         largest = self.params.max_request_rows
         if largest is not None and len(rows) > largest:
-            raise TooLarge(f"a request of {len(rows)} rows is over max_batch_size {largest}, "
-                           "the largest request accepted")  # fmt: skip
+            raise TooLarge(
+                f"a request of {len(rows)} rows is over max_batch_size {largest}, "
+                "the largest request accepted"
+            )
         parts = [rows[i : i + step] for i in range(0, len(rows), step)]
         if len(parts) > limit:
             raise TooLarge(

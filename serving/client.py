@@ -27,9 +27,11 @@ class GrpcClient:
         limit = max_mb * 1024 * 1024
         self.channel = grpc.insecure_channel(
             target,
-            options=[("grpc.max_send_message_length", limit),
-                     ("grpc.max_receive_message_length", limit)],
-        )  # fmt: skip
+            options=[
+                ("grpc.max_send_message_length", limit),
+                ("grpc.max_receive_message_length", limit),
+            ],
+        )
         self.stub = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.model, self.timeout = model, timeout
 
@@ -97,8 +99,9 @@ class RestClient:
             if self._conn.sock is None:
                 self._conn.connect()
                 self._conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conn.request("POST", self._prefix + path, body,
-                               {"content-type": "application/json"})  # fmt: skip
+            self._conn.request(
+                "POST", self._prefix + path, body, {"content-type": "application/json"}
+            )
             r = self._conn.getresponse()
             return r.status, r.read()
         except BaseException:

@@ -107,9 +107,10 @@ def _add_vae_endpoints(archive, encoder, decoder, images_spec) -> None:
     latent = int(encoder.outputs[0].shape[-1])
     archive.add_endpoint(name=ENCODE, fn=encode, input_signature=images_spec)
     archive.add_endpoint(
-        name=DECODE, fn=decode,
+        name=DECODE,
+        fn=decode,
         input_signature=[tf.TensorSpec((None, latent), tf.float32, name=LATENT_NAME)],
-    )  # fmt: skip
+    )
 
 
 def warmup_records(shape, batch_sizes=(1, 64)) -> list[bytes]:

@@ -9,11 +9,7 @@ import time
 
 import grpc
 import numpy as np
-from tensorflow_serving.apis import (
-    model_service_pb2_grpc,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
 from dae.serving import inference, status
 from dae.serving.predict import Predictor, check_dims, clip, invalid
@@ -201,9 +197,12 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer, _Handler):
 
 
 def make_server(
-    predictor: Predictor, address: str | None, max_message_bytes: int,
-    unix_socket: str | None = None, options=(),
-):  # fmt: skip
+    predictor: Predictor,
+    address: str | None,
+    max_message_bytes: int,
+    unix_socket: str | None = None,
+    options=(),
+):
     """A grpc.aio server bound to `address` (None: none) and to `unix_socket` (TF Serving's
     --grpc_socket_path; a stale socket file is replaced), with extra channel `options`
     (--grpc_channel_arguments); returns (server, bound TCP port or 0)."""
@@ -216,7 +215,7 @@ def make_server(
             *options,
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
-        ]  # fmt: skip
+        ]
     )
     handlers = _SafeHandlers([])
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(

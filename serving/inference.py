@@ -13,12 +13,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from tensorflow_serving.apis import (
-    classification_pb2,
-    inference_pb2,
-    model_pb2,
-    regression_pb2,
-)
+from tensorflow_serving.apis import classification_pb2, inference_pb2, model_pb2, regression_pb2
 
 from dae.serving.predict import Limits, check_rows, clip, invalid
 from dae.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable, ServingError
@@ -178,8 +173,9 @@ def _model_spec(spec, name: str, sig_name: str, version: int) -> None:
     spec.version.value = version
 
 
-def _run_single(servable: Servable, request, limits: Limits, check_method, preprocess,
-                response, fill_result):  # fmt: skip
+def _run_single(
+    servable: Servable, request, limits: Limits, check_method, preprocess, response, fill_result
+):
     """RunClassify / RunRegress on a servable already found."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
     sig = _signature(servable, name, "No signature was found with the name: ")
@@ -193,13 +189,27 @@ def _run_single(servable: Servable, request, limits: Limits, check_method, prepr
 
 def classify_sync(servable: Servable, request, limits: Limits, check_method=False):
     response = classification_pb2.ClassificationResponse()
-    return _run_single(servable, request, limits, check_method, preprocess_classification,
-                       response, classification_result)  # fmt: skip
+    return _run_single(
+        servable,
+        request,
+        limits,
+        check_method,
+        preprocess_classification,
+        response,
+        classification_result,
+    )
 
 
 def regress_sync(servable: Servable, request, limits: Limits, check_method=False):
-    return _run_single(servable, request, limits, check_method, preprocess_regression,
-                       regression_pb2.RegressionResponse(), regression_result)  # fmt: skip
+    return _run_single(
+        servable,
+        request,
+        limits,
+        check_method,
+        preprocess_regression,
+        regression_pb2.RegressionResponse(),
+        regression_result,
+    )
 
 
 def multi_inference_sync(servable: Servable, request, limits: Limits, check_method=False):

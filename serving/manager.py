@@ -68,8 +68,10 @@ def incompatibility(served: Servable, new: Servable) -> str | None:
             for k in old:
                 if old[k] != now[k]:
                     (dt, shape), (dt0, shape0) = now[k], old[k]
-                    return (f"signature '{sig}' {what} '{k}' is {dt} {_dims(shape)}, "
-                            f"not {dt0} {_dims(shape0)}")  # fmt: skip
+                    return (
+                        f"signature '{sig}' {what} '{k}' is {dt} {_dims(shape)}, "
+                        f"not {dt0} {_dims(shape0)}"
+                    )
     return None
 
 
@@ -192,9 +194,10 @@ class ServableManager:
             forget_gradients(servable.gradients)
             log.error("not serving %s version %s: %s", self.name, v, why)
             self.states[v] = VersionState(
-                "END", f"not swapped in: {why} (version {reference.version} is in service; "
+                "END",
+                f"not swapped in: {why} (version {reference.version} is in service; "
                 "restart the server to serve a new signature)",
-            )  # fmt: skip
+            )
             self._failed[v] = fingerprint
             return None
         self._failed.pop(v, None)

@@ -197,9 +197,13 @@ class Predictor:
         return servable.signatures[name]
 
     async def predict(
-        self, model: str, version: int | None, signature: str | None, inputs: dict,
+        self,
+        model: str,
+        version: int | None,
+        signature: str | None,
+        inputs: dict,
         label: str | None = None,
-    ) -> tuple[object, Signature, dict[str, np.ndarray]]:  # fmt: skip
+    ) -> tuple[object, Signature, dict[str, np.ndarray]]:
         servable = self.servable(model, version, label)
         sig = self.signature(servable, signature)
         arrays = validate_inputs(sig, inputs, servable.input_ranges.get(sig.name), self.limits)

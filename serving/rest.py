@@ -45,11 +45,22 @@ POST_PATH = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)$", re.IGNOR
 GET_PATH = re.compile(_SPEC + r"(?P<verb>/metadata)?$", re.IGNORECASE)
 METRICS_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
-HTTP_STATUS = {"INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 400, "NOT_FOUND": 404,
-               "RESOURCE_EXHAUSTED": 429, "UNAVAILABLE": 503, "UNIMPLEMENTED": 501,
-               "DEADLINE_EXCEEDED": 408, "INTERNAL": 500, "OUT_OF_RANGE": 400,
-               "CANCELLED": 499, "ALREADY_EXISTS": 409, "ABORTED": 409,
-               "PERMISSION_DENIED": 403, "UNAUTHENTICATED": 401}  # fmt: skip
+HTTP_STATUS = {
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "NOT_FOUND": 404,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNAVAILABLE": 503,
+    "UNIMPLEMENTED": 501,
+    "DEADLINE_EXCEEDED": 408,
+    "INTERNAL": 500,
+    "OUT_OF_RANGE": 400,
+    "CANCELLED": 499,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 401,
+}
 INT64_MAX = 2**63 - 1
 
 
@@ -73,9 +84,12 @@ class RestApp:
     """The ASGI callable uvicorn runs."""
 
     def __init__(
-        self, predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0,
+        self,
+        predictor: Predictor,
+        max_body_bytes: int,
+        body_timeout: float = 60.0,
         metrics_path: str | None = METRICS_PATH,
-    ):  # fmt: skip
+    ):
         self.predictor, self.metrics_path = predictor, metrics_path
         self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
 
@@ -90,8 +104,12 @@ class RestApp:
         try:
             body = await self._route(scope, receive, method, path)
         except ClientGone:
-            log.info("client %s disconnected before its request was read: %s %s",
-                     _client(scope), method, clip(path))  # fmt: skip
+            log.info(
+                "client %s disconnected before its request was read: %s %s",
+                _client(scope),
+                method,
+                clip(path),
+            )
             return
         except ServingError as e:
             code, close = e.code, isinstance(e, BodyTooLarge) or e.code == "DEADLINE_EXCEEDED"
@@ -121,9 +139,11 @@ class RestApp:
             msg = status.metadata_response(predictor.servable(name, version, label))
             return orjson.dumps(status.rest_metadata(msg))
         msg = status.status_response(predictor, name, version)  # a label is not looked at
-        return orjson.dumps(json_format.MessageToDict(
-            msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
-        ))  # fmt: skip
+        return orjson.dumps(
+            json_format.MessageToDict(
+                msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
+        )
 
     async def _predict(self, scope, receive, name, version, label) -> bytes:
         predictor = self.predictor
@@ -176,7 +196,9 @@ def _client(scope) -> str:
 
 
 def make_app(
-    predictor: Predictor, max_body_bytes: int, body_timeout: float = 60.0,
+    predictor: Predictor,
+    max_body_bytes: int,
+    body_timeout: float = 60.0,
     metrics_path: str | None = METRICS_PATH,
-) -> RestApp:  # fmt: skip
+) -> RestApp:
     return RestApp(predictor, max_body_bytes, body_timeout, metrics_path)

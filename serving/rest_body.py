@@ -193,8 +193,10 @@ def format_predict_response(outputs: dict[str, np.ndarray], row: bool) -> dict:
     if row and len(outputs) > 1:  # MakeRowFormatJsonFromTensors: one batch size for all
         sizes = {k: len(v) if np.ndim(v) else None for k, v in outputs.items()}
         if None in sizes.values() or len(set(sizes.values())) > 1:
-            raise invalid(f"outputs have no common batch size for the row format: {sizes}; "
-                          "send a columnar ('inputs') request")  # fmt: skip
+            raise invalid(
+                f"outputs have no common batch size for the row format: {sizes}; "
+                "send a columnar ('inputs') request"
+            )
     if not row:
         return {"outputs": next(iter(outputs.values())) if len(outputs) == 1 else outputs}
     if len(outputs) == 1:
@@ -248,8 +250,9 @@ def _add_value(value, name: str, feature) -> None:
 
     def into(want: str):
         if kind not in (None, want):
-            raise invalid(f"Unexpected element type in feature: {clip(name)} "
-                          f"expecting type: {_KINDS[kind]}")  # fmt: skip
+            raise invalid(
+                f"Unexpected element type in feature: {clip(name)} expecting type: {_KINDS[kind]}"
+            )
         return getattr(feature, want).value
 
     if isinstance(value, bool):
@@ -265,8 +268,9 @@ def _add_value(value, name: str, feature) -> None:
     elif (decoded := _b64(value)) is not None:
         into("bytes_list").append(decoded)
     else:
-        raise invalid(f"Feature: {clip(name)} has element with unexpected JSON type: "
-                      f"{_json_type(value)}")  # fmt: skip
+        raise invalid(
+            f"Feature: {clip(name)} has element with unexpected JSON type: {_json_type(value)}"
+        )
 
 
 def _fill_example(value, example) -> None:
@@ -309,8 +313,10 @@ def fill_classify_regress_request(raw: bytes, request, limits: Limits) -> None:
         _fill_example(body["context"], inputs.example_list_with_context.context)
     examples = body.get("examples")
     if examples is None and "examples" not in body:
-        raise invalid(f"JSON Value: {_debug(body)} When method is classify, key 'examples' "
-                      "is expected and was not found")  # fmt: skip
+        raise invalid(
+            f"JSON Value: {_debug(body)} When method is classify, key 'examples' "
+            "is expected and was not found"
+        )
     if not isinstance(examples, list):
         raise invalid(f"JSON Value: {_debug(body)} Expecting 'examples' value to be an list/array")
     if not examples:
@@ -346,10 +352,13 @@ def classification_json(result) -> bytes:
     if not result.classifications:
         raise invalid("Cannot convert empty ClassificationResults to JSON")
     rows = (
-        b"[" + b",".join(b"[" + orjson.dumps(c.label) + b"," + _decimal(c.score) + b"]"
-                         for c in entry.classes) + b"]"
+        b"["
+        + b",".join(
+            b"[" + orjson.dumps(c.label) + b"," + _decimal(c.score) + b"]" for c in entry.classes
+        )
+        + b"]"
         for entry in result.classifications
-    )  # fmt: skip
+    )
     return b'{"results":[' + b",".join(rows) + b"]}"
 
 

@@ -146,8 +146,11 @@ class Servable:
             if sig_name.startswith("__") or any(
                 t.WhichOneof("encoding") != "name" for t in tensors
             ):
-                log.warning("%s: signature '%s' has sparse or composite tensors: not served",
-                            self.path, sig_name)  # fmt: skip
+                log.warning(
+                    "%s: signature '%s' has sparse or composite tensors: not served",
+                    self.path,
+                    sig_name,
+                )
                 continue
             feeds = {k: graph.get_tensor_by_name(t.name) for k, t in sd.inputs.items()}
             fetches = {k: graph.get_tensor_by_name(t.name) for k, t in sd.outputs.items()}
@@ -236,15 +239,33 @@ def _tidy(message: str) -> str:
     "Detected at node ... <stack traces unavailable>" preamble, nor the " [Op:...]" tail."""
     import re
 
-    message = re.sub(r"^Graph execution error:\s*Detected at node .*?<stack traces unavailable>\s*",
-                     "", message, flags=re.S)  # fmt: skip
+    message = re.sub(
+        r"^Graph execution error:\s*Detected at node .*?<stack traces unavailable>\s*",
+        "",
+        message,
+        flags=re.S,
+    )
     return re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", message)
 
 
-_CODES = ("CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-          "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
-          "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
-          "UNAUTHENTICATED")  # fmt: skip
+_CODES = (
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
 
 
 def _code_name(tf, error_code: int) -> str:

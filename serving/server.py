@@ -41,48 +41,105 @@ def _flag(p, name: str, *, help: str, **kwargs) -> None:
 
 # TF Serving flags that change nothing in one process on a CPU (accepted, so a command line
 # written for tensorflow_model_server runs unchanged; each is logged once).
-NO_EFFECT = ("rest_api_num_threads", "grpc_max_threads", "num_load_threads", "num_unload_threads",
-             "max_num_load_retries", "load_retry_interval_micros", "flush_filesystem_caches",
-             "enable_profiler", "skip_initialize_tpu", "enable_grpc_healthcheck_service",
-             "rest_api_enable_cors_support", "tensorflow_session_parallelism")  # fmt: skip
+NO_EFFECT = (
+    "rest_api_num_threads",
+    "grpc_max_threads",
+    "num_load_threads",
+    "num_unload_threads",
+    "max_num_load_retries",
+    "load_retry_interval_micros",
+    "flush_filesystem_caches",
+    "enable_profiler",
+    "skip_initialize_tpu",
+    "enable_grpc_healthcheck_service",
+    "rest_api_enable_cors_support",
+    "tensorflow_session_parallelism",
+)
 UNSUPPORTED = {  # flag: the only value dae serves with
-    "use_alts_credentials": False, "prefer_tflite_model": False, "saved_model_tags": "serve",
-    "platform_config_file": None, "thread_pool_factory_config_file": None,
-    "mixed_precision": None, "ssl_config_file": None,
-}  # fmt: skip
+    "use_alts_credentials": False,
+    "prefer_tflite_model": False,
+    "saved_model_tags": "serve",
+    "platform_config_file": None,
+    "thread_pool_factory_config_file": None,
+    "mixed_precision": None,
+    "ssl_config_file": None,
+}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """tensorflow_model_server's flags, both spellings, and dae's own (dashed only)."""
-    _flag(p, "model_base_path", help="DIR/serving/NAME (versions inside); or set MODEL_BASE_PATH "
-          "and MODEL_NAME as the official image does")  # fmt: skip
+    _flag(
+        p,
+        "model_base_path",
+        help="DIR/serving/NAME (versions inside); or set MODEL_BASE_PATH "
+        "and MODEL_NAME as the official image does",
+    )
     _flag(p, "model_name", help="default: the base path's last folder name (TF Serving: default)")
-    _flag(p, "model_config_file", help="TF Serving's ModelServerConfig (text format): "
-          "several models, version policies and labels (then --model_name and "
-          "--model_base_path are ignored)")  # fmt: skip
-    _flag(p, "model_config_file_poll_wait_seconds", type=float, default=0.0,
-          help="re-read the model config file this often (default 0: never)")  # fmt: skip
+    _flag(
+        p,
+        "model_config_file",
+        help="TF Serving's ModelServerConfig (text format): "
+        "several models, version policies and labels (then --model_name and "
+        "--model_base_path are ignored)",
+    )
+    _flag(
+        p,
+        "model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read the model config file this often (default 0: never)",
+    )
     _flag(p, "port", type=int, default=8500, help="gRPC port (default 8500; 0: no TCP gRPC)")
     _flag(p, "grpc_socket_path", help="also serve gRPC on this Unix domain socket")
     _flag(p, "rest_api_port", type=int, default=8501, help="REST port (default 8501; 0: no REST)")
-    _flag(p, "rest_api_timeout_in_ms", type=int, default=None,
-          help="a REST request's body must arrive within this "
-          "(sets --rest-body-timeout-seconds)")  # fmt: skip
+    _flag(
+        p,
+        "rest_api_timeout_in_ms",
+        type=int,
+        default=None,
+        help="a REST request's body must arrive within this (sets --rest-body-timeout-seconds)",
+    )
     _flag(p, "enable_batching", type=_bool, default=False, help="batch requests together")
     _flag(p, "batching_parameters_file", help="TF Serving's BatchingParameters (text format)")
-    _flag(p, "file_system_poll_wait_seconds", type=float, default=1.0,
-          help="how often to look for new versions; 0 loads once")  # fmt: skip
+    _flag(
+        p,
+        "file_system_poll_wait_seconds",
+        type=float,
+        default=1.0,
+        help="how often to look for new versions; 0 loads once",
+    )
     _flag(p, "monitoring_config_file", help="TF Serving's MonitoringConfig: the Prometheus path")
-    _flag(p, "tensorflow_intra_op_parallelism", type=int, default=0,
-          help="threads of one op (default 0: TensorFlow's choice; 1 when batching)")  # fmt: skip
-    _flag(p, "tensorflow_inter_op_parallelism", type=int, default=0,
-          help="ops run at once (default 0: TensorFlow's choice)")  # fmt: skip
-    _flag(p, "enable_model_warmup", type=_bool, default=True,
-          help="replay assets.extra/tf_serving_warmup_requests at load (default true)")  # fmt: skip
-    _flag(p, "num_request_iterations_for_warmup", type=int, default=1,
-          help="times each warmup request is replayed (default 1)")  # fmt: skip
-    _flag(p, "grpc_channel_arguments", default="",
-          help="gRPC server arguments, key=value,key=value")  # fmt: skip
+    _flag(
+        p,
+        "tensorflow_intra_op_parallelism",
+        type=int,
+        default=0,
+        help="threads of one op (default 0: TensorFlow's choice; 1 when batching)",
+    )
+    _flag(
+        p,
+        "tensorflow_inter_op_parallelism",
+        type=int,
+        default=0,
+        help="ops run at once (default 0: TensorFlow's choice)",
+    )
+    _flag(
+        p,
+        "enable_model_warmup",
+        type=_bool,
+        default=True,
+        help="replay assets.extra/tf_serving_warmup_requests at load (default true)",
+    )
+    _flag(
+        p,
+        "num_request_iterations_for_warmup",
+        type=int,
+        default=1,
+        help="times each warmup request is replayed (default 1)",
+    )
+    _flag(
+        p, "grpc_channel_arguments", default="", help="gRPC server arguments, key=value,key=value"
+    )
     for name in NO_EFFECT:
         _flag(p, name, default=None, help=argparse.SUPPRESS)
     for name in UNSUPPORTED:
@@ -90,31 +147,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", action="store_true", help="print versions and exit")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(
-        "--num-versions", type=int, default=1,
+        "--num-versions",
+        type=int,
+        default=1,
         help="serve the latest N versions (TF Serving's 'latest' policy; default 1)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--max-request-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+        "--max-request-bytes",
+        type=int,
+        default=DEFAULT_MAX_REQUEST_BYTES,
         help="larger requests (or tensors, once decoded) get INVALID_ARGUMENT / 400 "
         "(default 64 MiB)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--max-request-rows", type=int, default=DEFAULT_MAX_ROWS,
+        "--max-request-rows",
+        type=int,
+        default=DEFAULT_MAX_ROWS,
         help=f"more rows in one request get INVALID_ARGUMENT / 400 (default {DEFAULT_MAX_ROWS}; "
         "TF Serving has no such cap)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--rest-header-timeout-seconds", type=float, default=10.0,
+        "--rest-header-timeout-seconds",
+        type=float,
+        default=10.0,
         help="a REST request's line and headers must arrive within this (default 10; then 408)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--rest-body-timeout-seconds", type=float, default=60.0,
+        "--rest-body-timeout-seconds",
+        type=float,
+        default=60.0,
         help="and its body within this (default 60; then 408)",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--rest-max-connections", type=int, default=512,
+        "--rest-max-connections",
+        type=int,
+        default=512,
         help="REST connections open at once; one more gets 503 (default 512)",
-    )  # fmt: skip
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
 
@@ -130,12 +199,21 @@ def _check_flags(args) -> None:
     for name in NO_EFFECT:
         if getattr(args, name) is not None:
             log.info("--%s has no effect in dae serve (accepted as TF Serving's)", name)
-    for flag in ("num_versions", "max_request_rows", "max_request_bytes", "rest_max_connections",
-                 "num_request_iterations_for_warmup"):  # fmt: skip
+    for flag in (
+        "num_versions",
+        "max_request_rows",
+        "max_request_bytes",
+        "rest_max_connections",
+        "num_request_iterations_for_warmup",
+    ):
         if getattr(args, flag) < 1:
             raise ServeError(f"--{flag.replace('_', '-')} must be at least 1")
-    for flag in ("port", "rest_api_port", "tensorflow_intra_op_parallelism",
-                 "tensorflow_inter_op_parallelism"):  # fmt: skip
+    for flag in (
+        "port",
+        "rest_api_port",
+        "tensorflow_intra_op_parallelism",
+        "tensorflow_inter_op_parallelism",
+    ):
         if getattr(args, flag) < 0:
             raise ServeError(f"--{flag} must not be negative")
     for flag in ("rest_header_timeout_seconds", "rest_body_timeout_seconds"):
@@ -211,8 +289,10 @@ def build(args):
         raise ServeError(str(e)) from None
     batcher = None
     if args.batching_parameters_file and not args.enable_batching:
-        log.warning("--batching_parameters_file is ignored without --enable_batching "
-                    "(as TF Serving ignores it)")  # fmt: skip
+        log.warning(
+            "--batching_parameters_file is ignored without --enable_batching "
+            "(as TF Serving ignores it)"
+        )
     if args.enable_batching:
         text = ""
         if args.batching_parameters_file:
@@ -271,9 +351,12 @@ async def serve(args, predictor, ready=None) -> None:
     address = f"{args.host}:{args.port}" if args.port else None
     try:
         grpc_server, grpc_port = make_server(
-            predictor, address, args.max_request_bytes, unix_socket=args.grpc_socket_path,
+            predictor,
+            address,
+            args.max_request_bytes,
+            unix_socket=args.grpc_socket_path,
             options=_channel_arguments(args.grpc_channel_arguments),
-        )  # fmt: skip
+        )
     except OSError as e:
         core.stop()
         raise ServeError(f"{e} (in use, not allowed, or not an address of this machine)") from None
@@ -281,14 +364,22 @@ async def serve(args, predictor, ready=None) -> None:
     rest = rest_task = None
     if args.rest_api_port:
         config = uvicorn.Config(
-            make_app(predictor, args.max_request_bytes, args.rest_body_timeout_seconds,
-                     metrics_path=args.metrics_path),
-            host=args.host, port=args.rest_api_port, log_level="warning", access_log=False,
-            lifespan="off", ws="none",
+            make_app(
+                predictor,
+                args.max_request_bytes,
+                args.rest_body_timeout_seconds,
+                metrics_path=args.metrics_path,
+            ),
+            host=args.host,
+            port=args.rest_api_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            ws="none",
             # httptools (not "auto": its silent h11 fallback adds ~0.4 ms a batch-64 call),
             # with JSON errors, pipelining in order, a header timeout and a connection cap.
             http=protocol(args.rest_header_timeout_seconds, args.rest_max_connections),
-        )  # fmt: skip
+        )
         rest = uvicorn.Server(config)
     # SIGINT/SIGTERM stop both front ends: ours below, through asyncio. uvicorn's serve() also
     # takes them for its run (Server.capture_signals, signal.signal) and stops REST itself;
@@ -308,11 +399,17 @@ async def serve(args, predictor, ready=None) -> None:
     models = "; ".join(
         f"'{name}' versions {m.available()} from {m.base}" for name, m in core.managers.items()
     )
-    where = [f"gRPC {args.host}:{grpc_port}" if grpc_port else None,
-             f"gRPC unix:{args.grpc_socket_path}" if args.grpc_socket_path else None,
-             f"REST {args.host}:{args.rest_api_port}" if rest else None]  # fmt: skip
-    log.info("serving model %s: %s, batching %s", models, ", ".join(filter(None, where)),
-             "on" if predictor.batcher else "off")  # fmt: skip
+    where = [
+        f"gRPC {args.host}:{grpc_port}" if grpc_port else None,
+        f"gRPC unix:{args.grpc_socket_path}" if args.grpc_socket_path else None,
+        f"REST {args.host}:{args.rest_api_port}" if rest else None,
+    ]
+    log.info(
+        "serving model %s: %s, batching %s",
+        models,
+        ", ".join(filter(None, where)),
+        "on" if predictor.batcher else "off",
+    )
     if ready is not None:
         ready(grpc_port)
     await stop.wait()

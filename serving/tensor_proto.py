@@ -14,10 +14,19 @@ import numpy as np
 def _numpy_dtypes() -> dict[int, np.dtype]:
     from tensorflow.core.framework import types_pb2 as t
 
-    return {t.DT_FLOAT: np.dtype("<f4"), t.DT_DOUBLE: np.dtype("<f8"), t.DT_HALF: np.dtype("<f2"),
-            t.DT_INT8: np.dtype("i1"), t.DT_INT16: np.dtype("<i2"), t.DT_INT32: np.dtype("<i4"),
-            t.DT_INT64: np.dtype("<i8"), t.DT_UINT8: np.dtype("u1"), t.DT_UINT16: np.dtype("<u2"),
-            t.DT_UINT32: np.dtype("<u4"), t.DT_UINT64: np.dtype("<u8")}  # fmt: skip
+    return {
+        t.DT_FLOAT: np.dtype("<f4"),
+        t.DT_DOUBLE: np.dtype("<f8"),
+        t.DT_HALF: np.dtype("<f2"),
+        t.DT_INT8: np.dtype("i1"),
+        t.DT_INT16: np.dtype("<i2"),
+        t.DT_INT32: np.dtype("<i4"),
+        t.DT_INT64: np.dtype("<i8"),
+        t.DT_UINT8: np.dtype("u1"),
+        t.DT_UINT16: np.dtype("<u2"),
+        t.DT_UINT32: np.dtype("<u4"),
+        t.DT_UINT64: np.dtype("<u8"),
+    }
 
 
 DTYPES = _numpy_dtypes() if sys.byteorder == "little" else {}
@@ -80,10 +89,13 @@ def _packed_floats(proto, dtype: np.dtype) -> np.ndarray | None:
 
 # Tensor::AsProtoField, as TF Serving answers Predict (predict_util.cc, kAsProtoField):
 # values in the dtype's typed field, never tensor_content (clients read float_val).
-_FIELDS = {"f": {4: "float_val", 8: "double_val", 2: "half_val"},
-           "i": {1: "int_val", 2: "int_val", 4: "int_val", 8: "int64_val"},
-           "u": {1: "int_val", 2: "int_val", 4: "uint32_val", 8: "uint64_val"},
-           "b": {1: "bool_val"}, "c": {8: "scomplex_val", 16: "dcomplex_val"}}  # fmt: skip
+_FIELDS = {
+    "f": {4: "float_val", 8: "double_val", 2: "half_val"},
+    "i": {1: "int_val", 2: "int_val", 4: "int_val", 8: "int64_val"},
+    "u": {1: "int_val", 2: "int_val", 4: "uint32_val", 8: "uint64_val"},
+    "b": {1: "bool_val"},
+    "c": {8: "scomplex_val", 16: "dcomplex_val"},
+}
 _PACKED = {"float_val": (5, "<f4"), "double_val": (6, "<f8")}  # field number, wire type
 
 

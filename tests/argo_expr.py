@@ -95,8 +95,9 @@ def matches(requirement: str, obj: dict) -> bool:
         value = _lookup(obj, m.group(1))
         op, want = m.group(2), m.group(3)
         if op in (">", "<"):
-            return value is not None and (float(value) > float(want) if op == ">"
-                                          else float(value) < float(want))  # fmt: skip
+            return value is not None and (
+                float(value) > float(want) if op == ">" else float(value) < float(want)
+            )
         return (str(value) == want) == (op != "!=")
     return _lookup(obj, requirement.strip()) is not None  # exists
 

@@ -32,15 +32,22 @@ from support import free_port
 
 
 class LocalArgo:
-    def __init__(self, objects: list[dict], root: Path, work: Path, secrets_: dict,
-                 lose_first: dict[str, float] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        objects: list[dict],
+        root: Path,
+        work: Path,
+        secrets_: dict,
+        lose_first: dict[str, float] | None = None,
+    ):
         """`lose_first`: {template: seconds}: its first Pod is killed (SIGKILL, as a lost
         node or the OOM killer would) that long after it starts."""
         self.objects, self.root, self.work = objects, Path(root), Path(work)
         self.lose_first = dict(lose_first or {})
         (self.template,) = [o for o in objects if o["kind"] == "WorkflowTemplate"]
-        self.config_maps = {o["metadata"]["name"]: o["data"] for o in objects
-                            if o["kind"] == "ConfigMap"}  # fmt: skip
+        self.config_maps = {
+            o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"
+        }
         self.services = [o for o in objects if o["kind"] == "Service"]
         self.secrets = secrets_  # {(name, key): value}; a missing key leaves the var unset
         self.bin = self.work / "bin"
@@ -62,20 +69,22 @@ class LocalArgo:
         self.values = {"workflow.name": name}
         for p in spec.get("arguments", {}).get("parameters", []):
             self.values[f"workflow.parameters.{p['name']}"] = (parameters or {}).get(
-                p["name"], p["value"])  # fmt: skip
+                p["name"], p["value"]
+            )
         self.templates = {t["name"]: t for t in spec["templates"]}
         self.failures: list[dict] = []
         start = time.time()
         try:
             phase = self._dag(self.templates[spec["entrypoint"]])
-            self.values |= {"workflow.status": phase,
-                            "workflow.failures": json.dumps(self.failures)}  # fmt: skip
+            self.values |= {
+                "workflow.status": phase,
+                "workflow.failures": json.dumps(self.failures),
+            }
             if spec.get("onExit"):
                 self._steps(self.templates[spec["onExit"]])
         finally:
             self.stop()
-        return {"phase": phase, "seconds": round(time.time() - start, 1),
-                "failures": self.failures}  # fmt: skip
+        return {"phase": phase, "seconds": round(time.time() - start, 1), "failures": self.failures}
 
     def stop(self) -> None:
         """Kill whatever still runs (a test that failed half-way leaves no process behind)."""
@@ -112,8 +121,9 @@ class LocalArgo:
                     if "when" in task and not when(task["when"]):
                         state[n] = "Skipped"
                         continue
-                    threads[n] = threading.Thread(target=self._task, args=(task, state, outputs),
-                                                  daemon=True)  # fmt: skip
+                    threads[n] = threading.Thread(
+                        target=self._task, args=(task, state, outputs), daemon=True
+                    )
                     threads[n].start()
             if not threads and not progressed:
                 break
@@ -122,8 +132,9 @@ class LocalArgo:
         return "Succeeded" if done else "Failed"
 
     def _task_values(self, outputs: dict) -> dict[str, str]:
-        return {f"tasks.{t}.outputs.parameters.{k}": v for t, o in outputs.items()
-                for k, v in o.items()}  # fmt: skip
+        return {
+            f"tasks.{t}.outputs.parameters.{k}": v for t, o in outputs.items() for k, v in o.items()
+        }
 
     def _task(self, task: dict, state: dict, outputs: dict) -> None:
         """A task's node, or one per item of its sequence, all at once."""
@@ -136,8 +147,10 @@ class LocalArgo:
         def node(name: str, item: str | None) -> None:
             try:
                 values = self.values | ({"item": item} if item is not None else {})
-                args = {p["name"]: fill_all(p["value"], values)
-                        for p in task.get("arguments", {}).get("parameters", [])}  # fmt: skip
+                args = {
+                    p["name"]: fill_all(p["value"], values)
+                    for p in task.get("arguments", {}).get("parameters", [])
+                }
                 results[name] = self._node(task["name"], name, template, args)
             except Exception as e:  # noqa: BLE001 - the runner's own error fails the node
                 self.failures.append({"displayName": name, "message": f"local runner: {e!r}"})
@@ -160,8 +173,9 @@ class LocalArgo:
             phase, code, message, outputs = self._attempt(task, node, template, args, attempt)
             if phase == "Succeeded":
                 return phase, outputs
-            retried = attempt < limit and retry(strategy.get("expression"), str(code),
-                                                "Failed", message)  # fmt: skip
+            retried = attempt < limit and retry(
+                strategy.get("expression"), str(code), "Failed", message
+            )
             if not retried:
                 with self.lock:
                     self.failures.append(
@@ -176,24 +190,38 @@ class LocalArgo:
         raise AssertionError("unreachable")
 
     def _attempt(self, task, node, template, args, attempt):
-        inputs = {p["name"]: args.get(p["name"], p.get("value")) for p in
-                  template.get("inputs", {}).get("parameters", [])}  # fmt: skip
+        inputs = {
+            p["name"]: args.get(p["name"], p.get("value"))
+            for p in template.get("inputs", {}).get("parameters", [])
+        }
         values = self.values | {f"inputs.parameters.{k}": v for k, v in inputs.items()}
         values |= {"retries": str(attempt)}
         if "resource" in template:
             return self._job(task, node, fill_all(template, values), attempt)
         t = fill_all({k: v for k, v in template.items() if k != "retryStrategy"}, values)
         pod = f"{self.values['workflow.name']}-{t['name']}-{secrets.randbelow(10**10)}"
-        labels = {**self.template["spec"].get("podMetadata", {}).get("labels", {}),
-                  **t.get("metadata", {}).get("labels", {})}  # fmt: skip
+        labels = {
+            **self.template["spec"].get("podMetadata", {}).get("labels", {}),
+            **t.get("metadata", {}).get("labels", {}),
+        }
         spec = {"volumes": self.template["spec"].get("volumes", [])}
         pod_dir = self.work / "pods" / f"{pod}"
         for init in t.get("initContainers", []):
             code = self._run(task, node, pod, init, spec, labels, pod_dir, attempt, {}).exit_code
             if code != 0:
                 return "Failed", code, f"Error (exit code {code})", {}
-        run = self._run(task, node, pod, {"name": "main", **t["container"]}, spec, labels,
-                        pod_dir, attempt, {}, template_name=t["name"])  # fmt: skip
+        run = self._run(
+            task,
+            node,
+            pod,
+            {"name": "main", **t["container"]},
+            spec,
+            labels,
+            pod_dir,
+            attempt,
+            {},
+            template_name=t["name"],
+        )
         outputs = {}
         for p in t.get("outputs", {}).get("parameters", []):
             path = local_paths(p["valueFrom"]["path"], self._mounts(t["container"], spec, pod_dir))
@@ -227,8 +255,9 @@ class LocalArgo:
         for e in container.get("env", []):
             source = e.get("valueFrom", {})
             if "value" in e:
-                env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)),
-                                        e["value"])  # fmt: skip
+                env[e["name"]] = re.sub(
+                    r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), e["value"]
+                )
             elif "secretKeyRef" in source:
                 ref = source["secretKeyRef"]
                 if (ref["name"], ref["key"]) in self.secrets:
@@ -268,25 +297,49 @@ class LocalArgo:
                             hosts[f"{s['metadata']['name']}:{port['port']}"] = f"127.0.0.1:{local}"
         return hosts
 
-    def _run(self, task, node, pod, container, spec, labels, pod_dir, attempt, fields,
-             hostname=None, template_name="") -> PodRun:  # fmt: skip
+    def _run(
+        self,
+        task,
+        node,
+        pod,
+        container,
+        spec,
+        labels,
+        pod_dir,
+        attempt,
+        fields,
+        hostname=None,
+        template_name="",
+    ) -> PodRun:
         mounts = self._mounts(container, spec, pod_dir)
         own = {}
         for port in container.get("ports", []):
-            key = (f"{task}:{hostname or labels.get('app.kubernetes.io/component')}",
-                   port["containerPort"])  # fmt: skip
+            key = (
+                f"{task}:{hostname or labels.get('app.kubernetes.io/component')}",
+                port["containerPort"],
+            )
             with self.lock:
                 own[port["containerPort"]] = self.ports.setdefault(key, free_port())
                 self.labels[key[0]] = labels
         argv = [*container.get("command", []), *container.get("args", [])]
         env = image_env() | self._env(container, fields)
-        record = PodRun(task, node, pod, argv, dict(env), attempt=attempt,
-                        limits=container.get("resources", {}).get("limits", {}))  # fmt: skip
+        record = PodRun(
+            task,
+            node,
+            pod,
+            argv,
+            dict(env),
+            attempt=attempt,
+            limits=container.get("resources", {}).get("limits", {}),
+        )
         tmp = mounts.get("/tmp", pod_dir / "tmp")
         tmp.mkdir(parents=True, exist_ok=True)
         local_env = {k: local_paths(v, mounts) for k, v in env.items()}
-        local_env |= {"PATH": f"{self.bin}:{BIN}:/usr/bin:/bin", "TMPDIR": str(tmp),
-                      "ARGO_LOCAL_DNS": json.dumps(self._dns_for(env, own))}  # fmt: skip
+        local_env |= {
+            "PATH": f"{self.bin}:{BIN}:/usr/bin:/bin",
+            "TMPDIR": str(tmp),
+            "ARGO_LOCAL_DNS": json.dumps(self._dns_for(env, own)),
+        }
         local_argv = [local_paths(a, mounts) for a in argv]
         record.log = pod_dir / f"{container['name']}-{attempt}.log"
         record.log.parent.mkdir(parents=True, exist_ok=True)
@@ -294,8 +347,9 @@ class LocalArgo:
             self.pods.append(record)
         record.started = time.time()
         with open(record.log, "w") as out:
-            proc = subprocess.Popen(local_argv, env=local_env, cwd=pod_dir, stdout=out,
-                                    stderr=subprocess.STDOUT)  # fmt: skip
+            proc = subprocess.Popen(
+                local_argv, env=local_env, cwd=pod_dir, stdout=out, stderr=subprocess.STDOUT
+            )
             record.process = proc
             delay = self.lose_first.pop(template_name, None) if attempt == 0 else None
             if delay is not None and container["name"] == "main":
@@ -322,16 +376,28 @@ class LocalArgo:
             for i in range(count):
                 for p in container.get("ports", []):
                     self.names[f"{name}-{i}.{spec['subdomain']}:{p['containerPort']}"] = (
-                        f"127.0.0.1:{free_port()}")  # fmt: skip
+                        f"127.0.0.1:{free_port()}"
+                    )
         runs: dict[int, PodRun] = {}
 
         def one(i: int) -> None:
-            fields = {"metadata.annotations['batch.kubernetes.io/job-completion-index']": str(i),
-                      "metadata.labels['batch.kubernetes.io/job-name']": name}  # fmt: skip
+            fields = {
+                "metadata.annotations['batch.kubernetes.io/job-completion-index']": str(i),
+                "metadata.labels['batch.kubernetes.io/job-name']": name,
+            }
             pod_dir = self.work / "pods" / f"{name}-{i}-{attempt}"
-            runs[i] = self._run(task, f"{node} {name}-{i}", f"{name}-{i}", container, spec,
-                                pod_template["metadata"]["labels"], pod_dir, attempt, fields,
-                                hostname=f"{name}-{i}")  # fmt: skip
+            runs[i] = self._run(
+                task,
+                f"{node} {name}-{i}",
+                f"{name}-{i}",
+                container,
+                spec,
+                pod_template["metadata"]["labels"],
+                pod_dir,
+                attempt,
+                fields,
+                hostname=f"{name}-{i}",
+            )
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
         for t in threads:

@@ -23,5 +23,10 @@ def package_tree(dst: Path) -> Path:
 def lint_imports(tree: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("lint-imports")
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    return subprocess.run([str(exe), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
-                          cwd=tree, env=env, capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        [str(exe), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
+        cwd=tree,
+        env=env,
+        capture_output=True,
+        text=True,
+    )

@@ -25,8 +25,9 @@ class PostgresServer:
     def __init__(self):
         bin_dir = binaries()
         if bin_dir is None:
-            raise RuntimeError("PostgreSQL is not installed (`make test` installs Debian's "
-                               "postgresql package)")  # fmt: skip
+            raise RuntimeError(
+                "PostgreSQL is not installed (`make test` installs Debian's postgresql package)"
+            )
         self.dir = Path(tempfile.mkdtemp(prefix="dae-pg-"))
         self.password = secrets.token_urlsafe(12)
         # The server refuses to run as root: as root, run it as Debian's postgres user.
@@ -37,17 +38,44 @@ class PostgresServer:
             shutil.chown(self.dir, "postgres")
             shutil.chown(pwfile, "postgres")
         data = self.dir / "data"
-        subprocess.run([*self.as_user, str(bin_dir / "initdb"), "-D", str(data), "-U", "dae",
-                        "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8"],
-                       check=True, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [
+                *self.as_user,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "dae",
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.port = free_port()
         self.log = open(self.dir / "server.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*self.as_user, str(bin_dir / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-k", str(self.dir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "max_connections=200"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                *self.as_user,
+                str(bin_dir / "postgres"),
+                "-D",
+                str(data),
+                "-p",
+                str(self.port),
+                "-k",
+                str(self.dir),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self._wait()
 
     def url(self, database: str = "postgres") -> str:
@@ -56,8 +84,14 @@ class PostgresServer:
     def _connect(self, database: str = "postgres"):
         import psycopg
 
-        return psycopg.connect(host="127.0.0.1", port=self.port, user="dae", dbname=database,
-                               password=self.password, autocommit=True)  # fmt: skip
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="dae",
+            dbname=database,
+            password=self.password,
+            autocommit=True,
+        )
 
     def _wait(self, seconds: float = 60) -> None:
         import psycopg

@@ -76,9 +76,21 @@ class Server:
         self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.rest = f"http://127.0.0.1:{self.rest_port}"
         self.log = self.base.parent / f"serve-{self.rest_port}.log"
-        cmd = [DAE, "serve", "--model-base-path", str(self.base), "--model-name", self.name,
-               "--port", str(self.grpc_port), "--rest-api-port", str(self.rest_port),
-               "--file-system-poll-wait-seconds", "0.2", *extra]  # fmt: skip
+        cmd = [
+            DAE,
+            "serve",
+            "--model-base-path",
+            str(self.base),
+            "--model-name",
+            self.name,
+            "--port",
+            str(self.grpc_port),
+            "--rest-api-port",
+            str(self.rest_port),
+            "--file-system-poll-wait-seconds",
+            "0.2",
+            *extra,
+        ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -129,8 +141,10 @@ def copy_root(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".lock"))
     store = MetadataStore(default_url(dst))
     with store.engine.begin() as c:
-        c.execute(sa.text("UPDATE artifacts SET uri = replace(uri, :old, :new)"),
-                  {"old": str(src), "new": str(dst)})  # fmt: skip
+        c.execute(
+            sa.text("UPDATE artifacts SET uri = replace(uri, :old, :new)"),
+            {"old": str(src), "new": str(dst)},
+        )
     return dst
 
 

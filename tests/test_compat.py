@@ -115,8 +115,9 @@ def test_record_oracle_client_trials_keeps_what_a_worker_reported(client):
     trials = compat.record_oracle_client_trials(client, "val_loss")
     assert getattr(client.update_trial, MARK) == getattr(client.end_trial, MARK)
     assert client.update_trial("7", {"val_loss": 0.5, "loss": 0.4}, step=3) == ("sent", "7", 3)
-    trial = SimpleNamespace(trial_id="7", status="COMPLETED",
-                            hyperparameters=SimpleNamespace(values={"units": 8}))  # fmt: skip
+    trial = SimpleNamespace(
+        trial_id="7", status="COMPLETED", hyperparameters=SimpleNamespace(values={"units": 8})
+    )
     assert client.end_trial(trial) == ("ended", "7")
     assert trials == {"7": {"values": {"units": 8}, "score": 0.5, "status": "COMPLETED"}}
     update = client.update_trial
@@ -166,12 +167,16 @@ def trainer(monkeypatch):
     monkeypatch.setattr(
         trainer, "_collective_all_reduce_multi_worker", lambda strategy: strategy.multi
     )
-    monkeypatch.setattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build",
-                        lambda self, iterator=None, data_batch=None:
-                        calls.append(("build", iterator, data_batch)))  # fmt: skip
-    monkeypatch.setattr(trainer, "reduce_per_replica",
-                        lambda values, strategy, reduction:
-                        calls.append(("reduce", values, reduction)))  # fmt: skip
+    monkeypatch.setattr(
+        trainer.TensorFlowTrainer,
+        "_maybe_symbolic_build",
+        lambda self, iterator=None, data_batch=None: calls.append(("build", iterator, data_batch)),
+    )
+    monkeypatch.setattr(
+        trainer,
+        "reduce_per_replica",
+        lambda values, strategy, reduction: calls.append(("reduce", values, reduction)),
+    )
     return trainer, calls
 
 
@@ -207,11 +212,15 @@ def test_keras_multi_worker_fit_builds_from_the_local_batch_and_averages_metrics
 
 @pytest.mark.parametrize(
     "owner, name",
-    [("TensorFlowTrainer", "_maybe_symbolic_build"), (None, "reduce_per_replica"),
-     (None, "_collective_all_reduce_multi_worker")],
-)  # fmt: skip
-def test_keras_multi_worker_fit_fails_loudly_without_what_it_patches(trainer, monkeypatch,
-                                                                     owner, name):  # fmt: skip
+    [
+        ("TensorFlowTrainer", "_maybe_symbolic_build"),
+        (None, "reduce_per_replica"),
+        (None, "_collective_all_reduce_multi_worker"),
+    ],
+)
+def test_keras_multi_worker_fit_fails_loudly_without_what_it_patches(
+    trainer, monkeypatch, owner, name
+):
     trainer, _ = trainer
     monkeypatch.delattr(getattr(trainer, owner) if owner else trainer, name)
     what = f"keras.src.backend.tensorflow.trainer.{f'{owner}.' if owner else ''}{name} is gone"
@@ -247,12 +256,17 @@ def test_beam_fn_api_runner_runs_a_pipeline_with_its_options():
 
 @pytest.mark.parametrize(
     "module, owner, name",
-    [("apache_beam.runners.portability.fn_api_runner.fn_runner", None, "FnApiRunner"),
-     ("apache_beam.runners.portability.fn_api_runner.fn_runner", None, "ExtendedProvisionInfo"),
-     ("apache_beam.runners.portability.portable_runner", "JobServiceHandle",
-      "encode_pipeline_options"),
-     ("apache_beam.portability.api", None, "beam_provision_api_pb2")],
-)  # fmt: skip
+    [
+        ("apache_beam.runners.portability.fn_api_runner.fn_runner", None, "FnApiRunner"),
+        ("apache_beam.runners.portability.fn_api_runner.fn_runner", None, "ExtendedProvisionInfo"),
+        (
+            "apache_beam.runners.portability.portable_runner",
+            "JobServiceHandle",
+            "encode_pipeline_options",
+        ),
+        ("apache_beam.portability.api", None, "beam_provision_api_pb2"),
+    ],
+)
 def test_beam_fn_api_runner_fails_loudly_without_what_it_uses(monkeypatch, module, owner, name):
     import importlib
 
@@ -299,8 +313,9 @@ def test_uvicorn_takes_signals_without_hiding_them_from_asyncio():
 
         asyncio.run(main())
     """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["asyncio", "True", "uvicorn", "True"]
 
@@ -363,9 +378,11 @@ def test_hyperband_trials_counts_every_round_of_every_bracket():
 
     def oracle(max_epochs, factor, iterations=1):
         return kt.oracles.HyperbandOracle(
-            objective="val_loss", max_epochs=max_epochs, factor=factor,
+            objective="val_loss",
+            max_epochs=max_epochs,
+            factor=factor,
             hyperband_iterations=iterations,
-        )  # fmt: skip
+        )
 
     # max_epochs 3, factor 3: bracket 0 runs 2 trials; bracket 1 runs 3, then 1 of them on.
     assert compat.hyperband_trials(oracle(3, 3)) == 2 + 3 + 1

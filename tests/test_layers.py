@@ -38,16 +38,19 @@ def test_a_broken_layer_is_caught(tmp_path, module, line, contract):
 
 def _strings(path: Path) -> set[str]:
     return {
-        node.value for node in ast.walk(ast.parse(path.read_text()))
+        node.value
+        for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Constant) and isinstance(node.value, str)
-    }  # fmt: skip
+    }
 
 
 def test_no_module_of_pipeline_names_a_stage():
     """Only the DAG's definition may. Some stage names are other things' names too: the
     config's sections (config.py) and a dataset's split (prepare_data.py)."""
-    homonyms = {"config.py": {"validate", "tune", "train", "evaluate", "push"},
-                "prepare_data.py": {"train"}}  # fmt: skip
+    homonyms = {
+        "config.py": {"validate", "tune", "train", "evaluate", "push"},
+        "prepare_data.py": {"train"},
+    }
     for path in sorted((REPO / "pipeline").glob("*.py")):
         if path.name == "dag.py":
             continue

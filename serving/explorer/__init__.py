@@ -24,14 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="the page's port (default 8080)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument(
-        "--examples", default="auto",
+        "--examples",
+        default="auto",
         help="test images: an examples artifact folder (ingest or transform output), "
         "tfds:NAME/SPLIT, or none; default: MNIST's test split if TFDS has it prepared",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--num-examples", type=int, default=500,
+        "--num-examples",
+        type=int,
+        default=500,
         help="test images to load, and to encode for the latent scatter (default 500)",
-    )  # fmt: skip
+    )
     p.add_argument("--data-dir", default="~/tensorflow_datasets", help="TFDS's data dir")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
@@ -45,8 +48,9 @@ def build(args):
     address = args.server.strip().split("://", 1)[-1].rstrip("/")
     host, _, port = address.rpartition(":")
     if not host or " " in host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ExploreError(f"--server must be the model server's REST HOST:PORT, not "
-                           f"'{args.server}'")  # fmt: skip
+        raise ExploreError(
+            f"--server must be the model server's REST HOST:PORT, not '{args.server}'"
+        )
     if not 1 <= args.num_examples <= 10000:
         raise ExploreError("--num-examples must be between 1 and 10000")
     try:
@@ -78,9 +82,12 @@ def server(app, log_level: str = "warning"):
     import uvicorn
 
     config = uvicorn.Config(
-        app, log_level=log_level, access_log=False, http="httptools",
+        app,
+        log_level=log_level,
+        access_log=False,
+        http="httptools",
         log_config=None,  # the caller's logging (main's basicConfig), not uvicorn's handlers
-    )  # fmt: skip
+    )
     return uvicorn.Server(config)
 
 
@@ -95,7 +102,10 @@ def main(args) -> int:
     host, port = sock.getsockname()[:2]
     log.info(
         "explorer at http://%s:%d/ for model '%s' at %s",
-        f"[{host}]" if ":" in host else host, port, args.model_name, args.server,
-    )  # fmt: skip
+        f"[{host}]" if ":" in host else host,
+        port,
+        args.model_name,
+        args.server,
+    )
     server(app, "warning").run(sockets=[sock])
     return 0

@@ -125,8 +125,12 @@ class Explorer:
             versions.append(entry)
         count = 0 if self.examples is None else len(self.examples.images)
         examples = {"count": count, "note": self.examples_note}
-        return {"server": self.upstream.server, "model": self.upstream.model,
-                "versions": versions, "examples": examples}  # fmt: skip
+        return {
+            "server": self.upstream.server,
+            "model": self.upstream.model,
+            "versions": versions,
+            "examples": examples,
+        }
 
     async def denoise(self, body: dict) -> dict:
         versions = body.get("versions") or []
@@ -148,11 +152,16 @@ class Explorer:
             start = time.perf_counter()
             out = await self.upstream.predict(v, DENOISE, noisy[None])
             denoised = next(iter(out.values()))[0]
-            result = {"version": v, "denoised": image_json(denoised),
-                      "ms": round((time.perf_counter() - start) * 1e3, 1)}  # fmt: skip
+            result = {
+                "version": v,
+                "denoised": image_json(denoised),
+                "ms": round((time.perf_counter() - start) * 1e3, 1),
+            }
             if kind != "none":
-                result |= {"psnr": imaging.psnr(denoised, clean),
-                           "ssim": imaging.ssim(denoised, clean)}  # fmt: skip
+                result |= {
+                    "psnr": imaging.psnr(denoised, clean),
+                    "ssim": imaging.ssim(denoised, clean),
+                }
             return result
 
         results = await asyncio.gather(*(run(v) for v in versions))
@@ -191,10 +200,19 @@ class Explorer:
             codes, points, labels = np.zeros((0, size)), np.zeros((0, 2)), np.zeros(0, int)
             mean, axes, ratios = np.zeros(size), np.eye(2, size), []
             lo, hi, pad = np.full(2, -3.0), np.full(2, 3.0), np.zeros(2)
-        plane = {"version": version, "latent": size, "pca": size > 2, "note": note,
-                 "points": points.astype(np.float32), "labels": labels, "ratios": ratios,
-                 "codes": codes.astype(np.float32), "mean": mean, "axes": axes,
-                 "range": np.stack([lo - pad, hi + pad], axis=1)}  # fmt: skip
+        plane = {
+            "version": version,
+            "latent": size,
+            "pca": size > 2,
+            "note": note,
+            "points": points.astype(np.float32),
+            "labels": labels,
+            "ratios": ratios,
+            "codes": codes.astype(np.float32),
+            "mean": mean,
+            "axes": axes,
+            "range": np.stack([lo - pad, hi + pad], axis=1),
+        }
         self.latent[version] = plane
         return plane
 
@@ -223,8 +241,11 @@ class Explorer:
         t = np.linspace(0.0, 1.0, steps)[:, None]
         images = await self.decode(version, (1 - t) * za + t * zb)
         ends = self.examples.images[[a, b]]
-        return {"images": [image_json(x) for x in images],
-                "a": image_json(ends[0]), "b": image_json(ends[1])}  # fmt: skip
+        return {
+            "images": [image_json(x) for x in images],
+            "a": image_json(ends[0]),
+            "b": image_json(ends[1]),
+        }
 
     def example(self, index: int | None) -> dict:
         if self.examples is None:
@@ -233,8 +254,12 @@ class Explorer:
         index = int(self.rng.integers(count)) if index is None else index
         if not 0 <= index < count:
             raise BadRequest(f"test image numbers go from 0 to {count - 1}")
-        return {"index": index, "label": int(self.examples.labels[index]), "count": count,
-                "image": image_json(self.examples.images[index])}  # fmt: skip
+        return {
+            "index": index,
+            "label": int(self.examples.labels[index]),
+            "count": count,
+            "image": image_json(self.examples.images[index]),
+        }
 
 
 def _int(request: Request, name: str, default: int | None = None) -> int | None:

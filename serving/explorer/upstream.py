@@ -77,8 +77,10 @@ class Upstream:
     async def versions(self) -> dict[int, str]:
         """{version: state} of the model, as the server reports them."""
         data = await self._call("GET", self._path(None))
-        return {int(v["version"]): v.get("state", "UNKNOWN")
-                for v in data.get("model_version_status", [])}  # fmt: skip
+        return {
+            int(v["version"]): v.get("state", "UNKNOWN")
+            for v in data.get("model_version_status", [])
+        }
 
     async def signatures(self, version: int) -> dict[str, Signature]:
         data = await self._call("GET", self._path(version) + "/metadata")

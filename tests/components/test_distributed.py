@@ -19,12 +19,29 @@ from dae.component import StageError
 from dae.components import distributed, transform, tune
 from dae.components.distributed import TrainingJob
 
-TUNE_SETS = ["--set", "model.family=dense", "--set", "tune.tuner=random",
-             "--set", "tune.max_trials=4", "--set", "tune.max_epochs=1",
-             "--set", "tune.train_examples=256", "--set", "tune.eval_examples=64"]  # fmt: skip
+TUNE_SETS = [
+    "--set",
+    "model.family=dense",
+    "--set",
+    "tune.tuner=random",
+    "--set",
+    "tune.max_trials=4",
+    "--set",
+    "tune.max_epochs=1",
+    "--set",
+    "tune.train_examples=256",
+    "--set",
+    "tune.eval_examples=64",
+]
 # 6 steps an epoch; transform's noise, as a multi-worker job trains on, for the one process too.
-TRAIN_SETS = ["--set", "train.epochs=2", "--set", "train.batch_size=120",
-              "--set", "train.fresh_noise=false"]  # fmt: skip
+TRAIN_SETS = [
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.batch_size=120",
+    "--set",
+    "train.fresh_noise=false",
+]
 # One process and a pair agree to 1e-5 in float32; bf16 sums in another order do not.
 EXACT_SETS = [*TRAIN_SETS, "--set", "model.precision=float32"]
 DIGEST = re.compile(r"weights sha256 ([0-9a-f]{64})")
@@ -43,8 +60,12 @@ def run(smoke_root, tmp_path):
 def _start(args, log: Path, **env) -> subprocess.Popen:
     base = {k: v for k, v in os.environ.items() if k not in OURS}
     with open(log, "w") as out:
-        return subprocess.Popen([DAE, *args], stdout=out, stderr=subprocess.STDOUT,
-                                env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env})  # fmt: skip
+        return subprocess.Popen(
+            [DAE, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+        )
 
 
 def _finish(procs: dict[str, tuple[subprocess.Popen, Path]], timeout: float) -> dict[str, str]:
@@ -81,9 +102,16 @@ def test_a_chief_and_two_workers_search_together(run, tmp_path):
     procs = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):  # workers wait for the chief's server
         log = tmp_path / f"{tuner_id}.log"
-        procs[tuner_id] = _start(args, log, KERASTUNER_TUNER_ID=tuner_id,
-                                 KERASTUNER_ORACLE_IP="127.0.0.1",
-                                 KERASTUNER_ORACLE_PORT=port), log  # fmt: skip
+        procs[tuner_id] = (
+            _start(
+                args,
+                log,
+                KERASTUNER_TUNER_ID=tuner_id,
+                KERASTUNER_ORACLE_IP="127.0.0.1",
+                KERASTUNER_ORACLE_PORT=port,
+            ),
+            log,
+        )
     logs = _finish(procs, timeout=150)
 
     record = read_json(rdir / "tune" / "stage.json")  # the chief's alone
@@ -117,8 +145,17 @@ def test_a_worker_that_starts_after_the_search_ended_is_told_so(run, tmp_path):
     chief outlives a search one worker ran alone, and answers the late one: no trials."""
     root, run_id = run
     port = str(free_port())
-    args = ["stage", "tune", "--run", run_id, "--root", str(root), *TUNE_SETS,
-            "--set", "tune.max_trials=2"]  # fmt: skip
+    args = [
+        "stage",
+        "tune",
+        "--run",
+        run_id,
+        "--root",
+        str(root),
+        *TUNE_SETS,
+        "--set",
+        "tune.max_trials=2",
+    ]
     env = {"KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
     log = {n: tmp_path / f"{n}.log" for n in ("chief", "tuner0", "tuner1")}
     chief = _start(args, log["chief"], KERASTUNER_TUNER_ID="chief", DAE_TUNER_WORKERS="2", **env)
@@ -135,8 +172,9 @@ def test_a_worker_that_starts_after_the_search_ended_is_told_so(run, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_chief_takes_over_a_search_run_in_one_process(tiny_examples, make_ctx, config,
-                                                        monkeypatch):  # fmt: skip
+def test_a_chief_takes_over_a_search_run_in_one_process(
+    tiny_examples, make_ctx, config, monkeypatch
+):
     """Keras Tuner reloads a search only from the tuner's own state file (chief.json): the
     chief must pick up the trials a single-process search (tuner0.json) already ran."""
     transformed = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
@@ -153,8 +191,9 @@ def test_a_chief_takes_over_a_search_run_in_one_process(tiny_examples, make_ctx,
     name = tune.search_id(config, moments)
 
     def chief():
-        return tune.make_tuner("random", lambda hp: None, ctx.outputs["tuner_results"], name,
-                               config.seed, config.tune)  # fmt: skip
+        return tune.make_tuner(
+            "random", lambda hp: None, ctx.outputs["tuner_results"], name, config.seed, config.tune
+        )
 
     assert len(chief().oracle.trials) == 0  # what Keras Tuner alone would do
     tuner = chief()
@@ -228,9 +267,13 @@ def test_two_workers_train_one_model(run, tmp_path):
     assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
     # The pair trains as one process does: the same steps, gradients averaged over the
     # global batch, the same metrics (the sharded data and the loss scaling are right).
-    subprocess.run([DAE, "stage", "train", "--run", run_id, "--root", str(root), *EXACT_SETS],
-                   check=True, capture_output=True, timeout=150,
-                   env={k: v for k, v in os.environ.items() if k not in OURS})  # fmt: skip
+    subprocess.run(
+        [DAE, "stage", "train", "--run", run_id, "--root", str(root), *EXACT_SETS],
+        check=True,
+        capture_output=True,
+        timeout=150,
+        env={k: v for k, v in os.environ.items() if k not in OURS},
+    )
     alone = read_json(out / "model_run" / "history.json")
     for key in ("loss", "val_loss", "learning_rate"):
         assert history[key] == pytest.approx(alone[key], rel=1e-5), key
@@ -269,8 +312,13 @@ def test_a_vae_trains_under_the_strategy(run, tmp_path):
     root, run_id = run
     sets = [*TRAIN_SETS, "--set", "model.baseline=seed_vae_128"]
     env = {k: v for k, v in os.environ.items() if k not in OURS}
-    subprocess.run([DAE, "stage", "tune", "--run", run_id, "--root", str(root), *sets],
-                   check=True, capture_output=True, timeout=150, env=env)  # fmt: skip
+    subprocess.run(
+        [DAE, "stage", "tune", "--run", run_id, "--root", str(root), *sets],
+        check=True,
+        capture_output=True,
+        timeout=150,
+        env=env,
+    )
     digests = _digests(_train(root, run_id, tmp_path, sets))
     assert digests["worker0"] == digests["worker1"]
     history = read_json(root / "runs" / run_id / "train" / "model_run" / "history.json")
@@ -314,20 +362,65 @@ def test_a_worker_writes_to_a_throwaway_copy_seeded_with_the_chiefs_backup(tmp_p
     "stage, env, expected",
     [
         ("tune", {}, False),
-        ("tune", {"KERASTUNER_ORACLE_IP": "h", "KERASTUNER_ORACLE_PORT": "1",
-                  "KERASTUNER_TUNER_ID": "chief"}, False),
-        ("tune", {"KERASTUNER_ORACLE_IP": "h", "KERASTUNER_ORACLE_PORT": "1",
-                  "KERASTUNER_TUNER_ID": "tuner0"}, True),
-        ("train", {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
-                                            "task": {"type": "worker", "index": 0}})}, False),
-        ("train", {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
-                                            "task": {"type": "worker", "index": 1}})}, True),
-        ("train", {"TF_CONFIG": json.dumps({"cluster": {"chief": ["a:1"], "worker": ["b:2"]},
-                                            "task": {"type": "worker", "index": 0}})}, True),
-        ("train", {"TF_CONFIG": json.dumps({"cluster": {"worker": ["a:1"]},
-                                            "task": {"type": "worker", "index": 0}})}, False),
+        (
+            "tune",
+            {
+                "KERASTUNER_ORACLE_IP": "h",
+                "KERASTUNER_ORACLE_PORT": "1",
+                "KERASTUNER_TUNER_ID": "chief",
+            },
+            False,
+        ),
+        (
+            "tune",
+            {
+                "KERASTUNER_ORACLE_IP": "h",
+                "KERASTUNER_ORACLE_PORT": "1",
+                "KERASTUNER_TUNER_ID": "tuner0",
+            },
+            True,
+        ),
+        (
+            "train",
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 0}}
+                )
+            },
+            False,
+        ),
+        (
+            "train",
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}
+                )
+            },
+            True,
+        ),
+        (
+            "train",
+            {
+                "TF_CONFIG": json.dumps(
+                    {
+                        "cluster": {"chief": ["a:1"], "worker": ["b:2"]},
+                        "task": {"type": "worker", "index": 0},
+                    }
+                )
+            },
+            True,
+        ),
+        (
+            "train",
+            {
+                "TF_CONFIG": json.dumps(
+                    {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+                )
+            },
+            False,
+        ),
     ],
-)  # fmt: skip
+)
 def test_only_the_chief_clears_a_distributed_stage_folder(monkeypatch, stage, env, expected):
     for name in OURS:
         monkeypatch.delenv(name, raising=False)

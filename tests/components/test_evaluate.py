@@ -101,8 +101,11 @@ def _run_evaluate(tmp_path, cfg, examples, model_dir, name):
     from dae.component import StageContext
     from dae.components import resolver
 
-    outs = {"evaluation": tmp_path / name / "e", "blessing": tmp_path / name / "b",
-            "baseline": tmp_path / name / "r"}  # fmt: skip
+    outs = {
+        "evaluation": tmp_path / name / "e",
+        "blessing": tmp_path / name / "b",
+        "baseline": tmp_path / name / "r",
+    }
     for p in outs.values():
         p.mkdir(parents=True)
 

@@ -38,8 +38,11 @@ def test_ingest_reads_real_mnist_through_tfds(make_ctx, config):
     ingest.run(ctx)
     out = ctx.outputs["examples"]
     schema = read_json(out / "schema.json")
-    assert schema == {"shape": [28, 28, 1], "dtype": "uint8",
-                      "splits": {"train": 180, "eval": 20, "test": 50}}  # fmt: skip
+    assert schema == {
+        "shape": [28, 28, 1],
+        "dtype": "uint8",
+        "splits": {"train": 180, "eval": 20, "test": 50},
+    }
     fp = read_json(out / "fingerprint.json")
     assert fp["dataset"] == "mnist" and fp["version"] == "3.0.1" and fp["files"]
     train = read_split(out, "train", ("image",))
@@ -47,8 +50,9 @@ def test_ingest_reads_real_mnist_through_tfds(make_ctx, config):
     again = make_ctx({}, ingest.SPEC.outputs, config)
     again.outputs = {"examples": ctx.run_dir / "again"}
     ingest.run(again)
-    assert np.array_equal(read_split(again.outputs["examples"], "train", ("image",))["image"],
-                          train["image"])  # fmt: skip
+    assert np.array_equal(
+        read_split(again.outputs["examples"], "train", ("image",))["image"], train["image"]
+    )
 
 
 def test_unknown_dataset_and_missing_data_are_one_line_errors(config, tmp_path):
@@ -70,8 +74,10 @@ def test_any_tfds_image_dataset_by_name(make_ctx, config, tmp_path):
         VERSION = tfds.core.Version("1.0.0")
 
         def _info(self):
-            features = {"image": tfds.features.Image(shape=(16, 20, 3)),
-                        "label": tfds.features.ClassLabel(num_classes=3)}  # fmt: skip
+            features = {
+                "image": tfds.features.Image(shape=(16, 20, 3)),
+                "label": tfds.features.ClassLabel(num_classes=3),
+            }
             return tfds.core.DatasetInfo(
                 builder=self, features=tfds.features.FeaturesDict(features)
             )
@@ -93,8 +99,11 @@ def test_any_tfds_image_dataset_by_name(make_ctx, config, tmp_path):
     ctx = make_ctx({}, ingest.SPEC.outputs, config)
     ingest.run(ctx)
     schema = read_json(ctx.outputs["examples"] / "schema.json")
-    assert schema == {"shape": [16, 20, 3], "dtype": "uint8",
-                      "splits": {"train": 27, "eval": 3, "test": 10}}  # fmt: skip
+    assert schema == {
+        "shape": [16, 20, 3],
+        "dtype": "uint8",
+        "splits": {"train": 27, "eval": 3, "test": 10},
+    }
     labels = read_split(ctx.outputs["examples"], "test", ("image",))["label"]
     assert sorted(labels) == sorted(i % 3 for i in range(10))
 

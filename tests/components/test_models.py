@@ -82,8 +82,9 @@ def test_a_vae_trains_denoising_and_saves_as_a_plain_keras_model(tmp_path):
     clean = (rng.random((128, 28, 28, 1)) < 0.2).astype(np.float32)
     noisy = np.clip(clean + rng.normal(0, 0.3, clean.shape), 0, 1).astype(np.float32)
     model = models.build_model(models.hyperparameters(), "vae", (28, 28, 1), 0.2, 0.4)
-    history = model.fit(noisy, clean, validation_data=(noisy, clean), epochs=3, batch_size=32,
-                        verbose=0).history  # fmt: skip
+    history = model.fit(
+        noisy, clean, validation_data=(noisy, clean), epochs=3, batch_size=32, verbose=0
+    ).history
     assert {"loss", "reconstruction", "kl", "mse", "val_loss", "val_mse"} <= set(history)
     assert history["loss"][-1] < history["loss"][0]
     # The loss is -ELBO (beta = 1) in nats per image: reconstruction + KL.
@@ -153,8 +154,13 @@ def test_the_policy_survives_keras_tuners_clear_session(tmp_path):
         return model
 
     x = np.random.default_rng(0).random((8, 28, 28, 1), dtype=np.float32)
-    tuner = kt.RandomSearch(partial(hypermodel), objective="val_loss", max_trials=1,
-                            directory=tmp_path, project_name="p")  # fmt: skip
+    tuner = kt.RandomSearch(
+        partial(hypermodel),
+        objective="val_loss",
+        max_trials=1,
+        directory=tmp_path,
+        project_name="p",
+    )
     with models.dtype_policy("mixed_bfloat16"):  # what does not survive
         tuner.search(x, x, validation_data=(x, x), epochs=1, verbose=0)
     assert built and set(built) == {"bfloat16"}

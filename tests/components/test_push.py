@@ -21,8 +21,11 @@ def trained(tmp_path):
 def _ctx(make_ctx, tmp_path, model_dir, blessed, **judged):
     blessing = {"blessed": blessed, "reason": "r", **judged}
     write_json(tmp_path / "blessing" / "blessing.json", blessing)
-    inputs = {"model": model_dir, "blessing": tmp_path / "blessing",
-              "evaluation": tmp_path / "evaluation"}  # fmt: skip
+    inputs = {
+        "model": model_dir,
+        "blessing": tmp_path / "blessing",
+        "evaluation": tmp_path / "evaluation",
+    }
     return make_ctx(inputs, push.SPEC.outputs)
 
 
@@ -56,8 +59,10 @@ def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, t
     other = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.2, 0.3)
     base = ctx.serving_dir / "denoiser"
     export.push(other, base)
-    with pytest.raises(StageError, match="stale: judged against no served model, but 'denoiser' "
-                       "serves version 1 now"):  # fmt: skip
+    with pytest.raises(
+        StageError,
+        match="stale: judged against no served model, but 'denoiser' serves version 1 now",
+    ):
         push.run(ctx)
     assert sorted(p.name for p in base.iterdir()) == ["1"]
     # Judged against version 1, it goes in as version 2.
@@ -68,8 +73,7 @@ def test_a_stale_blessing_is_refused_and_nothing_is_pushed(make_ctx, tmp_path, t
 def test_a_blessing_for_another_serving_model_is_refused(make_ctx, tmp_path, trained):
     from dae.component import StageError
 
-    ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, model_name="other",
-               baseline_version=None)  # fmt: skip
+    ctx = _ctx(make_ctx, tmp_path, trained, blessed=True, model_name="other", baseline_version=None)
     with pytest.raises(StageError, match="judged against serving model 'other', not 'denoiser'"):
         push.run(ctx)
     assert not ctx.serving_dir.exists()

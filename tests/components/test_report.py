@@ -45,11 +45,20 @@ def test_principal_plane_and_manifold_grid():
 
 
 def test_tables_show_every_evaluator_table():
-    metrics = {f"{k}_{s}": 1.5 for k in ("mse", "bce", "psnr", "ssim")
-               for s in ("noisy", "denoised", "clean_input")}  # fmt: skip
-    metrics |= {"baseline_version": 3, "baseline_metrics": {"psnr": 20.25},
-                "noise_kinds": {"mask:0.3": {"psnr_noisy": 8.5}}, "psnr_per_class": {"7": 21.0},
-                "neg_elbo": 90.0, "reconstruction_nats": 80.0, "kl": 10.0}  # fmt: skip
+    metrics = {
+        f"{k}_{s}": 1.5
+        for k in ("mse", "bce", "psnr", "ssim")
+        for s in ("noisy", "denoised", "clean_input")
+    }
+    metrics |= {
+        "baseline_version": 3,
+        "baseline_metrics": {"psnr": 20.25},
+        "noise_kinds": {"mask:0.3": {"psnr_noisy": 8.5}},
+        "psnr_per_class": {"7": 21.0},
+        "neg_elbo": 90.0,
+        "reconstruction_nats": 80.0,
+        "kl": 10.0,
+    }
     tables = dict(report.metric_tables(metrics))
     assert len(tables) == 4
     (main,) = [t for title, t in tables.items() if "this run" in title]
@@ -110,8 +119,14 @@ def test_a_vae_run_report_has_every_figure(tiny_run, family):
     out = _report_for(family, tiny_run, family)
     page = (out / "index.html").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["corruptions.png", "denoising.png", "latent_manifold.png",
-                    "latent_scatter.png", "prior_samples.png", "training_curves.png"]  # fmt: skip
+    assert pngs == [
+        "corruptions.png",
+        "denoising.png",
+        "latent_manifold.png",
+        "latent_scatter.png",
+        "prior_samples.png",
+        "training_curves.png",
+    ]
     for name in pngs:
         assert f"src='{name}'" in page
         png_size(out / name)

@@ -23,8 +23,10 @@ def test_the_latest_version_is_the_baseline(tmp_path):
     _version(tmp_path, 1, "old")
     _version(tmp_path, 2, None)  # hand-made: no provenance, still a baseline
     assert resolver.resolve(tmp_path, "new")[0] == {
-        "version": 2, "uri": str(tmp_path / "2"), "model_sha256": "unknown",
-    }  # fmt: skip
+        "version": 2,
+        "uri": str(tmp_path / "2"),
+        "model_sha256": "unknown",
+    }
 
 
 def test_a_model_is_not_its_own_baseline(tmp_path):

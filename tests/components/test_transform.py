@@ -78,10 +78,14 @@ def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp
     config.beam.num_shards = 3
     resharded = write_examples(  # the same examples, in 4 input shards
         tmp_path / "resharded",
-        {s: (lambda d: (d["image"], d["label"]))(read_split(tiny_examples, s, ("image",), raw=True))
-         for s in ("train", "eval", "test")},
+        {
+            s: (lambda d: (d["image"], d["label"]))(
+                read_split(tiny_examples, s, ("image",), raw=True)
+            )
+            for s in ("train", "eval", "test")
+        },
         shards=4,
-    )  # fmt: skip
+    )
     out2 = tmp_path / "again"
     ctx2 = make_ctx({"examples": resharded}, ())
     ctx2.outputs = {"transformed_examples": out2 / "t", "transform_graph": out2 / "g"}

@@ -174,8 +174,16 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
         drawn.append(rng.bit_generator.seed_seq.entropy[1])  # rng of (seed, epoch, index)
         return clean
 
-    args = dict(train=(x, x), valid=(x, x), epochs=4, batch_size=32, patience=4, noise=noise,
-                checkpoint=tmp_path / "best.weights.h5", backup=tmp_path / "backup")  # fmt: skip
+    args = dict(
+        train=(x, x),
+        valid=(x, x),
+        epochs=4,
+        batch_size=32,
+        patience=4,
+        noise=noise,
+        checkpoint=tmp_path / "best.weights.h5",
+        backup=tmp_path / "backup",
+    )
     with pytest.raises(KeyboardInterrupt):
         train.fit(model(), callbacks=[Kill()], **args)
     assert any((tmp_path / "backup").iterdir())

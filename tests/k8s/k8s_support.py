@@ -35,10 +35,22 @@ DAE_IMAGE = "dae"  # the image the Dockerfile builds, as named in k8s/base
 POD_KINDS = {"Deployment", "Job", "CronJob", "StatefulSet"}
 KSERVE_MODEL_FIELDS = {"modelFormat", "runtime", "runtimeVersion", "storageUri", "protocolVersion"}
 KSERVE_PREDICTOR_FIELDS = {
-    "model", "minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
-    "containerConcurrency", "timeout", "canaryTrafficPercent", "logger", "batcher",
-    "annotations", "labels", "deploymentStrategy", "autoScaling",
-}  # fmt: skip
+    "model",
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "scaleMetricType",
+    "containerConcurrency",
+    "timeout",
+    "canaryTrafficPercent",
+    "logger",
+    "batcher",
+    "annotations",
+    "labels",
+    "deploymentStrategy",
+    "autoScaling",
+}
 
 
 def _kubectl() -> str:
@@ -177,12 +189,25 @@ def argo_pods(wft: dict):
     meta = spec.get("podMetadata", {})
     for t in spec["templates"]:
         if "container" in t:
-            labels = {**meta.get("labels", {}), ARGO_LABEL: SAMPLE_WORKFLOW,
-                      **t.get("metadata", {}).get("labels", {})}  # fmt: skip
-            annotations = {**meta.get("annotations", {}),
-                           **t.get("metadata", {}).get("annotations", {})}  # fmt: skip
-            pod = {k: spec[k] for k in ("securityContext", "automountServiceAccountToken",
-                                        "serviceAccountName", "volumes") if k in spec}  # fmt: skip
+            labels = {
+                **meta.get("labels", {}),
+                ARGO_LABEL: SAMPLE_WORKFLOW,
+                **t.get("metadata", {}).get("labels", {}),
+            }
+            annotations = {
+                **meta.get("annotations", {}),
+                **t.get("metadata", {}).get("annotations", {}),
+            }
+            pod = {
+                k: spec[k]
+                for k in (
+                    "securityContext",
+                    "automountServiceAccountToken",
+                    "serviceAccountName",
+                    "volumes",
+                )
+                if k in spec
+            }
             pod["containers"] = [{"name": "main", **t["container"]}]
             if t.get("initContainers"):
                 pod["initContainers"] = t["initContainers"]
@@ -197,9 +222,12 @@ def argo_pods(wft: dict):
 def embedded_jobs(objects: list[dict]) -> list[dict]:
     """The Jobs the workflows' resource steps create."""
     return [
-        embedded_job(o, t) for o in objects if o["kind"] == "WorkflowTemplate"
-        for t in o["spec"]["templates"] if "resource" in t
-    ]  # fmt: skip
+        embedded_job(o, t)
+        for o in objects
+        if o["kind"] == "WorkflowTemplate"
+        for t in o["spec"]["templates"]
+        if "resource" in t
+    ]
 
 
 def containers(pod: dict) -> list[dict]:

@@ -138,8 +138,9 @@ def test_installs_the_lock_then_dae_without_resolving():
     setuptools = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
     dirs = setuptools["package-dir"]
     for package in setuptools["packages"]:  # from its folder: package-dir's, or its own name
-        parent = max((p for p in dirs if package == p or package.startswith(p + ".")),
-                     key=len, default=None)  # fmt: skip
+        parent = max(
+            (p for p in dirs if package == p or package.startswith(p + ".")), key=len, default=None
+        )
         top = dirs[parent] if parent else package.split(".")[0]
         assert [top, f"/src/{top}"] in copies, f"the image lacks the {package} package"
     for tool in DEV_TOOLS:
@@ -177,9 +178,10 @@ def test_the_runtime_lock_has_what_dae_needs_and_only_that():
 
 def test_dockerignore_admits_what_the_dockerfile_copies():
     rules = [
-        r.strip() for r in (REPO / ".dockerignore").read_text().splitlines()
+        r.strip()
+        for r in (REPO / ".dockerignore").read_text().splitlines()
         if r.strip() and not r.startswith("#")
-    ]  # fmt: skip
+    ]
 
     def included(path: str) -> bool:
         keep = True

@@ -39,8 +39,9 @@ def test_only_prod_runs_through_argo(rendered):
 
 def test_the_overlay_applies_the_compiled_workflow(rendered):
     """What the overlay changes of workflow.yaml is exactly its own business."""
-    (compiled,) = [o for o in yaml.safe_load_all(COMPILED.read_text()) if o and
-                   o["kind"] == "WorkflowTemplate"]  # fmt: skip
+    (compiled,) = [
+        o for o in yaml.safe_load_all(COMPILED.read_text()) if o and o["kind"] == "WorkflowTemplate"
+    ]
     rendered_spec = _template(rendered["prod"])["spec"]
     compiled_templates = {t["name"]: t for t in compiled["spec"]["templates"]}
     for t in rendered_spec["templates"]:
@@ -115,8 +116,11 @@ def test_the_overlay_marks_where_the_api_server_is_set(tmp_path):
     text = path.read_text()
     assert ">>> API SERVER <<<" in text
     kustomization = yaml.safe_load(text)
-    (patch,) = [p for p in kustomization["patches"]
-                if p.get("target", {}).get("name") == "dae-workflow-egress-apiserver"]  # fmt: skip
+    (patch,) = [
+        p
+        for p in kustomization["patches"]
+        if p.get("target", {}).get("name") == "dae-workflow-egress-apiserver"
+    ]
     assert patch["target"]["kind"] == "NetworkPolicy"
     (op,) = yaml.safe_load(patch["patch"])
     assert op["path"] == "/spec/egress/0/to" and all(
@@ -144,8 +148,9 @@ def test_every_workflow_pod_is_covered_and_only_peers_connect(rendered):
     assert not labels_match(service["spec"]["selector"], steps["tune-worker"])
 
 
-@pytest.mark.parametrize("code, retried", [("1", False), ("2", False), ("75", False),
-                                           ("137", True), ("143", True)])  # fmt: skip
+@pytest.mark.parametrize(
+    "code, retried", [("1", False), ("2", False), ("75", False), ("137", True), ("143", True)]
+)
 def test_steps_never_retry_a_busy_root_or_a_verdict(rendered, code, retried):
     """Exit 75 (the root is busy) and dae's own failures are not retried: Argo would only
     queue up behind the run that holds the root, or fail again the same way."""

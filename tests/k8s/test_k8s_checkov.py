@@ -68,14 +68,26 @@ def workflow_objects(objects: list[dict]) -> list[dict]:
             if name.endswith(" Job"):
                 continue  # the Job itself, below
             step = name.split(" ", 1)[1]
-            metadata = {"name": f"{o['metadata']['name']}-{step}", "namespace": namespace,
-                        "annotations": pod["metadata"]["annotations"]}  # fmt: skip
+            metadata = {
+                "name": f"{o['metadata']['name']}-{step}",
+                "namespace": namespace,
+                "annotations": pod["metadata"]["annotations"],
+            }
             template = {**pod, "spec": {**pod["spec"], "restartPolicy": "Never"}}
-            out.append({"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata,
-                        "spec": {"template": template}})  # fmt: skip
+            out.append(
+                {
+                    "apiVersion": "batch/v1",
+                    "kind": "Job",
+                    "metadata": metadata,
+                    "spec": {"template": template},
+                }
+            )
         for job in embedded_jobs([o]):
-            metadata = {**job["metadata"], "name": job["metadata"]["generateName"] + "x",
-                        "namespace": namespace}  # fmt: skip
+            metadata = {
+                **job["metadata"],
+                "name": job["metadata"]["generateName"] + "x",
+                "namespace": namespace,
+            }
             out.append({**job, "metadata": metadata})
     return out
 

@@ -52,8 +52,11 @@ KUBE_DNS = {
     "namespace": {"kubernetes.io/metadata.name": "kube-system"},
 }
 RWX_PROVISIONERS = {
-    "efs.csi.aws.com", "filestore.csi.storage.gke.io", "file.csi.azure.com", "nfs.csi.k8s.io",
-}  # fmt: skip
+    "efs.csi.aws.com",
+    "filestore.csi.storage.gke.io",
+    "file.csi.azure.com",
+    "nfs.csi.k8s.io",
+}
 
 
 def _readme_section() -> str:
@@ -354,12 +357,13 @@ def test_jobs_do_not_retry_a_busy_root(rendered, variant):
         assert spec["template"]["spec"]["restartPolicy"] == "Never"
         rules = spec.get("podFailurePolicy", {}).get("rules", [])
         busy = [
-            r for r in rules
+            r
+            for r in rules
             if r["action"] == "FailJob"
             and r.get("onExitCodes", {}).get("operator") == "In"
             and 75 in r["onExitCodes"]["values"]
             and r["onExitCodes"].get("containerName") in runners
-        ]  # fmt: skip
+        ]
         name = obj["metadata"].get("name") or obj["metadata"]["generateName"]
         assert busy, f"{obj['kind']}/{name} would retry exit code 75"
     assert jobs >= (2 if variant.startswith("dev") else 1)
@@ -426,9 +430,10 @@ def test_flink_brings_its_service_account_and_role(rendered):
     account = flink["spec"]["serviceAccount"]
     find(objects, "ServiceAccount", account)
     bindings = [
-        b for b in by_kind(objects, "RoleBinding").values()
+        b
+        for b in by_kind(objects, "RoleBinding").values()
         if any(s["kind"] == "ServiceAccount" and s["name"] == account for s in b["subjects"])
-    ]  # fmt: skip
+    ]
     assert len(bindings) == 1
     ref = bindings[0]["roleRef"]
     assert ref["kind"] == "Role" and ref["apiGroup"] == "rbac.authorization.k8s.io"
@@ -438,9 +443,12 @@ def test_flink_brings_its_service_account_and_role(rendered):
     needed.add(("apps", "deployments/finalizers"))
     verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
     granted = {
-        (g, r) for rule in rules if verbs <= set(rule["verbs"])
-        for g in rule["apiGroups"] for r in rule["resources"]
-    }  # fmt: skip
+        (g, r)
+        for rule in rules
+        if verbs <= set(rule["verbs"])
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
     assert needed <= granted
     assert all("*" not in rule["verbs"] + rule["resources"] for rule in rules)
 
@@ -461,8 +469,11 @@ def test_flink_rest_port_is_open_to_the_submitter_and_the_operator_only(rendered
     assert allows(policies, "Ingress", jm, operator, 8081)
     assert allows(policies, "Ingress", jm, {"labels": tm}, 6123), "TaskManagers register"
     assert allows(policies, "Ingress", tm, {"labels": jm}, 6122), "the JobManager deploys tasks"
-    others = ("Deployment/dae-serving", "WorkflowTemplate/dae-pipeline ingest",
-              "WorkflowTemplate/dae-pipeline tune-worker")  # fmt: skip
+    others = (
+        "Deployment/dae-serving",
+        "WorkflowTemplate/dae-pipeline ingest",
+        "WorkflowTemplate/dae-pipeline tune-worker",
+    )
     for name in others:
         assert not allows(policies, "Ingress", jm, {"labels": labels[name]}, 8081), name
     assert not allows(policies, "Ingress", jm, {"labels": submitter}, 6123)
@@ -477,9 +488,10 @@ def test_only_the_beam_workers_mount_the_volume_in_flink(rendered):
     for name, pod in pod_templates([flink]):
         claims = {v["name"] for v in pod["spec"].get("volumes", []) if "persistentVolumeClaim" in v}
         mounting = [
-            c["name"] for c in containers(pod)
+            c["name"]
+            for c in containers(pod)
             if any(m["name"] in claims for m in c.get("volumeMounts", []))
-        ]  # fmt: skip
+        ]
         assert mounting == (["beam-worker-pool"] if "taskManager" in name else []), name
 
 
@@ -590,9 +602,10 @@ def test_serving_replicas_spread_over_nodes(rendered, variant):
     pod, _, _, _ = _serving_pod(rendered[variant])
     labels = pod["metadata"]["labels"]
     (by_node,) = [
-        t for t in pod["spec"]["topologySpreadConstraints"]
+        t
+        for t in pod["spec"]["topologySpreadConstraints"]
         if t["topologyKey"] == "kubernetes.io/hostname"
-    ]  # fmt: skip
+    ]
     assert by_node["maxSkew"] == 1 and by_node["whenUnsatisfiable"] == "DoNotSchedule"
     assert by_node["nodeTaintsPolicy"] == "Honor", "tainted nodes are no empty domains"
     assert labels_match(by_node["labelSelector"], labels)
@@ -629,8 +642,11 @@ def test_inference_service_uses_the_keys_kserve_reads(rendered, variant):
     assert annotations["serving.kserve.io/autoscalerClass"] == "hpa"
     # Read by no current KServe release (the HPA reconciler reads spec.predictor.scaleMetric
     # and scaleTarget; v0.14 was the last to validate these annotations).
-    for legacy in ("serving.kserve.io/metric", "serving.kserve.io/metrics",
-                   "serving.kserve.io/targetUtilizationPercentage"):  # fmt: skip
+    for legacy in (
+        "serving.kserve.io/metric",
+        "serving.kserve.io/metrics",
+        "serving.kserve.io/targetUtilizationPercentage",
+    ):
         assert legacy not in annotations, legacy
     predictor = isvc["spec"]["predictor"]
     assert predictor["scaleMetric"] == "cpu" and 1 <= predictor["scaleTarget"] <= 100

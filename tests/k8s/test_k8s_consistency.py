@@ -180,8 +180,10 @@ def test_hpa_pdb_and_network_policy_target_the_serving_pods(rendered, overlay):
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
-        deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"],
-    )  # fmt: skip
+        deployment["apiVersion"],
+        deployment["kind"],
+        deployment["metadata"]["name"],
+    )
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     pdb = find(objects, "PodDisruptionBudget", "dae-serving")
@@ -449,8 +451,9 @@ def test_keras_tuner_chief_and_workers_are_wired(rendered):
     # Worker ids follow the task's index (withSequence): tuner0, tuner1, ...
     assert _value(worker, "KERASTUNER_TUNER_ID") == "tuner{{inputs.parameters.index}}"
     template = find(objects, "WorkflowTemplate", "dae-pipeline")
-    (task,) = [t for t in template["spec"]["templates"][0]["dag"]["tasks"]
-               if t["name"] == "tune-workers"]  # fmt: skip
+    (task,) = [
+        t for t in template["spec"]["templates"][0]["dag"]["tasks"] if t["name"] == "tune-workers"
+    ]
     assert task["withSequence"] == {"count": "{{workflow.parameters.tune-workers}}"}
     assert task["arguments"]["parameters"] == [{"name": "index", "value": "{{item}}"}]
     assert _args(chief)[:3] == _args(worker)[:3] == ["dae", "stage", "tune"]
@@ -471,9 +474,11 @@ def _tf_configs(container: dict, workers: int, job_name: str) -> list[dict]:
     with_env = {n: e["value"] for n, e in _env(container).items() if "value" in e}
     for index in range(workers):
         env = {
-            **with_env, "WORKER_INDEX": str(index), "JOB_NAME": job_name,
+            **with_env,
+            "WORKER_INDEX": str(index),
+            "JOB_NAME": job_name,
             "PATH": f"{FAKE_DAE_DIR}:{os.environ['PATH']}",
-        }  # fmt: skip
+        }
         proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -570,8 +575,7 @@ def test_the_workflow_transforms_on_the_session_cluster(rendered):
     assert int(options["--parallelism"]) <= tm["replicas"] * slots
     # No other step is patched.
     template = find(objects, "WorkflowTemplate", "dae-pipeline")
-    patched = [t["name"] for t in template["spec"]["templates"]
-               if "FlinkRunner" in json.dumps(t)]  # fmt: skip
+    patched = [t["name"] for t in template["spec"]["templates"] if "FlinkRunner" in json.dumps(t)]
     assert patched == ["transform"]
 
 

@@ -143,11 +143,14 @@ def test_objects_validate_against_the_kubernetes_schema(rendered, variant, versi
     # The Jobs the workflow's resource steps create, as Argo fills them in.
     for job in embedded_jobs(rendered[variant]):
         try:
-            kubernetes_validate.validate({**job, "metadata": {**job["metadata"], "name": "x"}},
-                                         version, strict=True)  # fmt: skip
+            kubernetes_validate.validate(
+                {**job, "metadata": {**job["metadata"], "name": "x"}}, version, strict=True
+            )
         except kubernetes_validate.ValidationError as e:
-            pytest.fail(f"the workflow's Job is invalid for Kubernetes {version} at "
-                        f"{'.'.join(map(str, e.path))}: {e.message}")  # fmt: skip
+            pytest.fail(
+                f"the workflow's Job is invalid for Kubernetes {version} at "
+                f"{'.'.join(map(str, e.path))}: {e.message}"
+            )
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -50,8 +50,10 @@ def _tasks(objects) -> dict[str, dict]:
 
 def listing(objects) -> str:
     """The DAG as `argo get` shows it: each task after those it waits for."""
-    return "\n".join(f"{n:<14} <- {', '.join(t.get('dependencies', [])) or '(first)'}"
-                     for n, t in _tasks(objects).items())  # fmt: skip
+    return "\n".join(
+        f"{n:<14} <- {', '.join(t.get('dependencies', [])) or '(first)'}"
+        for n, t in _tasks(objects).items()
+    )
 
 
 # ---- the compiled manifests ----------------------------------------------------------------
@@ -145,11 +147,15 @@ def test_every_step_has_its_size_and_retries_only_transient_failures():
     # The training Job: retried when a worker was lost, not for a worker's own verdict.
     resource = steps["train"]["resource"]
     expression = steps["train"]["retryStrategy"]["expression"]
-    for reason, retried in (("BackoffLimitExceeded", True), ("PodFailurePolicy", False),
-                            ("DeadlineExceeded", False)):  # fmt: skip
+    for reason, retried in (
+        ("BackoffLimitExceeded", True),
+        ("PodFailurePolicy", False),
+        ("DeadlineExceeded", False),
+    ):
         status = {"status": {"failed": 1, "conditions": [{"type": "Failed", "reason": reason}]}}
-        phase, message = resource_state(resource["successCondition"],
-                                        resource["failureCondition"], status)  # fmt: skip
+        phase, message = resource_state(
+            resource["successCondition"], resource["failureCondition"], status
+        )
         assert phase == "Failed" and retry(expression, "1", "Failed", message) is retried, reason
     done = {"status": {"succeeded": 2, "completionTime": "2026-01-01T03:10:00Z"}}
     assert resource_state(resource["successCondition"], resource["failureCondition"], done)[0] == (
@@ -172,20 +178,30 @@ def test_schedule_mutex_and_exit_handler():
     assert args[:3] == ["runs", "fail", "{{workflow.name}}"] and "{{workflow.failures}}" in args
     (cron,) = [o for o in objects if o["kind"] == "CronWorkflow"]
     assert cron["spec"] | {"workflowSpec": None} == {
-        "schedules": ["0 3 * * *"], "timezone": "Etc/UTC", "concurrencyPolicy": "Forbid",
-        "startingDeadlineSeconds": 3600, "successfulJobsHistoryLimit": 3,
-        "failedJobsHistoryLimit": 3, "workflowSpec": None,
-    }  # fmt: skip
+        "schedules": ["0 3 * * *"],
+        "timezone": "Etc/UTC",
+        "concurrencyPolicy": "Forbid",
+        "startingDeadlineSeconds": 3600,
+        "successfulJobsHistoryLimit": 3,
+        "failedJobsHistoryLimit": 3,
+        "workflowSpec": None,
+    }
     assert cron["spec"]["workflowSpec"] == {"workflowTemplateRef": {"name": "dae-pipeline"}}
     (role,) = [o for o in objects if o["kind"] == "Role"]
-    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"]
-               for r in rule["resources"] for v in rule["verbs"]}  # fmt: skip
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
     assert granted == {
         ("argoproj.io", "workflowtaskresults", "create"),
         ("argoproj.io", "workflowtaskresults", "patch"),
-        ("batch", "jobs", "create"), ("batch", "jobs", "get"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "get"),
         ("argoproj.io", "workflows/finalizers", "update"),
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize("layout", [LAYOUT, None])
@@ -287,8 +303,16 @@ def test_a_run_is_created_once_then_finished(tmp_path, two_stages):
 def test_the_exit_handler_records_a_failed_run(tmp_path, two_stages, capsys):
     runner.create_run(Config(), tmp_path, "wf-1")
     runner.run_stage(Config(), tmp_path, "wf-1", "a", use_cache=True)
-    failures = json.dumps([{"displayName": "b(0)", "message": "Error (exit code 1)",
-                            "templateName": "b", "phase": "Failed"}])  # fmt: skip
+    failures = json.dumps(
+        [
+            {
+                "displayName": "b(0)",
+                "message": "Error (exit code 1)",
+                "templateName": "b",
+                "phase": "Failed",
+            }
+        ]
+    )
     argv = ["runs", "fail", "wf-1", "--root", str(tmp_path), "--reason", "workflow Failed"]
     assert main([*argv, "--failures", failures]) == 0
     assert (
@@ -301,8 +325,10 @@ def test_the_exit_handler_records_a_failed_run(tmp_path, two_stages, capsys):
     assert (
         main(["runs", "fail", "wf-9", "--root", str(tmp_path), "--reason", "workflow Error"]) == 0
     )
-    runs = {r["name"]: r["properties"] for r in MetadataStore(
-        f"sqlite:///{tmp_path}/metadata.sqlite").runs()}  # fmt: skip
+    runs = {
+        r["name"]: r["properties"]
+        for r in MetadataStore(f"sqlite:///{tmp_path}/metadata.sqlite").runs()
+    }
     assert runs["wf-1"]["status"] == runs["wf-9"]["status"] == "failed"
     assert runs["wf-9"]["error"] == "workflow Error"
     assert main(["runs", "finish", "nope", "--root", str(tmp_path)]) == EXIT_FAILED
@@ -335,8 +361,10 @@ def record(runs) -> str:
             command = f"sh -c '<TF_CONFIG from the completion index>; {last}'"
         if r.argv[:2] == ["python", "-c"]:
             command = "python -c '<wait for the metadata store>'"
-        lines.append(f"{r.node:<30} {r.exit_code:>4} {r.started - t0:>6.1f} {r.seconds:>6.1f} "
-                     f"{r.max_rss_mb:>6.0f}  {command[:150]}")  # fmt: skip
+        lines.append(
+            f"{r.node:<30} {r.exit_code:>4} {r.started - t0:>6.1f} {r.seconds:>6.1f} "
+            f"{r.max_rss_mb:>6.0f}  {command[:150]}"
+        )
     return "\n".join(lines)
 
 
@@ -355,8 +383,13 @@ def test_the_workflow_runs_on_one_machine_as_dae_run_does(smoke_root, postgres_u
     retried. The result: what `dae run --profile smoke` got on the same data."""
     objects = compiled(_local_config())
     root = tmp_path / "root"
-    local = LocalArgo(objects, root, tmp_path / "work", {("dae-metadata", "url"): postgres_url},
-                      lose_first={"validate": 2.0})  # fmt: skip
+    local = LocalArgo(
+        objects,
+        root,
+        tmp_path / "work",
+        {("dae-metadata", "url"): postgres_url},
+        lose_first={"validate": 2.0},
+    )
     result = local.submit(WORKFLOW)
     print(f"\n{listing(objects)}\n\n{record(local.pods)}\nworkflow: {result}")
     assert result["phase"] == "Succeeded", result

@@ -74,10 +74,21 @@ def test_a_lazily_imported_edit_reruns_its_stages(smoke_root, tmp_path):
     src = scratch_copy(tmp_path)
 
     def run() -> dict:
-        cmd = [sys.executable, "-m", "dae.pipeline.cli", "run", "--profile", "smoke", "--root",
-               str(root), "--set", "model.family=dense"]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(src), cwd=src,
-                              timeout=600)  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "dae.pipeline.cli",
+            "run",
+            "--profile",
+            "smoke",
+            "--root",
+            str(root),
+            "--set",
+            "model.family=dense",
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=_env(src), cwd=src, timeout=600
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         (line,) = [x for x in proc.stdout.splitlines() if x.startswith("metrics: ")]
         return json.loads(Path(line.removeprefix("metrics: ")).read_text())

@@ -126,8 +126,17 @@ def test_an_unchanged_rerun_is_all_cached(cached_root):
 
 def test_one_parameter_reruns_exactly_what_depends_on_it(cached_root):
     # The dense family: what reruns is the point here, not the model (it trains in seconds).
-    proc = dae("run", "--profile", "smoke", "--root", str(cached_root),
-               "--set", "noise.stddev=0.4", "--set", "model.family=dense")  # fmt: skip
+    proc = dae(
+        "run",
+        "--profile",
+        "smoke",
+        "--root",
+        str(cached_root),
+        "--set",
+        "noise.stddev=0.4",
+        "--set",
+        "model.family=dense",
+    )
     metrics = _metrics(cached_root, proc.stdout)
     assert metrics["cached_stages"] == ["ingest", "validate"]
     assert metrics["psnr_noisy"] > 10  # less noise than the smoke run's 0.5
@@ -136,12 +145,21 @@ def test_one_parameter_reruns_exactly_what_depends_on_it(cached_root):
 def test_lineage_of_a_pushed_version(cached_root):
     proc = dae("lineage", "denoiser", "1", "--root", str(cached_root), "--json")
     info = json.loads(proc.stdout)
-    fingerprint = json.loads(next((cached_root / "runs").glob("*/ingest/examples/fingerprint.json"))
-                             .read_text())  # fmt: skip
+    fingerprint = json.loads(
+        next((cached_root / "runs").glob("*/ingest/examples/fingerprint.json")).read_text()
+    )
     assert info["dataset"]["sha256"] == fingerprint["sha256"]
     assert info["dataset"]["dataset"] == "mnist" and info["hyperparameters"]
-    assert set(info["executions"]) == {"ingest", "validate", "transform", "tune", "train",
-                                       "resolver", "evaluate", "push"}  # fmt: skip
+    assert set(info["executions"]) == {
+        "ingest",
+        "validate",
+        "transform",
+        "tune",
+        "train",
+        "resolver",
+        "evaluate",
+        "push",
+    }
     assert info["config"].endswith("config.yaml") and info["code_version"]
     listing = dae("runs", "list", "--root", str(cached_root)).stdout
     assert listing.count("succeeded") >= 2
@@ -156,8 +174,18 @@ def test_bad_history_requests(tmp_path, cached_root):
 
 
 def test_two_runs_at_once_on_one_root(cached_root):
-    cmd = [DAE, "run", "--profile", "smoke", "--root", str(cached_root), "--set", "seed=7",
-           "--set", "model.family=dense"]  # fmt: skip
+    cmd = [
+        DAE,
+        "run",
+        "--profile",
+        "smoke",
+        "--root",
+        str(cached_root),
+        "--set",
+        "seed=7",
+        "--set",
+        "model.family=dense",
+    ]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not (cached_root / ".lock").read_text().strip() and time.monotonic() < deadline:

@@ -23,8 +23,12 @@ NOISE = [
 
 def test_native_noise_is_recognised_and_nothing_else():
     assert all(NATIVE_NOISE.match(line) for line in NOISE)
-    kept = [b"dae: error: data anomaly", b"Traceback (most recent call last):",
-            b"I0000 is not a log line", b"  File \"x.py\", line 3"]  # fmt: skip
+    kept = [
+        b"dae: error: data anomaly",
+        b"Traceback (most recent call last):",
+        b"I0000 is not a log line",
+        b'  File "x.py", line 3',
+    ]
     assert not any(NATIVE_NOISE.match(line) for line in kept)
 
 

@@ -11,8 +11,17 @@ from dae.artifacts import read_split
 from dae.pipeline.runner import METRIC_KEYS
 from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
-STAGES = ["ingest", "validate", "transform", "tune", "train", "resolver", "evaluate", "push",
-          "report"]  # fmt: skip
+STAGES = [
+    "ingest",
+    "validate",
+    "transform",
+    "tune",
+    "train",
+    "resolver",
+    "evaluate",
+    "push",
+    "report",
+]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +54,12 @@ def test_pushed_servable_reloads_and_denoises(smoke_run):
     root, run_dir, _ = smoke_run
     version = root / "serving" / "denoiser" / "1"
     assert sorted(p.name for p in version.iterdir()) == [
-        "assets", "assets.extra", "fingerprint.pb", "saved_model.pb", "variables",
-    ]  # fmt: skip
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "saved_model.pb",
+        "variables",
+    ]
     fn = tf.saved_model.load(str(version)).signatures[SIGNATURE]
     test = read_split(run_dir / "transform" / "transformed_examples", "test", ("noisy", "clean"))
     out = fn(**{INPUT_NAME: tf.constant(test["noisy"])})[OUTPUT_NAME].numpy()
@@ -64,8 +77,10 @@ def test_stage_reruns_one_stage_of_a_run(smoke_run):
     root, run_dir, _ = smoke_run
     before = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
     # The resolver again: version 1 is in service now, and it is this very model.
-    assert "resolver: done in" in dae("stage", "resolver", "--run", run_dir.name,
-                                      "--root", str(root)).stdout  # fmt: skip
+    assert (
+        "resolver: done in"
+        in dae("stage", "resolver", "--run", run_dir.name, "--root", str(root)).stdout
+    )
     baseline = json.loads((run_dir / "resolver" / "baseline" / "baseline.json").read_text())
     assert baseline == {"version": None}
     assert not any((run_dir / s / "_SUCCESS").exists() for s in ("evaluate", "push", "report"))
@@ -78,9 +93,15 @@ def test_stage_reruns_one_stage_of_a_run(smoke_run):
 
 def test_failed_run_is_recorded_and_pushes_nothing(tmp_path):
     proc = dae(
-        "run", "--profile", "smoke", "--root", str(tmp_path),
-        "--set", "validate.expected_mean=0.9", check=False,
-    )  # fmt: skip
+        "run",
+        "--profile",
+        "smoke",
+        "--root",
+        str(tmp_path),
+        "--set",
+        "validate.expected_mean=0.9",
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("dae: error: data anomaly: train pixel")
     (run_dir,) = (tmp_path / "runs").iterdir()

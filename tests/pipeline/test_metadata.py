@@ -41,9 +41,15 @@ def test_concurrent_writers_lose_nothing(store_url):
     """Eight processes each write executions, artifacts and events, and all update one
     run's properties (a read-modify-write): every record and every update is there."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, store_url, str(w), str(EXECUTIONS)],
-                              env=env, stderr=subprocess.PIPE, text=True)
-             for w in range(WRITERS)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, store_url, str(w), str(EXECUTIONS)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(WRITERS)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read()[-2000:]
     store = MetadataStore(store_url)
@@ -89,8 +95,13 @@ def test_a_busy_root_is_its_own_exit_code(tmp_path, postgres_url):
     root = tmp_path / "root"
     env = {**os.environ, "DAE_METADATA_URL": postgres_url, "TF_CPP_MIN_LOG_LEVEL": "3"}
     with root_lock(root, "dae run holder", url=postgres_url):
-        proc = subprocess.run([DAE, "run", "--profile", "smoke", "--root", str(root)],
-                              capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [DAE, "run", "--profile", "smoke", "--root", str(root)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
     assert proc.returncode == 75, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith(f"dae: error: {root} is in use by")
     assert not (root / "runs").exists()
@@ -99,8 +110,13 @@ def test_a_busy_root_is_its_own_exit_code(tmp_path, postgres_url):
 def test_an_unreachable_store_is_one_line_without_the_password(tmp_path, postgres):
     url = postgres.url("postgres").replace(f":{postgres.port}/", ":1/")  # nothing listens
     env = {**os.environ, "DAE_METADATA_URL": url}
-    proc = subprocess.run([DAE, "runs", "list", "--root", str(tmp_path)], capture_output=True,
-                          text=True, env=env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [DAE, "runs", "list", "--root", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("dae: error: the metadata store cannot be reached")
     assert "\n" not in proc.stderr.strip()
@@ -121,13 +137,15 @@ def test_a_pipeline_on_postgresql(tmp_path, postgres_url):
     root = tmp_path / "root"
     env = {**os.environ, "DAE_METADATA_URL": postgres_url, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [DAE, "run", "--profile", "smoke", "--root", str(root), "--set", "model.family=dense"]
-    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=env)  # fmt: skip
+    first = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     engine = sa.create_engine(postgres_url, poolclass=sa.pool.NullPool)
     deadline = time.monotonic() + 120
     with engine.connect() as c:
-        while not c.execute(sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                                    " AND granted")).scalar():  # fmt: skip
+        while not c.execute(
+            sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+        ).scalar():
             assert time.monotonic() < deadline and first.poll() is None, first.communicate()
             time.sleep(0.2)
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -136,14 +154,25 @@ def test_a_pipeline_on_postgresql(tmp_path, postgres_url):
     assert first.returncode == 0, err[-3000:]
     assert not (root / "metadata.sqlite").exists()  # every record went to the server
 
-    listing = subprocess.run([DAE, "runs", "list", "--root", str(root)], capture_output=True,
-                             text=True, env=env, check=True).stdout  # fmt: skip
+    listing = subprocess.run(
+        [DAE, "runs", "list", "--root", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
     (line,) = [x for x in listing.splitlines()[1:] if "succeeded" in x]
     run_id = line.split()[0]
     assert run_id in out
-    info = json.loads(subprocess.run([DAE, "lineage", "denoiser", "1", "--root", str(root),
-                                      "--json"], capture_output=True, text=True, env=env,
-                                     check=True).stdout)  # fmt: skip
+    info = json.loads(
+        subprocess.run(
+            [DAE, "lineage", "denoiser", "1", "--root", str(root), "--json"],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        ).stdout
+    )
     assert info["run_id"] == run_id and info["dataset"]["dataset"] == "mnist"
     assert set(info["executions"]) >= {"ingest", "train", "evaluate", "push"}
     store = MetadataStore(postgres_url)

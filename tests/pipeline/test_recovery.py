@@ -21,8 +21,9 @@ SMOKE = ["run", "--profile", "smoke"]
 def kill_when(args, condition, timeout=300):
     """Start `dae ARGS`, SIGKILL it as soon as `condition()` holds; return what held."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([DAE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [DAE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -42,8 +43,12 @@ def kill_when(args, condition, timeout=300):
 
 def _executions(root, component):
     store = MetadataStore(default_url(root))
-    return [e for r in store.runs() for e in store.executions_of_run(r["name"])
-            if e["component"] == component]  # fmt: skip
+    return [
+        e
+        for r in store.runs()
+        for e in store.executions_of_run(r["name"])
+        if e["component"] == component
+    ]
 
 
 def _metrics(stdout):

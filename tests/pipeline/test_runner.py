@@ -36,9 +36,11 @@ def test_dag_bindings_match_what_components_declare():
 def test_execute_marks_success_and_wires_inputs(tmp_path):
     runner.execute(Node("a", component()), Config(), tmp_path, tmp_path / "serving")
     result = runner.execute(
-        Node("b", component(inputs=("x",)), {"x": "a.out"}), Config(), tmp_path,
+        Node("b", component(inputs=("x",)), {"x": "a.out"}),
+        Config(),
+        tmp_path,
         tmp_path / "serving",
-    )  # fmt: skip
+    )
     assert result.metrics["seen"] == ["x"] and (tmp_path / "b" / runner.SUCCESS).exists()
     assert json.loads((tmp_path / "b" / "stage.json").read_text())["summary"] == {"seen": ["x"]}
 
@@ -51,8 +53,9 @@ def test_failed_stage_leaves_no_success_marker_and_blocks_downstream(tmp_path):
     assert (tmp_path / "a" / "out" / "data.txt").exists()
     assert not (tmp_path / "a" / runner.SUCCESS).exists()
     with pytest.raises(StageError, match="needs 'a', which has not succeeded"):
-        runner.execute(Node("b", component(inputs=("x",)), {"x": "a.out"}), Config(), tmp_path,
-                       tmp_path)  # fmt: skip
+        runner.execute(
+            Node("b", component(inputs=("x",)), {"x": "a.out"}), Config(), tmp_path, tmp_path
+        )
 
 
 def test_rerun_clears_outputs_but_keeps_resumable_ones(tmp_path):
@@ -80,20 +83,25 @@ def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
 
 
 def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch):
-    assert runner.downstream("transform") == ["tune", "train", "resolver", "evaluate", "push",
-                                              "report"]  # fmt: skip
+    assert runner.downstream("transform") == [
+        "tune",
+        "train",
+        "resolver",
+        "evaluate",
+        "push",
+        "report",
+    ]
     assert runner.downstream("evaluate") == ["push", "report"] and runner.downstream("push") == []
     rdir = runner.run_dir(tmp_path, "r1")
     for stage in ("ingest", "validate", "transform", "tune", "train", "evaluate", "push"):
         (rdir / stage).mkdir(parents=True)
         (rdir / stage / runner.SUCCESS).touch()
-    validate = Node("validate", component(outputs=("statistics",), inputs=("x",)),
-                    {"x": "ingest.examples"})  # fmt: skip
+    validate = Node(
+        "validate", component(outputs=("statistics",), inputs=("x",)), {"x": "ingest.examples"}
+    )
     monkeypatch.setattr(runner, "node", lambda name: validate)
     runner.run_stage(Config(), tmp_path, "r1", "validate", ["seed=1"])
-    assert sorted(p.parent.name for p in rdir.glob(f"*/{runner.SUCCESS}")) == [
-        "ingest", "validate",
-    ]  # fmt: skip
+    assert sorted(p.parent.name for p in rdir.glob(f"*/{runner.SUCCESS}")) == ["ingest", "validate"]
     record = json.loads((rdir / "validate" / "stage.json").read_text())
     assert record["overrides"] == ["seed=1"] and record["rerun"]
 

@@ -97,8 +97,10 @@ def test_npy_to_npy(pushed, tmp_path, capsys, kind):
     else:
         np.save(tmp_path / "in.npy", images.astype(np.float32) / 255.0)
         # Beam options pass through: two worker threads.
-        extra = ["--beam-option=--direct_num_workers=2",
-                 "--beam-option=--direct_running_mode=multi_threading"]  # fmt: skip
+        extra = [
+            "--beam-option=--direct_num_workers=2",
+            "--beam-option=--direct_running_mode=multi_threading",
+        ]
     rc, out, _ = denoise(
         capsys,
         "--input",
@@ -119,8 +121,15 @@ def test_npy_to_npy(pushed, tmp_path, capsys, kind):
 def test_png_folder_to_npy_in_name_order(pushed, tmp_path, capsys):
     images, _ = digit_like(4, seed=3)
     write_pngs(tmp_path / "in", images[::-1], ["d.png", "c.png", "b.png", "a.png"])
-    rc, _, _ = denoise(capsys, "--input", str(tmp_path / "in"), "--output",
-                       str(tmp_path / "out.npy"), "--model", str(pushed.base))  # fmt: skip
+    rc, _, _ = denoise(
+        capsys,
+        "--input",
+        str(tmp_path / "in"),
+        "--output",
+        str(tmp_path / "out.npy"),
+        "--model",
+        str(pushed.base),
+    )
     assert rc == 0
     np.testing.assert_allclose(
         np.load(tmp_path / "out.npy"), pushed.denoise(images / 255.0), atol=1e-6
@@ -132,11 +141,19 @@ def test_tfrecord_inputs(pushed, endpoint, tmp_path, capsys):
     images, labels = digit_like(6, seed=4)
     artifact = write_examples(tmp_path / "examples", {"test": (images, labels)})
     (shard,) = artifact.glob("test-*.tfrecord")
-    rc, out, _ = denoise(capsys, "--input", str(shard), "--output", str(tmp_path / "a.npy"),
-                         "--model", str(pushed.base))  # fmt: skip
+    rc, out, _ = denoise(
+        capsys,
+        "--input",
+        str(shard),
+        "--output",
+        str(tmp_path / "a.npy"),
+        "--model",
+        str(pushed.base),
+    )
     assert rc == 0 and "6 images in, 6 written" in out
-    np.testing.assert_allclose(np.load(tmp_path / "a.npy"), pushed.denoise(images / 255.0),
-                               atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(
+        np.load(tmp_path / "a.npy"), pushed.denoise(images / 255.0), atol=1e-6
+    )
 
     # A transformed shard ({noisy, clean}) without a schema.json: `noisy` is read; --shape.
     import tensorflow as tf
@@ -152,8 +169,9 @@ def test_tfrecord_inputs(pushed, endpoint, tmp_path, capsys):
     assert rc == 1 and "pass --shape H,W,C" in one_line_error(err)
     rc, _, _ = denoise(capsys, *args, "--shape", "28,28,1")
     assert rc == 0
-    np.testing.assert_allclose(np.load(tmp_path / "b.npy"), pushed.denoise(noisy / 255.0),
-                               atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        np.load(tmp_path / "b.npy"), pushed.denoise(noisy / 255.0), atol=1e-5
+    )
 
 
 def test_model_and_server_paths_agree(pushed, endpoint, tmp_path, capsys):
@@ -167,13 +185,22 @@ def test_model_and_server_paths_agree(pushed, endpoint, tmp_path, capsys):
         ("rest", ["--server", f"127.0.0.1:{endpoint.rest_port}", "--rest"]),
     ]:
         for src, dst in [("in.npy", f"{label}.npy"), ("pngs", f"{label}-pngs")]:
-            rc, out, err = denoise(capsys, "--input", str(tmp_path / src), "--output",
-                                   str(tmp_path / dst), "--batch-size", "4", *where)  # fmt: skip
+            rc, out, err = denoise(
+                capsys,
+                "--input",
+                str(tmp_path / src),
+                "--output",
+                str(tmp_path / dst),
+                "--batch-size",
+                "4",
+                *where,
+            )
             assert rc == 0, err
             assert "10 images in, 10 written, 0 skipped" in out
         outputs[label] = np.load(tmp_path / f"{label}.npy")
-        outputs[f"{label}-pngs"] = read_pngs(tmp_path / f"{label}-pngs", sorted(
-            os.listdir(tmp_path / f"{label}-pngs")))  # fmt: skip
+        outputs[f"{label}-pngs"] = read_pngs(
+            tmp_path / f"{label}-pngs", sorted(os.listdir(tmp_path / f"{label}-pngs"))
+        )
     for label in ("grpc", "rest"):
         np.testing.assert_allclose(outputs[label], outputs["model"], atol=1e-5)
         diff = np.abs(outputs[f"{label}-pngs"].astype(int) - outputs["model-pngs"])
@@ -220,8 +247,15 @@ def test_wrongly_shaped_images_are_skipped(endpoint, tmp_path, capsys):
     write_pngs(folder, images, ["a.png", "b.png"])
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(folder / "big.png")
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(folder / "rgb.png")
-    rc, out, err = denoise(capsys, "--input", str(folder), "--output", str(tmp_path / "o.npy"),
-                           "--server", endpoint.grpc)  # fmt: skip
+    rc, out, err = denoise(
+        capsys,
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "o.npy"),
+        "--server",
+        endpoint.grpc,
+    )
     assert rc == 0 and "4 images in, 2 written, 2 skipped" in out
     assert "big.png: shape 32x32x1 does not match the model's input 28x28x1" in err
     assert "rgb.png: shape 28x28x3 does not match the model's input 28x28x1" in err
@@ -232,9 +266,19 @@ def test_bad_values_stop_the_job_and_leave_no_output(endpoint, tmp_path, capsys)
     images = np.random.default_rng(0).random((6, *SHAPE), dtype=np.float32)
     images[4, 0, 0, 0] = np.nan
     np.save(tmp_path / "in.npy", images)
-    rc, _, err = denoise(capsys, "--input", str(tmp_path / "in.npy"), "--output",
-                         str(tmp_path / "out.npy"), "--server", endpoint.grpc, "--batch-size", "2",
-                         "--on-error", "stop")  # fmt: skip
+    rc, _, err = denoise(
+        capsys,
+        "--input",
+        str(tmp_path / "in.npy"),
+        "--output",
+        str(tmp_path / "out.npy"),
+        "--server",
+        endpoint.grpc,
+        "--batch-size",
+        "2",
+        "--on-error",
+        "stop",
+    )
     assert rc == 1 and "in.npy[4]: has NaN or infinite values" in one_line_error(err)
     assert sorted(os.listdir(tmp_path)) == ["in.npy"]
 
@@ -271,8 +315,14 @@ def test_overwrite(endpoint, tmp_path, capsys):
     np.save(tmp_path / "in.npy", images)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "old.png").write_bytes(b"old")
-    args = ["--input", str(tmp_path / "in.npy"), "--output", str(tmp_path / "out"),
-            "--server", endpoint.grpc]  # fmt: skip
+    args = [
+        "--input",
+        str(tmp_path / "in.npy"),
+        "--output",
+        str(tmp_path / "out"),
+        "--server",
+        endpoint.grpc,
+    ]
     rc, _, err = denoise(capsys, *args)
     assert rc == 1 and "not empty (pass --overwrite" in one_line_error(err)
     rc, _, _ = denoise(capsys, *args, "--overwrite")
@@ -315,13 +365,17 @@ def _case(tmp: Path, pushed, name: str) -> tuple[list[str], str]:
         return ["--input", npy, *out, *model, "--server", "x:1"], "give one of --model DIR"
     if name == "shape mismatch":
         np.save(tmp / "big.npy", np.zeros((3, 32, 32), np.uint8))
-        return (["--input", str(tmp / "big.npy"), *out, *model],
-                "shape 32x32x1 does not match the model's input 28x28x1")  # fmt: skip
+        return (
+            ["--input", str(tmp / "big.npy"), *out, *model],
+            "shape 32x32x1 does not match the model's input 28x28x1",
+        )
     if name == "unreachable gRPC server":
         return ["--input", npy, *out, "--server", f"127.0.0.1:{free_port()}"], "cannot reach"
     if name == "unreachable REST server":
-        return (["--input", npy, *out, "--server", f"127.0.0.1:{free_port()}", "--rest"],
-                "cannot reach")  # fmt: skip
+        return (
+            ["--input", npy, *out, "--server", f"127.0.0.1:{free_port()}", "--rest"],
+            "cannot reach",
+        )
     if name == "existing npy":
         (tmp / "out.npy").write_bytes(b"keep")
         return ["--input", npy, *out, *model], "exists (pass --overwrite"
@@ -330,27 +384,49 @@ def _case(tmp: Path, pushed, name: str) -> tuple[list[str], str]:
     if name == "overwrite a folder of other files":
         (tmp / "notes").mkdir()
         (tmp / "notes" / "README").write_text("mine")
-        return (["--input", npy, "--output", str(tmp / "notes"), *model, "--overwrite"],
-                "holds README, not only PNGs")  # fmt: skip
+        return (
+            ["--input", npy, "--output", str(tmp / "notes"), *model, "--overwrite"],
+            "holds README, not only PNGs",
+        )
     if name == "malformed server address":
-        return (["--input", npy, *out, "--server", "localhost:85o1", "--rest"],
-                "--server must be HOST:PORT, got 'localhost:85o1'")  # fmt: skip
+        return (
+            ["--input", npy, *out, "--server", "localhost:85o1", "--rest"],
+            "--server must be HOST:PORT, got 'localhost:85o1'",
+        )
     if name == "unknown Beam option":
         return ["--input", npy, *out, *model, "--beam-option=--no_such_flag=1"], "no_such_flag"
     if name == "tfds not prepared":
-        return (["--input", "tfds:mnist/test", *out, *model, "--data-dir", str(tmp / "tfds")],
-                "is not prepared in")  # fmt: skip
+        return (
+            ["--input", "tfds:mnist/test", *out, *model, "--data-dir", str(tmp / "tfds")],
+            "is not prepared in",
+        )
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", [
-    "missing input", "unknown input suffix", "unknown output suffix", "empty folder",
-    "empty npy", "no SavedModel", "broken SavedModel", "unknown runner",
-    "neither --model nor --server", "both --model and --server",
-    "shape mismatch", "unreachable gRPC server", "unreachable REST server", "existing npy",
-    "unknown Beam option", "tfds not prepared", "output replaces the input",
-    "overwrite a folder of other files", "malformed server address",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    [
+        "missing input",
+        "unknown input suffix",
+        "unknown output suffix",
+        "empty folder",
+        "empty npy",
+        "no SavedModel",
+        "broken SavedModel",
+        "unknown runner",
+        "neither --model nor --server",
+        "both --model and --server",
+        "shape mismatch",
+        "unreachable gRPC server",
+        "unreachable REST server",
+        "existing npy",
+        "unknown Beam option",
+        "tfds not prepared",
+        "output replaces the input",
+        "overwrite a folder of other files",
+        "malformed server address",
+    ],
+)
 def test_bad_input_is_one_line(pushed, tmp_path, capsys, name):
     args, message = _case(tmp_path, pushed, name)
     before = sorted(os.listdir(tmp_path))
@@ -367,8 +443,16 @@ def test_bad_input_is_one_line(pushed, tmp_path, capsys, name):
 def test_console_script(tmp_path):
     help_text = dae("denoise", "--help").stdout
     assert "--on-error {skip,stop}" in help_text and "A failed job writes nothing" in help_text
-    proc = dae("denoise", "--input", str(tmp_path / "nope.npy"), "--output",
-               str(tmp_path / "o.npy"), "--model", str(tmp_path), check=False)  # fmt: skip
+    proc = dae(
+        "denoise",
+        "--input",
+        str(tmp_path / "nope.npy"),
+        "--output",
+        str(tmp_path / "o.npy"),
+        "--model",
+        str(tmp_path),
+        check=False,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         f"dae: error: input {tmp_path / 'nope.npy'} does not exist"
@@ -379,8 +463,15 @@ def test_console_script(tmp_path):
     not (Path("~/tensorflow_datasets/mnist").expanduser()).is_dir(), reason="no local MNIST"
 )
 def test_tfds_input(pushed, endpoint, tmp_path, capsys):
-    rc, out, err = denoise(capsys, "--input", "tfds:mnist/test[:5]", "--output",
-                           str(tmp_path / "o.npy"), "--server", endpoint.grpc)  # fmt: skip
+    rc, out, err = denoise(
+        capsys,
+        "--input",
+        "tfds:mnist/test[:5]",
+        "--output",
+        str(tmp_path / "o.npy"),
+        "--server",
+        endpoint.grpc,
+    )
     assert rc == 0, err
     assert "5 images in, 5 written" in out
     assert np.load(tmp_path / "o.npy").shape == (5, *SHAPE)

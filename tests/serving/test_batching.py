@@ -129,8 +129,9 @@ def test_a_full_queue_refuses_instead_of_waiting():
         return {"y": rows}
 
     async def main():
-        b = Batcher(BatchingParameters(max_batch_size=1, num_batch_threads=1,
-                                       max_enqueued_batches=2))  # fmt: skip
+        b = Batcher(
+            BatchingParameters(max_batch_size=1, num_batch_threads=1, max_enqueued_batches=2)
+        )
         first = [asyncio.ensure_future(b.submit("k", slow, np.ones((1, 1)))) for _ in range(2)]
         await asyncio.sleep(0.05)
         with pytest.raises(QueueFull, match="batch queue is full"):
@@ -171,8 +172,9 @@ def test_a_due_batch_keeps_taking_rows_while_every_thread_is_busy():
         return {"y": rows}
 
     async def main():
-        b = Batcher(BatchingParameters(max_batch_size=32, batch_timeout_micros=1000,
-                                       num_batch_threads=1))  # fmt: skip
+        b = Batcher(
+            BatchingParameters(max_batch_size=32, batch_timeout_micros=1000, num_batch_threads=1)
+        )
         first = asyncio.ensure_future(b.submit("k", slow, np.ones((1, 1))))
         await asyncio.sleep(0.05)  # the first batch runs, and holds the only thread
         later = []

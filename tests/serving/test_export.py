@@ -99,8 +99,9 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     codes = sigs[export.ENCODE](images=tf.constant(x))
     z_dim = vae.latent_dim(model)
     assert {k: tuple(v.shape) for k, v in codes.items()} == {
-        "z_mean": (5, z_dim), "z_log_var": (5, z_dim),
-    }  # fmt: skip
+        "z_mean": (5, z_dim),
+        "z_log_var": (5, z_dim),
+    }
     # serving_default is deterministic: the decoded z mean.
     denoised = sigs[export.SIGNATURE](images=tf.constant(x))[export.OUTPUT_NAME].numpy()
     decoded = sigs[export.DECODE](z=codes["z_mean"])[export.INPUT_NAME].numpy()

@@ -22,8 +22,19 @@ ARRAYS = [
 ]
 
 
-FIELDS = ["float_val", "double_val", "int64_val", "int_val", "int_val", "half_val", "int_val",
-          "bool_val", "float_val", None, "float_val"]  # fmt: skip
+FIELDS = [
+    "float_val",
+    "double_val",
+    "int64_val",
+    "int_val",
+    "int_val",
+    "half_val",
+    "int_val",
+    "bool_val",
+    "float_val",
+    None,
+    "float_val",
+]
 
 
 @pytest.mark.parametrize(

@@ -11,12 +11,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (
-    classification_pb2,
-    inference_pb2,
-    predict_pb2,
-    regression_pb2,
-)
+from tensorflow_serving.apis import classification_pb2, inference_pb2, predict_pb2, regression_pb2
 from tf_serving_models import (
     Front,
     OneModel,
@@ -95,9 +90,13 @@ def test_tf1_models_load_where_tf_saved_model_load_fails(models):
     np.testing.assert_allclose(out["y"], [3.5, 4.0, 5.5])
     two = Servable("half_plus_two", 123, models["tf1"])
     methods = {k: s.method_name for k, s in two.signatures.items()}
-    assert methods == {"serving_default": "tensorflow/serving/predict",
-                       "classify_x_to_y": CLASSIFY, "regress_x_to_y": REGRESS,
-                       "regress_x_to_y2": REGRESS, "regress_x2_to_y3": REGRESS}  # fmt: skip
+    assert methods == {
+        "serving_default": "tensorflow/serving/predict",
+        "classify_x_to_y": CLASSIFY,
+        "regress_x_to_y": REGRESS,
+        "regress_x_to_y2": REGRESS,
+        "regress_x2_to_y3": REGRESS,
+    }
     assert not two.signatures["serving_default"].strict
     two.close()
     three.close()
@@ -113,11 +112,13 @@ def test_warmup_replays_classify_and_regress_logs(models, tmp_path):
     logs = [
         prediction_log_pb2.PredictionLog(
             classify_log=prediction_log_pb2.ClassifyLog(
-                request=_classify("m", "classify_x_to_y", 2.0))),
+                request=_classify("m", "classify_x_to_y", 2.0)
+            )
+        ),
         prediction_log_pb2.PredictionLog(
-            regress_log=prediction_log_pb2.RegressLog(
-                request=_regress("m", "regress_x_to_y", 2.0))),
-    ]  # fmt: skip
+            regress_log=prediction_log_pb2.RegressLog(request=_regress("m", "regress_x_to_y", 2.0))
+        ),
+    ]
     with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as w:
         for entry in logs:
             w.write(entry.SerializeToString())
@@ -213,8 +214,11 @@ def test_context_features_merge_into_each_example(front):
 def test_multi_inference(front):
     """tensorflow_model_server_test.py _TestMultiInference: results in task order."""
     request = inference_pb2.MultiInferenceRequest()
-    for sig, method in [("regress_x_to_y", REGRESS), ("classify_x_to_y", CLASSIFY),
-                        ("regress_x_to_y2", REGRESS)]:  # fmt: skip
+    for sig, method in [
+        ("regress_x_to_y", REGRESS),
+        ("classify_x_to_y", CLASSIFY),
+        ("regress_x_to_y2", REGRESS),
+    ]:
         task = request.tasks.add(method_name=method)
         task.model_spec.name, task.model_spec.signature_name = "half_plus_two", sig
     _input(request, 2.0)
@@ -222,10 +226,14 @@ def test_multi_inference(front):
     assert results[0].regression_result.regressions[0].value == 3.0
     assert results[1].classification_result.classifications[0].classes[0].score == 3.0
     assert results[2].regression_result.regressions[0].value == 4.0
-    assert [(r.model_spec.name, r.model_spec.version.value, r.model_spec.signature_name)
-            for r in results] == [("half_plus_two", 123, "regress_x_to_y"),
-                                  ("half_plus_two", 123, "classify_x_to_y"),
-                                  ("half_plus_two", 123, "regress_x_to_y2")]  # fmt: skip
+    assert [
+        (r.model_spec.name, r.model_spec.version.value, r.model_spec.signature_name)
+        for r in results
+    ] == [
+        ("half_plus_two", 123, "regress_x_to_y"),
+        ("half_plus_two", 123, "classify_x_to_y"),
+        ("half_plus_two", 123, "regress_x_to_y2"),
+    ]
 
 
 def test_rest_classify_and_regress(front):
@@ -246,9 +254,16 @@ def test_rest_classify_and_regress(front):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0.2, b"0.2"), (3.0, b"3.0"), (1e-5, b"1e-05"), (1234567.0, b"1234567.0"),
-     (0.1 + 0.2, b"0.3"), (float("nan"), b"NaN"), (float("-inf"), b"-Infinity")],
-)  # fmt: skip
+    [
+        (0.2, b"0.2"),
+        (3.0, b"3.0"),
+        (1e-5, b"1e-05"),
+        (1234567.0, b"1234567.0"),
+        (0.1 + 0.2, b"0.3"),
+        (float("nan"), b"NaN"),
+        (float("-inf"), b"-Infinity"),
+    ],
+)
 def test_scores_are_written_as_tf_serving_writes_floats(value, expected):
     assert _decimal(value) == expected
 
@@ -265,9 +280,19 @@ def test_json_examples_become_tf_examples(front, monkeypatch):
 
     real = inference.regress_sync
     monkeypatch.setattr(inference, "regress_sync", spy)
-    body = {"signature_name": "regress_x_to_y", "examples": [
-        {"x": 2.0, "n": [1, 2], "s": "text", "b": {"b64": base64.b64encode(b"\0\1").decode()},
-         "t": True, "e": []}]}  # fmt: skip
+    body = {
+        "signature_name": "regress_x_to_y",
+        "examples": [
+            {
+                "x": 2.0,
+                "n": [1, 2],
+                "s": "text",
+                "b": {"b64": base64.b64encode(b"\0\1").decode()},
+                "t": True,
+                "e": [],
+            }
+        ],
+    }
     assert front.post("/v1/models/half_plus_two:regress", body).json() == {"results": [3.0]}
     f = seen["input"].example_list.examples[0].features.feature
     assert list(f["x"].float_list.value) == [2.0] and list(f["n"].int64_list.value) == [1, 2]
@@ -290,25 +315,53 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest.mark.parametrize(
     "method, request_, code, message",
     [
-        ("Classify", _classify("half_plus_two", "", 2.0), INVALID,
-         "No classification inputs found in SignatureDef"),
-        ("Regress", _regress("half_plus_two", "classify_x_to_y", 2.0), INVALID,
-         "No regression outputs found in SignatureDef"),
-        ("Classify", _classify("half_plus_two", "nope", 2.0), INVALID,
-         "No signature was found with the name: nope"),
-        ("Regress", _regress("half_plus_two", "regress_x_to_y", None), INVALID,
-         "Feature: x (data type: float) is required but could not be found."),
-        ("Regress", _regress("tf2", "regress_x_to_y", None), INVALID,
-         "Feature: x (data type: float) is required but could not be found."),
+        (
+            "Classify",
+            _classify("half_plus_two", "", 2.0),
+            INVALID,
+            "No classification inputs found in SignatureDef",
+        ),
+        (
+            "Regress",
+            _regress("half_plus_two", "classify_x_to_y", 2.0),
+            INVALID,
+            "No regression outputs found in SignatureDef",
+        ),
+        (
+            "Classify",
+            _classify("half_plus_two", "nope", 2.0),
+            INVALID,
+            "No signature was found with the name: nope",
+        ),
+        (
+            "Regress",
+            _regress("half_plus_two", "regress_x_to_y", None),
+            INVALID,
+            "Feature: x (data type: float) is required but could not be found.",
+        ),
+        (
+            "Regress",
+            _regress("tf2", "regress_x_to_y", None),
+            INVALID,
+            "Feature: x (data type: float) is required but could not be found.",
+        ),
         ("Regress", _regress("half_plus_two", "regress_x_to_y"), INVALID, "Input is empty."),
-        ("Regress", _regress("half_plus_two", "regress_x_to_y", *[1.0] * (MAX_ROWS + 1)),
-         INVALID, "--max-request-rows"),
-        ("Regress", _regress("half_plus_two", "regress_x2_to_y3", 2.0), INVALID,
-         "feed a string tensor of serialized tf.Examples"),
+        (
+            "Regress",
+            _regress("half_plus_two", "regress_x_to_y", *[1.0] * (MAX_ROWS + 1)),
+            INVALID,
+            "--max-request-rows",
+        ),
+        (
+            "Regress",
+            _regress("half_plus_two", "regress_x2_to_y3", 2.0),
+            INVALID,
+            "feed a string tensor of serialized tf.Examples",
+        ),
         ("Regress", regression_pb2.RegressionRequest(), INVALID, "Missing ModelSpec"),
         ("Classify", _classify("nope", "classify_x_to_y", 2.0), grpc.StatusCode.NOT_FOUND, ""),
     ],
-)  # fmt: skip
+)
 def test_grpc_errors(front, method, request_, code, message):
     got, details = _grpc_error(getattr(front.stub, method), request_)
     assert got == code and message in details
@@ -342,19 +395,38 @@ def _multi(*tasks):
 @pytest.mark.parametrize(
     "request_, code, message",
     [
-        (_multi(("half_plus_two", "regress_x_to_y", REGRESS),
-                ("half_plus_two", "regress_x_to_y", REGRESS)), INVALID,
-         "Duplicate evaluation of signature: regress_x_to_y"),
-        (_multi(("half_plus_two", "regress_x_to_y", REGRESS), ("tf2", "classify_x_to_y", CLASSIFY)),
-         INVALID, "must access the same model name"),
-        (_multi(("half_plus_two", "regress_x_to_y", CLASSIFY)), INVALID,
-         'outputs to contain at least one of "classes" or "scores"'),
-        (_multi(("half_plus_two", "serving_default", "tensorflow/serving/predict")),
-         grpc.StatusCode.UNIMPLEMENTED, "Unsupported signature method_name"),
-        (_multi(("half_plus_two", "nope", REGRESS)), INVALID,
-         "Requested signature not found in model graph: nope"),
+        (
+            _multi(
+                ("half_plus_two", "regress_x_to_y", REGRESS),
+                ("half_plus_two", "regress_x_to_y", REGRESS),
+            ),
+            INVALID,
+            "Duplicate evaluation of signature: regress_x_to_y",
+        ),
+        (
+            _multi(
+                ("half_plus_two", "regress_x_to_y", REGRESS), ("tf2", "classify_x_to_y", CLASSIFY)
+            ),
+            INVALID,
+            "must access the same model name",
+        ),
+        (
+            _multi(("half_plus_two", "regress_x_to_y", CLASSIFY)),
+            INVALID,
+            'outputs to contain at least one of "classes" or "scores"',
+        ),
+        (
+            _multi(("half_plus_two", "serving_default", "tensorflow/serving/predict")),
+            grpc.StatusCode.UNIMPLEMENTED,
+            "Unsupported signature method_name",
+        ),
+        (
+            _multi(("half_plus_two", "nope", REGRESS)),
+            INVALID,
+            "Requested signature not found in model graph: nope",
+        ),
     ],
-)  # fmt: skip
+)
 def test_multi_inference_errors(front, request_, code, message):
     got, details = _grpc_error(front.stub.MultiInference, request_)
     assert got == code and message in details
@@ -364,37 +436,76 @@ def test_multi_inference_errors(front, request_, code, message):
     "verb, body, message",
     [
         ("classify", {"examples": [{"x": 2.0}]}, "No classification inputs found"),
-        ("regress", {"signature_name": "regress_x_to_y"},
-         "key 'examples' is expected and was not found"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": []},
-         "'examples' value is an empty array"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": {"x": 1.0}},
-         "Expecting 'examples' value to be an list/array"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}] * 5},
-         "--max-request-rows"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"y": 2.0}]},
-         "Feature: x (data type: float) is required"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"x": [2.0, 3]}]},
-         "Unexpected element type in feature: x expecting type: float"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"x": None}]},
-         "Feature: x has element with unexpected JSON type: Null"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"x": [[2.0]]}]},
-         "Feature: x has element with unexpected JSON type: Array"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"x": 2**63}]},
-         "has uint64_t element"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [{"b": {"b64": "%%"}}]},
-         "Unable to base64 decode"),
-        ("regress", {"signature_name": "regress_x_to_y", "examples": [3]},
-         "Example must be JSON object but got JSON Number"),
-        ("regress", {"signature_name": 7, "examples": [{"x": 2.0}]},
-         "'signature_name' key must be a string value"),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y"},
+            "key 'examples' is expected and was not found",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": []},
+            "'examples' value is an empty array",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": {"x": 1.0}},
+            "Expecting 'examples' value to be an list/array",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": 2.0}] * 5},
+            "--max-request-rows",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"y": 2.0}]},
+            "Feature: x (data type: float) is required",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": [2.0, 3]}]},
+            "Unexpected element type in feature: x expecting type: float",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": None}]},
+            "Feature: x has element with unexpected JSON type: Null",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": [[2.0]]}]},
+            "Feature: x has element with unexpected JSON type: Array",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"x": 2**63}]},
+            "has uint64_t element",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [{"b": {"b64": "%%"}}]},
+            "Unable to base64 decode",
+        ),
+        (
+            "regress",
+            {"signature_name": "regress_x_to_y", "examples": [3]},
+            "Example must be JSON object but got JSON Number",
+        ),
+        (
+            "regress",
+            {"signature_name": 7, "examples": [{"x": 2.0}]},
+            "'signature_name' key must be a string value",
+        ),
         ("regress", [1], "Is not object"),
         ("regress", b"", "JSON Parse error: The document is empty"),
         ("regress", b"{", "JSON Parse error"),
-        ("classify", {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}, {"x": "a"}]},
-         "Data types don't match"),
+        (
+            "classify",
+            {"signature_name": "classify_x_to_y", "examples": [{"x": 2.0}, {"x": "a"}]},
+            "Data types don't match",
+        ),
     ],
-)  # fmt: skip
+)
 def test_rest_errors_are_400(front, verb, body, message):
     r = front.post(f"/v1/models/half_plus_two:{verb}", body)
     assert r.status_code == 400 and message in r.json()["error"], r.text

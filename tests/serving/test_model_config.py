@@ -49,19 +49,31 @@ def test_a_model_server_config_in_text_format():
     "text, message",
     [
         ("improperly formatted file", "Error parsing text-format tensorflow.serving.ModelServer"),
-        ('model_config_list { config { name: "a" base_path: "/m" model_platform: "tensorflow" }'
-         ' config { name: "a" base_path: "/n" model_platform: "tensorflow" } }',
-         "Illegal to list model a multiple times"),
-        ('model_config_list { config { name: "a" base_path: "m" model_platform: "tensorflow" } }',
-         "Expected model a to have an absolute path"),
-        ('model_config_list { config { name: "a" base_path: "/m" } }',
-         "Illegal setting neither ModelServerConfig::model_type"),
-        ('model_config_list { config { name: "a" base_path: "/m" model_platform: "tflite" } }',
-         "platform 'tflite' is not served"),
-        ('model_config_list { config { name: "a" base_path: "/m" model_platform: "tensorflow"'
-         " model_version_policy { specific {} } } }", "lists no versions"),
+        (
+            'model_config_list { config { name: "a" base_path: "/m" model_platform: "tensorflow" }'
+            ' config { name: "a" base_path: "/n" model_platform: "tensorflow" } }',
+            "Illegal to list model a multiple times",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "m" '
+            'model_platform: "tensorflow" } }',
+            "Expected model a to have an absolute path",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/m" } }',
+            "Illegal setting neither ModelServerConfig::model_type",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/m" model_platform: "tflite" } }',
+            "platform 'tflite' is not served",
+        ),
+        (
+            'model_config_list { config { name: "a" base_path: "/m" model_platform: "tensorflow"'
+            " model_version_policy { specific {} } } }",
+            "lists no versions",
+        ),
     ],
-)  # fmt: skip
+)
 def test_configs_tf_serving_refuses_are_refused(text, message):
     with pytest.raises(ConfigError, match=message):
         parse_model_server_config(text)
@@ -96,11 +108,24 @@ def _args(*argv):
 
 
 def test_both_spellings_of_tf_servings_flags():
-    a = _args("--model_base_path=/m", "--rest_api_port=0", "--enable_batching",
-              "--enable_model_warmup=false", "--tensorflow_intra_op_parallelism=1")  # fmt: skip
-    b = _args("--model-base-path", "/m", "--rest-api-port", "0", "--enable-batching=true",
-              "--enable-model-warmup", "false",
-              "--tensorflow-intra-op-parallelism", "1")  # fmt: skip
+    a = _args(
+        "--model_base_path=/m",
+        "--rest_api_port=0",
+        "--enable_batching",
+        "--enable_model_warmup=false",
+        "--tensorflow_intra_op_parallelism=1",
+    )
+    b = _args(
+        "--model-base-path",
+        "/m",
+        "--rest-api-port",
+        "0",
+        "--enable-batching=true",
+        "--enable-model-warmup",
+        "false",
+        "--tensorflow-intra-op-parallelism",
+        "1",
+    )
     for args in (a, b):
         assert (args.model_base_path, args.rest_api_port, args.enable_batching) == ("/m", 0, True)
         assert not args.enable_model_warmup and args.tensorflow_intra_op_parallelism == 1
@@ -130,6 +155,8 @@ def test_flags_that_cannot_work_say_so():
         with pytest.raises(server.ServeError, match=message):
             server._check_flags(_args(*argv))
     assert server._channel_arguments("grpc.max_connection_age_ms=2000,grpc.lb_policy_name=x") == [
-        ("grpc.max_connection_age_ms", 2000), ("grpc.lb_policy_name", "x")]  # fmt: skip
+        ("grpc.max_connection_age_ms", 2000),
+        ("grpc.lb_policy_name", "x"),
+    ]
     with pytest.raises(server.ServeError, match="not key=value"):
         server._channel_arguments("nonsense")

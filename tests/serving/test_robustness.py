@@ -33,8 +33,9 @@ from hypothesis import HealthCheck, given, settings
 from support import Server, copy_version
 from tensorflow_serving.apis import predict_pb2
 
-FUZZ = settings(max_examples=500, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))  # fmt: skip
+FUZZ = settings(
+    max_examples=500, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,14 @@ def limited(tmp_path_factory, model_dir):
     copy_version(model_dir, base, 1)
     params = base.parent / "batching.txt"
     params.write_text("max_batch_size { value: 4 }\nmax_enqueued_batches { value: 3 }\n")
-    server = Server(base, "--max-request-bytes", "200000",
-                    "--enable-batching", "--batching-parameters-file", str(params))  # fmt: skip
+    server = Server(
+        base,
+        "--max-request-bytes",
+        "200000",
+        "--enable-batching",
+        "--batching-parameters-file",
+        str(params),
+    )
     yield server
     server.stop()
 
@@ -121,8 +128,11 @@ def _nested(depth):
 @pytest.mark.parametrize(
     "path, body, message",
     [
-        (PREDICT, {"signature_name": ["a"], "instances": IMAGE.tolist()},
-         "'signature_name' key must be a string value"),
+        (
+            PREDICT,
+            {"signature_name": ["a"], "instances": IMAGE.tolist()},
+            "'signature_name' key must be a string value",
+        ),
         ("/v1/models/denoiser/versions/%C2%B2:predict", None, "Malformed request"),
         ("/v1/models/denoiser/versions/%D9%A1:predict", None, "Malformed request"),
         ("/v1/models/denoiser/versions/%EF%BC%91:predict", None, "Malformed request"),
@@ -130,9 +140,16 @@ def _nested(depth):
         (PREDICT, {"instances": _nested(65)}, "65"),
         (PREDICT, b'{"instances": ' + b"[" * 1000 + b"0.5" + b"]" * 1000 + b"}", "deep"),
     ],
-    ids=["signature list", "superscript", "arabic-indic", "fullwidth", "5000 digits",
-         "65 deep", "1000 deep"],
-)  # fmt: skip
+    ids=[
+        "signature list",
+        "superscript",
+        "arabic-indic",
+        "fullwidth",
+        "5000 digits",
+        "65 deep",
+        "1000 deep",
+    ],
+)
 def test_d2_client_mistakes_are_400_naming_them(server, path, body, message):
     content = GOOD_BODY if body is None else body if isinstance(body, bytes) else orjson.dumps(body)
     r = server.http.post(path, content=content)
@@ -143,10 +160,13 @@ def test_d2_client_mistakes_are_400_naming_them(server, path, body, message):
 def test_d2_every_answered_request_is_counted_by_its_code(server):
     def counts():
         text = server.http.get("/monitoring/prometheus/metrics").text
-        return Counter({
-            line.split('status="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1])
-            for line in text.splitlines() if line.startswith("dae_serving_request_count")
-        })  # fmt: skip
+        return Counter(
+            {
+                line.split('status="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("dae_serving_request_count")
+            }
+        )
 
     before = counts()
     server.http.post(PREDICT, content=GOOD_BODY)  # OK
@@ -182,8 +202,9 @@ def test_d3_a_chunked_body_is_refused_as_it_arrives(limited):
     """No Content-Length: the limit must be counted while the body arrives, not after."""
     host, port = limited.rest.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                  .encode())  # fmt: skip
+        s.sendall(
+            f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+        )
         chunk = b"[" * 65536
         for _ in range(5):  # 320 KB of a body that never ends
             s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
@@ -319,8 +340,9 @@ def test_d6_echoed_input_is_truncated(server):
 
 
 def test_d6_gzip_bodies_are_accepted(server):
-    r = server.http.post(PREDICT, content=gzip.compress(GOOD_BODY),
-                         headers={"Content-Encoding": "gzip"})  # fmt: skip
+    r = server.http.post(
+        PREDICT, content=gzip.compress(GOOD_BODY), headers={"Content-Encoding": "gzip"}
+    )
     assert r.status_code == 200 and len(r.json()["predictions"]) == 1
     r = server.http.post(PREDICT, content=b"not gzip", headers={"Content-Encoding": "gzip"})
     assert r.status_code == 400 and "gzip" in r.json()["error"]

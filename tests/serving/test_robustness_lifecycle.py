@@ -83,8 +83,9 @@ def test_d3_memory_returns_near_its_baseline(make_server, model_dir):
         still_serving(server)
     time.sleep(1)
     baseline = rss_mib(pid)
-    big_stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel(
-        server.grpc, options=[("grpc.max_send_message_length", 1 << 28)]))  # fmt: skip
+    big_stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(server.grpc, options=[("grpc.max_send_message_length", 1 << 28)])
+    )
     big = request(np.full((8000, 28, 28, 1), 0.5, np.float32))  # 25 MB: over the rows cap
     accepted = request(np.full((1000, 28, 28, 1), 0.5, np.float32))
     for one in [big, accepted] * 6:
@@ -93,8 +94,11 @@ def test_d3_memory_returns_near_its_baseline(make_server, model_dir):
     for v in (2, 3, 4):  # and version swaps
         copy_version(model_dir, server.base, v)
         wait(lambda v=v: status(server).get(v, ("",))[0] == "AVAILABLE", what=f"v{v}")
-    wait(lambda: rss_mib(pid) < baseline * 1.10, seconds=15,
-          what=f"RSS back near {baseline:.0f} MiB (now {rss_mib(pid):.0f})")  # fmt: skip
+    wait(
+        lambda: rss_mib(pid) < baseline * 1.10,
+        seconds=15,
+        what=f"RSS back near {baseline:.0f} MiB (now {rss_mib(pid):.0f})",
+    )
 
 
 # ---- D7: `dae denoise` and links ---------------------------------------------------------
@@ -131,8 +135,12 @@ def test_d7_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatc
 
     side = 12000  # 144 Mpx of black, 139 KB compressed
     rows = zlib.compress(b"\0" * (side + 1) * side, 9)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
-           + chunk(b"IDAT", rows) + chunk(b"IEND", b""))  # fmt: skip
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", rows)
+        + chunk(b"IEND", b"")
+    )
     (tmp_path / "bomb.png").write_bytes(png)
     decoded = []
     load = ImageFile.ImageFile.load

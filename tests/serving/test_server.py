@@ -56,9 +56,15 @@ def test_rest_predict_row_and_columnar(server, expected):
 
 def test_rest_status_and_metadata(server):
     status = server.http.get("/v1/models/denoiser").json()
-    assert status == {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
-    ]}  # fmt: skip
+    assert status == {
+        "model_version_status": [
+            {
+                "version": "1",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
+        ]
+    }
     assert server.http.get("/v1/models/denoiser/versions/1").json() == status
     meta = server.http.get("/v1/models/denoiser/metadata").json()
     assert meta["model_spec"] == {"name": "denoiser", "signature_name": "", "version": "1"}
@@ -228,8 +234,14 @@ def test_serve_refuses_bad_flags(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     params = tmp_path / "b.txt"
     params.write_text("max_batch_size { value: -1 }")
-    argv = ["serve", "--model-base-path", str(tmp_path), "--enable-batching",
-            "--batching-parameters-file", str(params)]  # fmt: skip
+    argv = [
+        "serve",
+        "--model-base-path",
+        str(tmp_path),
+        "--enable-batching",
+        "--batching-parameters-file",
+        str(params),
+    ]
     assert main(argv) == 1
     assert "max_batch_size must be positive" in capsys.readouterr().err
 
@@ -244,8 +256,17 @@ def test_serve_names_a_grpc_port_it_cannot_bind(model_dir):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = dae("serve", "--model-base-path", str(model_dir.parent), "--port", str(port),
-                   "--rest-api-port", str(free_port()), check=False, timeout=120)  # fmt: skip
+        proc = dae(
+            "serve",
+            "--model-base-path",
+            str(model_dir.parent),
+            "--port",
+            str(port),
+            "--rest-api-port",
+            str(free_port()),
+            check=False,
+            timeout=120,
+        )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"dae: error: cannot bind gRPC to 127.0.0.1:{port} (in use")

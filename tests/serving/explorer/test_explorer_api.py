@@ -126,8 +126,13 @@ def test_info_lists_versions_and_their_signatures(api):
 def test_denoise_two_versions_with_metrics(api):
     example = api.get("/api/example", params={"index": 5}).json()
     assert example["label"] == int(digit_like(40, seed=7)[1][5])
-    body = {"image": example["image"], "kind": "gaussian", "level": 0.4, "seed": 2,
-            "versions": [1, 2]}  # fmt: skip
+    body = {
+        "image": example["image"],
+        "kind": "gaussian",
+        "level": 0.4,
+        "seed": 2,
+        "versions": [1, 2],
+    }
     out = api.post("/api/denoise", json=body).json()
     clean = np.asarray(example["image"]["data"], np.float32).reshape(28, 28, 1) / 255
     noisy = np.asarray(out["noisy"]["data"], np.float32).reshape(28, 28, 1) / 255
@@ -175,17 +180,32 @@ def test_latent_plane_manifold_and_morph(api):
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "code", "message"),
     [
-        ("post", "/api/decode", {"json": {"version": 2, "z": [[0, 0]]}}, 400,
-         "'z' must be 1 to 400 rows of 8 numbers"),
-        ("post", "/api/upload", {"params": {"version": 1}, "content": b"hello"}, 400,
-         "the upload is not an image"),
+        (
+            "post",
+            "/api/decode",
+            {"json": {"version": 2, "z": [[0, 0]]}},
+            400,
+            "'z' must be 1 to 400 rows of 8 numbers",
+        ),
+        (
+            "post",
+            "/api/upload",
+            {"params": {"version": 1}, "content": b"hello"},
+            400,
+            "the upload is not an image",
+        ),
         ("post", "/api/denoise", {"content": b"{"}, 400, "the request body is not JSON"),
-        ("post", "/api/denoise", {"json": {"image": {}, "versions": [9]}}, 404,
-         "the model server answered 404"),
+        (
+            "post",
+            "/api/denoise",
+            {"json": {"image": {}, "versions": [9]}},
+            404,
+            "the model server answered 404",
+        ),
         ("get", "/api/example", {"params": {"index": 40}}, 400, "go from 0 to 39"),
         ("get", "/api/latent", {"params": {"version": "x"}}, 400, "must be an integer"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_one_line(api, method, path, kwargs, code, message):
     response = getattr(api, method)(path, **kwargs)
     assert response.status_code == code

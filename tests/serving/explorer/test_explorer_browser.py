@@ -80,8 +80,13 @@ def browser():
 
     options = Options()
     options.binary_location = str(CHROMIUM)  # never Selenium Manager: it would download
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                "--window-size=1280,1000", "--force-device-scale-factor=1"):  # fmt: skip
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+        "--force-device-scale-factor=1",
+    ):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     yield driver
@@ -140,9 +145,16 @@ class Page:
 
 
 def _explorer(server: Server):
-    return running_explorer("--server", server.rest.removeprefix("http://"),
-                            "--model-name", server.name, "--examples", "tfds:mnist/test",
-                            "--num-examples", "400")  # fmt: skip
+    return running_explorer(
+        "--server",
+        server.rest.removeprefix("http://"),
+        "--model-name",
+        server.name,
+        "--examples",
+        "tfds:mnist/test",
+        "--num-examples",
+        "400",
+    )
 
 
 def test_denoise_playground(mnist_servers, browser, tmp_path, capsys):
@@ -159,8 +171,9 @@ def test_denoise_playground(mnist_servers, browser, tmp_path, capsys):
         # Draw a stroke: the drawing is the clean image, denoised as it grows.
         page("clear").click()
         before = page.pixels("denoised-a")
-        ActionChains(browser).move_to_element_with_offset(page("draw"), -60, -80).click_and_hold()\
-            .move_by_offset(110, 0).move_by_offset(-60, 170).release().perform()  # fmt: skip
+        ActionChains(browser).move_to_element_with_offset(
+            page("draw"), -60, -80
+        ).click_and_hold().move_by_offset(110, 0).move_by_offset(-60, 170).release().perform()
         page.text_in("source-line", "your drawing")
         page.changed("denoised-a", before)
         page.text_in("metrics-a", "PSNR")
@@ -175,8 +188,10 @@ def test_denoise_playground(mnist_servers, browser, tmp_path, capsys):
             assert page.pixels("denoised-a") != before
         median = statistics.median(latencies)
         with capsys.disabled():
-            print(f"\nexplorer: slider -> denoised image {median:.0f} ms median, "
-                  f"{max(latencies):.0f} ms max over {len(latencies)} moves")  # fmt: skip
+            print(
+                f"\nexplorer: slider -> denoised image {median:.0f} ms median, "
+                f"{max(latencies):.0f} ms max over {len(latencies)} moves"
+            )
         assert median < LATENCY_BUDGET_MS, latencies
         page.shot("denoise-drawing.png")
 
@@ -216,8 +231,10 @@ def test_latent_explorer(mnist_servers, browser, tmp_path):
         browser.get(url)
         page("tab-latent").click()
         page.text_in("latent-line", "400 test images encoded; 8-D codes")
-        page.until(lambda: page.js("return document.getElementById('morph').width") > 28 * 11,
-                   "the morph strip")  # fmt: skip
+        page.until(
+            lambda: page.js("return document.getElementById('morph').width") > 28 * 11,
+            "the morph strip",
+        )
 
         # Click a point of the scatter, drag across it, move a slider: each decodes.
         scatter, before = page("scatter"), page.pixels("decoded")
@@ -225,9 +242,11 @@ def test_latent_explorer(mnist_servers, browser, tmp_path):
         page.text_in("decoded-line", "ms")
         page.changed("decoded", before)
         before = page.pixels("decoded")
-        ActionChains(browser).move_to_element_with_offset(scatter, -100, 60).click_and_hold()\
-            .move_by_offset(30, 10).move_by_offset(30, 10).move_by_offset(30, 10).release()\
-            .perform()  # fmt: skip
+        ActionChains(browser).move_to_element_with_offset(
+            scatter, -100, 60
+        ).click_and_hold().move_by_offset(30, 10).move_by_offset(30, 10).move_by_offset(
+            30, 10
+        ).release().perform()
         page.changed("decoded", before)
         assert page.js("return dae.latent.z.length") == 8
         before = page.pixels("decoded")

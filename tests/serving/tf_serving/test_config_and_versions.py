@@ -102,10 +102,13 @@ def test_two_version_folders_serve_the_latest(version_policies_server):
     verify_predict_request(server.grpc, 4.0, 124, model_name="two_versions")
     assert call_rest(server, "/v1/models/two_versions") == {
         "model_version_status": [
-            {"version": "124", "state": "AVAILABLE",
-             "status": {"error_code": "OK", "error_message": ""}}
+            {
+                "version": "124",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
         ]
-    }  # fmt: skip
+    }
     with pytest.raises(grpc.RpcError) as e:
         verify_predict_request(server.grpc, 3.0, 123, model_name="two_versions", version=123)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND

@@ -53,9 +53,12 @@ def test_get_model_metadata(half_plus_two_server):
     sigmap = get_model_metadata_pb2.SignatureDefMap()
     assert result.metadata["signature_def"].Unpack(sigmap)
     assert set(sigmap.signature_def) == {
-        DEFAULT_SIGNATURE, "classify_x_to_y", "regress_x_to_y", "regress_x_to_y2",
+        DEFAULT_SIGNATURE,
+        "classify_x_to_y",
+        "regress_x_to_y",
+        "regress_x_to_y2",
         "regress_x2_to_y3",
-    }  # fmt: skip
+    }
 
 
 def _test_classify(server: ModelServer) -> None:
@@ -175,10 +178,13 @@ def test_get_status_rest(half_plus_two_server):
     """testGetStatusREST: the document, exactly."""
     assert call_rest(half_plus_two_server, "/v1/models/default") == {
         "model_version_status": [
-            {"version": "123", "state": "AVAILABLE",
-             "status": {"error_code": "OK", "error_message": ""}}
+            {
+                "version": "123",
+                "state": "AVAILABLE",
+                "status": {"error_code": "OK", "error_message": ""},
+            }
         ]
-    }  # fmt: skip
+    }
 
 
 def expected_half_plus_two_metadata() -> dict:
@@ -233,18 +239,27 @@ def test_sequential_keras_saved_model_save(keras_sequential_server):
     """test_sequential_keras_saved_model_save: Keras 3 names the default save signature's
     tensors 'inputs' and 'output_0' (see keras_sequential_saved_model_save)."""
     verify_predict_request(
-        keras_sequential_server.grpc, 2.0, 123, batch_input=True, specify_output=False,
-        input_name="inputs", output_name="output_0",
-    )  # fmt: skip
+        keras_sequential_server.grpc,
+        2.0,
+        123,
+        batch_input=True,
+        specify_output=False,
+        input_name="inputs",
+        output_name="output_0",
+    )
 
 
 def test_distrat_sequential_keras_saved_model_save(distrat_keras_sequential_server):
     """test_distrat_sequential_keras_saved_model_save: a model built under MirroredStrategy
     on 2 virtual CPUs, exported with Keras 3's model.export (input x, output output_0)."""
     verify_predict_request(
-        distrat_keras_sequential_server.grpc, 2.0, 123, batch_input=True,
-        specify_output=False, output_name="output_0",
-    )  # fmt: skip
+        distrat_keras_sequential_server.grpc,
+        2.0,
+        123,
+        batch_input=True,
+        specify_output=False,
+        output_name="output_0",
+    )
 
 
 # ---- the base's, not a case of its own in TF Serving's file ------------------------------
@@ -271,13 +286,16 @@ def test_get_model_metadata_rest_tf2(half_plus_two_tf2_server):
     sigs = actual["metadata"]["signature_def"]["signature_def"]
     assert sigs["__saved_model_init_op"] == {
         "inputs": {},
-        "outputs": {"__saved_model_init_op": {
-            "dtype": "DT_INVALID", "tensor_shape": {"dim": [], "unknown_rank": True},
-            "name": "NoOp",
-        }},
+        "outputs": {
+            "__saved_model_init_op": {
+                "dtype": "DT_INVALID",
+                "tensor_shape": {"dim": [], "unknown_rank": True},
+                "name": "NoOp",
+            }
+        },
         "method_name": "",
         "defaults": {},
-    }  # fmt: skip
+    }
     default = sigs[DEFAULT_SIGNATURE]
     shape = {"dim": [{"size": "1", "name": ""}], "unknown_rank": False}
     assert default["inputs"] == {

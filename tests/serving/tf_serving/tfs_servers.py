@@ -183,8 +183,7 @@ def _specs(m: Models) -> dict:
         "keras_sequential": lambda: default(m.keras_sequential),
         "distrat_keras_sequential": lambda: default(m.distrat_keras_sequential),
         "version_policies": lambda: config(
-            versions_config(),
-            *("latest2", "all", "specific", "labeled", "two_versions"),
+            versions_config(), *("latest2", "all", "specific", "labeled", "two_versions")
         ),
         "docker_env": lambda: RunArgs(
             None,
