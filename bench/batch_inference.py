@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def export_untrained(folder: Path, shape=(28, 28, 1)) -> Path:
     from dae.components.models import build_model, hyperparameters
-    from dae.serving.export import push
+    from dae.serving.format.export import push
 
     model = build_model(hyperparameters(), "conv", shape, 0.13, 0.31)
     _, path = push(model, folder / "denoiser")
@@ -38,7 +38,7 @@ def raw_loop(fn, images, batch_size: int):
     import numpy as np
     import tensorflow as tf
 
-    from dae.serving.export import INPUT_NAME, OUTPUT_NAME
+    from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME
 
     start = time.perf_counter()
     parts = [
@@ -49,7 +49,7 @@ def raw_loop(fn, images, batch_size: int):
 
 
 def beam_run(model_dir: Path, images, batch_size: int, options):
-    from dae.serving.batch_beam import beam_denoise
+    from dae.serving.batch.beam import beam_denoise
 
     stats: dict = {}
     start = time.perf_counter()
@@ -71,8 +71,8 @@ def main(argv=None) -> int:
     import tensorflow as tf
 
     from dae.beam import beam_options
-    from dae.serving.batch import resolve_model, saved_model_shape
-    from dae.serving.export import INPUT_NAME, SIGNATURE
+    from dae.serving.batch.denoise import resolve_model, saved_model_shape
+    from dae.serving.format.export import INPUT_NAME, SIGNATURE
 
     with tempfile.TemporaryDirectory(prefix="dae-bench-") as tmp:
         if args.model:

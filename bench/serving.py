@@ -32,7 +32,7 @@ def build_model(root: Path, filters: tuple[int, int] | None) -> Path:
     """The conv family at its default point (what the pipeline pushes by default), or with
     other `filters`; untrained: serving cost does not depend on the weights."""
     from dae.components.models import build_model, hyperparameters
-    from dae.serving.export import push
+    from dae.serving.format.export import push
 
     hp = hyperparameters()
     if filters:
@@ -166,8 +166,8 @@ def main() -> int:
 
     from support import Server, copy_version
 
-    from dae.serving.client import GrpcClient, RestClient
-    from dae.serving.export import load_servable
+    from dae.serving.apis.client import GrpcClient, RestClient
+    from dae.serving.format.export import load_servable
 
     work = Path(tempfile.mkdtemp(prefix="dae-bench-"))
     model = Path(args.model) if args.model else build_model(work / "built", args.filters)

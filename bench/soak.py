@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def build(base: Path, shape=(28, 28, 1)) -> Path:
     """The conv family at its default point (what the pipeline pushes), untrained."""
     from dae.components.models import build_model, hyperparameters
-    from dae.serving.export import push
+    from dae.serving.format.export import push
 
     model = build_model(hyperparameters(), "conv", shape, 0.13, 0.31)
     return push(model, base)[1]
@@ -87,7 +87,7 @@ class Soak:
                 self.record(e.code().name, time.perf_counter() - t)
 
     def rest_client(self, seed: int) -> None:
-        from dae.serving.client import RestClient, ServingClientError
+        from dae.serving.apis.client import RestClient, ServingClientError
 
         client = RestClient(self.server.rest, "denoiser")
         rng = np.random.default_rng(seed)

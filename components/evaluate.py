@@ -26,7 +26,7 @@ from dae.artifacts import (
 )
 from dae.component import Spec, StageContext, StageError, StageResult
 from dae.components.noise import corrupt
-from dae.serving.export import load_servable
+from dae.serving.format.export import load_servable
 
 NOISE_SEED = 20240  # the extra corruptions: the same for every run, so runs compare
 PSNR_CAP = 100.0  # an exact reconstruction has infinite PSNR; cap it so means stay finite

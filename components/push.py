@@ -16,7 +16,7 @@ from dae.artifacts import (
 from dae.component import External, Spec, StageContext, StageError, StageResult
 from dae.components import vae
 from dae.files import sha256_file
-from dae.serving.export import latest_version, push
+from dae.serving.format.export import latest_version, push
 
 
 def _pushed(out, version: int, path) -> StageResult:

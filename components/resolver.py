@@ -15,7 +15,7 @@ from typing import Any
 from dae.artifacts import Model, Servable, ServedModel, write_json
 from dae.component import Spec, StageContext, StageResult
 from dae.files import sha256_file
-from dae.serving.export import latest_version
+from dae.serving.format.export import latest_version
 
 
 def resolve(base: Path, model_sha256: str) -> tuple[dict[str, Any], str]:

@@ -44,7 +44,7 @@ RUN = "{{workflow.name}}"
 CONFIG_DIR = "/etc/dae"
 RESULT = "/tmp/result"  # what a cache probe found: cached | missed
 # dae's exit codes that no retry can fix: a stage's own failure (failed validation, refused
-# blessing, bad data), bad usage, a busy root (pipeline/cli.py: EXIT_FAILED, _USAGE, _BUSY).
+# blessing, bad data), bad usage, a busy root (dae/cli.py: EXIT_FAILED, _USAGE, _BUSY).
 PERMANENT = (1, 2, 75)
 CHECKOV = {
     "checkov.io/skip1": "CKV_K8S_43=images are pinned by release tag; pin digests at deploy "

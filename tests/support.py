@@ -155,7 +155,7 @@ def tiny_servable(base: Path, family: str = "dense", epochs: int = 2, seed: int 
     import keras
 
     from dae.components import models, vae
-    from dae.serving import export
+    from dae.serving.format import export
 
     keras.utils.set_random_seed(seed)
     images, _ = digit_like(256, seed=seed + 5)

@@ -123,7 +123,7 @@ def _run_evaluate(tmp_path, cfg, examples, model_dir, name):
 
 def test_evaluate_scores_and_compares_with_the_served_model(tmp_path):
     from dae.components import models
-    from dae.serving.export import push
+    from dae.serving.format.export import push
 
     cfg, examples = _pairs(tmp_path)
     model = models.build_model(models.hyperparameters(), "dense", (28, 28, 1), 0.1, 0.3)
@@ -176,7 +176,7 @@ def test_a_vae_is_scored_by_its_elbo(tmp_path):
 
 def test_a_served_model_of_another_shape_is_not_a_baseline(tmp_path):
     from dae.components import models
-    from dae.serving.export import push
+    from dae.serving.format.export import push
 
     cfg, examples = _pairs(tmp_path)
     other = models.build_model(models.hyperparameters(), "dense", (32, 32, 1), 0.1, 0.3)

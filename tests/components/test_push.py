@@ -4,7 +4,7 @@ import pytest
 
 from dae.artifacts import Servable, write_json
 from dae.components import models, push
-from dae.serving import export
+from dae.serving.format import export
 
 
 @pytest.fixture

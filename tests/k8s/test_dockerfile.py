@@ -113,7 +113,7 @@ def test_entrypoint_is_the_dae_console_script():
     (entrypoint,) = [json.loads(rest) for word, rest in final if word == "ENTRYPOINT"]
     assert entrypoint == ["dae"]
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["dae"] == "dae.pipeline.cli:main"
+    assert scripts["dae"] == "dae.cli:main"
     env = " ".join(rest for word, rest in final if word == "ENV")
     assert "PATH=/opt/venv/bin:$PATH" in env, "`dae` must be on PATH"
     assert "RUN_PYTHON_SDK_IN_DEFAULT_ENVIRONMENT=1" in env, "Beam workers use the image's venv"

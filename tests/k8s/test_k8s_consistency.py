@@ -138,7 +138,7 @@ def test_serving_reads_what_the_pipeline_pushes(rendered, overlay):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_batching_parameters_parse_and_are_mounted(rendered, overlay):
-    from dae.serving.batching import parse_batching_parameters
+    from dae.serving.model_server.batching import parse_batching_parameters
 
     objects = rendered[overlay]
     _, pod, container = _serving(objects)
@@ -344,8 +344,8 @@ def _workflow_config(objects) -> Config:
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_every_dae_container_runs_a_dae_command_the_cli_accepts(rendered, variant):
+    from dae.cli import _parser
     from dae.components.transform import pipeline_options
-    from dae.pipeline.cli import _parser
     from dae.pipeline.config import apply_overrides
 
     objects = rendered[variant]

@@ -16,9 +16,9 @@ from argo_expr import argo_errors, resource_state, retry
 from argo_local import LocalArgo
 from stand_ins import stand_in
 
+from dae.cli import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, main
 from dae.component import StageError
 from dae.pipeline import argo, lifecycle, runner
-from dae.pipeline.cli import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, main
 from dae.pipeline.config import Config, load_config
 from dae.pipeline.dag import DAG, STAGES, Node
 from dae.pipeline.metadata import MetadataStore

@@ -49,9 +49,11 @@ def _edit(src: Path, module: str) -> None:
 def test_lazy_imports_are_in_a_stage_closure():
     evaluate = cache.closure("dae.components.evaluate")
     assert "dae.components.vae" in evaluate  # imported inside run(), not at the top
-    assert {"dae", "dae.artifacts", "dae.components", "dae.serving.export"} <= set(evaluate)
+    assert {"dae", "dae.artifacts", "dae.components", "dae.serving.format.export"} <= set(evaluate)
     assert "dae.components.vae" in cache.closure("dae.components.report")
-    assert not any("dae.serving.rest" in cache.closure(n.component.__name__) for n in DAG)
+    assert not any(
+        "dae.serving.model_server.rest" in cache.closure(n.component.__name__) for n in DAG
+    )
 
 
 def test_an_edit_changes_exactly_the_stages_that_can_run_it(tmp_path):
@@ -77,7 +79,7 @@ def test_a_lazily_imported_edit_reruns_its_stages(smoke_root, tmp_path):
         cmd = [
             sys.executable,
             "-m",
-            "dae.pipeline.cli",
+            "dae.cli",
             "run",
             "--profile",
             "smoke",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from dae.pipeline.cli import main
+from dae.cli import main
 
 
 def _fails(argv, capsys, code):

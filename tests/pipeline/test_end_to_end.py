@@ -9,7 +9,7 @@ from support import dae
 
 from dae.artifacts import read_split
 from dae.pipeline.runner import METRIC_KEYS
-from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 STAGES = [
     "ingest",

@@ -13,7 +13,7 @@ from support import DAE, copy_root, dae
 
 from dae.artifacts import read_schema, read_split
 from dae.pipeline.metadata import MetadataStore, default_url
-from dae.serving.export import versions
+from dae.serving.format.export import versions
 
 SMOKE = ["run", "--profile", "smoke"]
 

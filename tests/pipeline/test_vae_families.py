@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 from support import copy_root, dae
 
-from dae.serving.export import DECODE, ENCODE, INPUT_NAME, LATENT_NAME, OUTPUT_NAME, SIGNATURE
+from dae.serving.format.export import (
+    DECODE,
+    ENCODE,
+    INPUT_NAME,
+    LATENT_NAME,
+    OUTPUT_NAME,
+    SIGNATURE,
+)
 
 
 @pytest.mark.parametrize("family", ["vae", "conv_vae"])

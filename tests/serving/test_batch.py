@@ -13,9 +13,9 @@ from PIL import Image
 from support import dae, digit_like, free_port, write_examples
 
 from dae.artifacts import encode_example
-from dae.pipeline import cli
-from dae.serving import export
-from dae.serving.destinations import to_uint8
+from dae import cli
+from dae.serving.batch.destinations import to_uint8
+from dae.serving.format import export
 
 SHAPE = (28, 28, 1)
 

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from dae.serving.batching import (
+from dae.serving.model_server.batching import (
     Batcher,
     BatchingParameters,
     QueueFull,

@@ -5,8 +5,8 @@ import socket
 import numpy as np
 import pytest
 
-from dae.serving.client import RestClient, ServingClientError
-from dae.serving.export import load_servable
+from dae.serving.apis.client import RestClient, ServingClientError
+from dae.serving.format.export import load_servable
 
 IMAGES = np.random.default_rng(1).random((4, 28, 28, 1)).astype(np.float32)
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from dae.components import models
-from dae.serving import export
+from dae.serving.format import export
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +116,8 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     assert servable["input_range"] == [0.0, 1.0]
     assert export.load_servable(path).input_shape == (None, 28, 28, 1)
     # The server validates each signature against its own range: z is unbounded.
-    from dae.serving.predict import validate_inputs
-    from dae.serving.servable import Servable, ServingError
+    from dae.serving.model_server.predict import validate_inputs
+    from dae.serving.model_server.servable import Servable, ServingError
 
     served = Servable("m", 1, path)
     ranges = served.input_ranges

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from tensorflow.core.framework import tensor_pb2
 
-from dae.serving.tensor_proto import fill_tensor_proto, to_ndarray
+from dae.serving.apis.tensor_proto import fill_tensor_proto, to_ndarray
 
 ARRAYS = [
     np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32),

@@ -22,8 +22,8 @@ from tf_serving_models import (
     unknown_rank_tf2,
 )
 
-from dae.serving.rest_body import _decimal
-from dae.serving.servable import Servable
+from dae.serving.model_server.rest_body import _decimal
+from dae.serving.model_server.servable import Servable
 
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
 MAX_ROWS = 4
@@ -270,7 +270,7 @@ def test_scores_are_written_as_tf_serving_writes_floats(value, expected):
 
 def test_json_examples_become_tf_examples(front, monkeypatch):
     """json_tensor.cc's rules: integers int64, other numbers float, strings and b64 bytes."""
-    from dae.serving import inference
+    from dae.serving.model_server import inference
 
     seen = {}
 

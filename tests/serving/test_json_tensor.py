@@ -5,7 +5,7 @@ import numpy as np
 import orjson
 import pytest
 
-from dae.serving import json_tensor
+from dae.serving.apis import json_tensor
 
 
 @pytest.mark.parametrize("shape", [(3,), (2, 3), (4, 28, 28, 1), (2, 1), (1, 1, 1), (2, 3, 1, 1)])

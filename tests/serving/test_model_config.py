@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from dae.serving import server
-from dae.serving.export import version_dirs, versions
-from dae.serving.model_config import (
+from dae.serving.format.export import version_dirs, versions
+from dae.serving.model_server import server
+from dae.serving.model_server.model_config import (
     ConfigError,
     VersionPolicy,
     parse_model_server_config,

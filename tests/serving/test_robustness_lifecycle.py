@@ -29,7 +29,7 @@ def _corrupt_copy(model_dir, where):
 def _other_shape_model(base):
     import keras
 
-    from dae.serving import export
+    from dae.serving.format import export
 
     model = keras.Sequential([keras.Input((32, 32, 1)), keras.layers.Rescaling(1.0)])
     return export.push(model, base)[0]
@@ -106,7 +106,7 @@ def test_d3_memory_returns_near_its_baseline(make_server, model_dir):
 
 @pytest.mark.parametrize("which", ["--input", "--output"])
 def test_d7_a_symlink_loop_is_one_line(tmp_path, model_dir, capsys, which):
-    from dae.pipeline import cli
+    from dae import cli
 
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
@@ -126,7 +126,7 @@ def test_d7_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatc
 
     from PIL import ImageFile
 
-    from dae.serving import images_io
+    from dae.serving.batch import sources
 
     def chunk(kind, data):
         return (
@@ -146,5 +146,5 @@ def test_d7_a_decompression_bomb_is_refused_before_decoding(tmp_path, monkeypatc
     load = ImageFile.ImageFile.load
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda im: decoded.append(im.size) or load(im))
     with pytest.raises(ValueError, match="12000x12000"):
-        images_io.read_png(tmp_path / "bomb.png")
+        sources.read_png(tmp_path / "bomb.png")
     assert decoded == []

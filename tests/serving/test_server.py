@@ -18,7 +18,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from dae.serving.export import load_servable
+from dae.serving.format.export import load_servable
 
 IMAGES = np.random.default_rng(0).random((3, 28, 28, 1)).astype(np.float32)
 
@@ -228,7 +228,7 @@ def test_bad_grpc_requests_get_invalid_argument(server, make_request, message):
 
 
 def test_serve_refuses_bad_flags(tmp_path, capsys):
-    from dae.pipeline.cli import main
+    from dae.cli import main
 
     assert main(["serve", "--model-base-path", str(tmp_path / "nope")]) == 1
     assert "does not exist" in capsys.readouterr().err

@@ -15,10 +15,10 @@ import httpx
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from dae.serving.grpc_service import make_server
-from dae.serving.predict import Limits, Predictor
-from dae.serving.rest import make_app
-from dae.serving.servable import ServingError
+from dae.serving.model_server.grpc_service import make_server
+from dae.serving.model_server.predict import Limits, Predictor
+from dae.serving.model_server.rest import make_app
+from dae.serving.model_server.servable import ServingError
 
 PREDICT = "tensorflow/serving/predict"
 CLASSIFY = "tensorflow/serving/classify"

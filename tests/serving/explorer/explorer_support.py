@@ -1,5 +1,5 @@
 """The explorer's own server in a thread of the test process (`dae explore` is wired in
-the CLI by pipeline/cli.py; this runs the same add_arguments / build / server)."""
+the CLI by dae/cli.py; this runs the same add_arguments / build / server)."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ def _mnist_version(base: Path, family: str, clean: np.ndarray, epochs: int, **fi
     import keras
 
     from dae.components import models, vae
-    from dae.serving import export
+    from dae.serving.format import export
 
     keras.utils.set_random_seed(0)
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 0.3, clean.shape), 0, 1)

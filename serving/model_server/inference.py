@@ -15,8 +15,13 @@ import asyncio
 import numpy as np
 from tensorflow_serving.apis import classification_pb2, inference_pb2, model_pb2, regression_pb2
 
-from dae.serving.predict import Limits, check_rows, clip, invalid
-from dae.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable, ServingError
+from dae.serving.model_server.predict import Limits, check_rows, clip, invalid
+from dae.serving.model_server.servable import (
+    CLASSIFY_METHOD,
+    REGRESS_METHOD,
+    Servable,
+    ServingError,
+)
 
 DEFAULT_SIGNATURE = "serving_default"
 INPUTS, CLASSES, SCORES, OUTPUTS = "inputs", "classes", "scores", "outputs"

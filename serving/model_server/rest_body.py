@@ -11,8 +11,8 @@ import zlib
 import numpy as np
 import orjson
 
-from dae.serving.predict import Limits, check_rows, clip, invalid
-from dae.serving.servable import ServingError, Signature
+from dae.serving.model_server.predict import Limits, check_rows, clip, invalid
+from dae.serving.model_server.servable import ServingError, Signature
 
 MAX_DEPTH = 64  # numpy's most dimensions
 

@@ -9,9 +9,9 @@ import logging
 import threading
 from pathlib import Path
 
-from dae.serving.manager import ServableManager
-from dae.serving.model_config import ConfigError, ModelConfig, read_model_server_config
-from dae.serving.servable import ServingError, clip
+from dae.serving.model_server.manager import ServableManager
+from dae.serving.model_server.model_config import ConfigError, ModelConfig, read_model_server_config
+from dae.serving.model_server.servable import ServingError, clip
 
 log = logging.getLogger("dae.serving")
 

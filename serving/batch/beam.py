@@ -31,7 +31,7 @@ def _define_handler():
             import numpy as np
             import tensorflow as tf
 
-            from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+            from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
             if _progress is not None:
                 _progress(len(batch))

@@ -8,7 +8,7 @@ import socket
 
 import numpy as np
 
-from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 
 class ServingClientError(RuntimeError):
@@ -54,7 +54,7 @@ class GrpcClient:
             response = self.stub.Predict(self.request(images, version), timeout=self.timeout)
         except grpc.RpcError as e:
             raise ServingClientError(e.code().name, e.details()) from None
-        from dae.serving.tensor_proto import to_ndarray
+        from dae.serving.apis.tensor_proto import to_ndarray
 
         return to_ndarray(response.outputs[OUTPUT_NAME])
 
@@ -111,7 +111,7 @@ class RestClient:
     def predict(self, images: np.ndarray, version: int | None = None) -> np.ndarray:
         import orjson
 
-        from dae.serving import json_tensor
+        from dae.serving.apis import json_tensor
 
         path = f"/v1/models/{self.model}" + (f"/versions/{version}" if version else "")
         body = b'{"inputs":' + json_tensor.dumps(np.asarray(images, np.float32)) + b"}"

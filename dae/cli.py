@@ -104,10 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     argo.add_argument("--output", "-o", help="write the manifests here (default: stdout)")
 
-    from dae.serving.server import add_arguments
+    from dae.serving.model_server.server import add_arguments
 
     add_arguments(sub.add_parser("serve", help="serve pushed versions over TF Serving's API"))
-    from dae.serving import batch
+    from dae.serving.batch import denoise as batch
 
     batch.add_arguments(
         sub.add_parser("denoise", help="denoise a batch of images", description=batch.__doc__)
@@ -164,14 +164,14 @@ def _dispatch(args) -> int:
     if args.command == "argo":
         return _argo(args)
     if args.command == "serve":
-        from dae.serving import server
+        from dae.serving.model_server import server
 
         try:
             return server.main(args)
         except server.ServeError as e:
             raise StageError(str(e)) from None
     if args.command == "denoise":
-        from dae.serving import batch
+        from dae.serving.batch import denoise as batch
 
         try:
             return batch.main(args)

@@ -15,9 +15,9 @@ import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
-from dae.serving.export import version_dirs
-from dae.serving.model_config import ModelConfig
-from dae.serving.servable import Servable, ServingError, clip, forget_gradients
+from dae.serving.format.export import version_dirs
+from dae.serving.model_server.model_config import ModelConfig
+from dae.serving.model_server.servable import Servable, ServingError, clip, forget_gradients
 
 log = logging.getLogger("dae.serving")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from dae import compat
-from dae.serving.export import SERVABLE_FILE, WARMUP_FILE
+from dae.serving.format.export import SERVABLE_FILE, WARMUP_FILE
 
 log = logging.getLogger("dae.serving")
 
@@ -174,7 +174,9 @@ class Servable:
         path = self.path / "assets.extra" / WARMUP_FILE
         if not path.is_file():
             return 0
-        from dae.serving import inference  # it imports predict, which imports this module
+        from dae.serving.model_server import (
+            inference,  # it imports predict, which imports this module
+        )
 
         count = 0
         for record in tf.data.TFRecordDataset(str(path)).as_numpy_iterator():

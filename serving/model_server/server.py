@@ -14,7 +14,7 @@ import os
 import signal
 from pathlib import Path
 
-from dae.serving.predict import DEFAULT_MAX_ROWS
+from dae.serving.model_server.predict import DEFAULT_MAX_ROWS
 
 log = logging.getLogger("dae.serving")
 
@@ -231,7 +231,11 @@ def model_configs(args, environ=os.environ):
     """The models to serve: the config file's, or one from the flags, or (no flags) the
     official image's environment: MODEL_NAME (default model) under MODEL_BASE_PATH
     (default /models)."""
-    from dae.serving.model_config import ConfigError, read_model_server_config, single_model
+    from dae.serving.model_server.model_config import (
+        ConfigError,
+        read_model_server_config,
+        single_model,
+    )
 
     if args.model_config_file:
         try:
@@ -276,10 +280,10 @@ def _threads(args, batcher) -> None:
 
 def build(args):
     """Everything but the event loop: models, batcher, predictor. Raises ServeError."""
-    from dae.serving.batching import Batcher, parse_batching_parameters
-    from dae.serving.core import ServerCore
-    from dae.serving.model_config import ConfigError, prometheus_path
-    from dae.serving.predict import Limits, Predictor
+    from dae.serving.model_server.batching import Batcher, parse_batching_parameters
+    from dae.serving.model_server.core import ServerCore
+    from dae.serving.model_server.model_config import ConfigError, prometheus_path
+    from dae.serving.model_server.predict import Limits, Predictor
 
     _check_flags(args)
     configs = model_configs(args)
@@ -325,7 +329,7 @@ def _channel_arguments(text: str) -> list[tuple[str, object]]:
 def _start_models(args, core) -> None:
     """Load every configured model (labels need their versions available), then watch the
     config file."""
-    from dae.serving.model_config import ConfigError
+    from dae.serving.model_server.model_config import ConfigError
 
     try:
         core.apply(core.configs)
@@ -339,10 +343,10 @@ def _start_models(args, core) -> None:
 async def serve(args, predictor, ready=None) -> None:
     import uvicorn
 
-    from dae.serving.grpc_service import make_server
-    from dae.serving.http_protocol import protocol
-    from dae.serving.memory import Janitor
-    from dae.serving.rest import make_app
+    from dae.serving.model_server.grpc_service import make_server
+    from dae.serving.model_server.http_protocol import protocol
+    from dae.serving.model_server.memory import Janitor
+    from dae.serving.model_server.rest import make_app
 
     core = predictor.core
     predictor.janitor = Janitor()

@@ -23,9 +23,10 @@ from google.protobuf import json_format
 from tensorflow_serving.apis.classification_pb2 import ClassificationRequest
 from tensorflow_serving.apis.regression_pb2 import RegressionRequest
 
-from dae.serving import inference, json_tensor, status
-from dae.serving.predict import Predictor, clip, invalid
-from dae.serving.rest_body import (
+from dae.serving.apis import json_tensor
+from dae.serving.model_server import inference, status
+from dae.serving.model_server.predict import Predictor, clip, invalid
+from dae.serving.model_server.rest_body import (
     BodyTooLarge,
     ClientGone,
     classification_json,
@@ -36,9 +37,9 @@ from dae.serving.rest_body import (
     regression_json,
     signature_name,
 )
-from dae.serving.servable import ServingError
+from dae.serving.model_server.servable import ServingError
 
-log = logging.getLogger("dae.serving.rest")
+log = logging.getLogger("dae.serving.model_server.rest")
 
 _SPEC = r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
 POST_PATH = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)$", re.IGNORECASE)

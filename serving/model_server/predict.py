@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dae.serving.batching import Batcher, QueueFull, TooLarge
-from dae.serving.core import ServerCore
-from dae.serving.servable import ServingError, Signature, clip
+from dae.serving.model_server.batching import Batcher, QueueFull, TooLarge
+from dae.serving.model_server.core import ServerCore
+from dae.serving.model_server.servable import ServingError, Signature, clip
 
 DEFAULT_SIGNATURE = "serving_default"
 DEFAULT_MAX_ROWS = 1024

@@ -7,7 +7,7 @@ from __future__ import annotations
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
-from dae.serving.servable import ServingError
+from dae.serving.model_server.servable import ServingError
 
 State = get_model_status_pb2.ModelVersionStatus.State
 SIGNATURE_DEF = "signature_def"  # GetModelMetadataImpl::kSignatureDef, the one field served

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from dae.files import atomic_write
-from dae.serving.images_io import SourceError
+from dae.serving.batch.sources import SourceError
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -11,10 +11,10 @@ import grpc
 import numpy as np
 from tensorflow_serving.apis import model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 
-from dae.serving import inference, status
-from dae.serving.predict import Predictor, check_dims, clip, invalid
-from dae.serving.servable import ServingError
-from dae.serving.tensor_proto import DT_STRING, DTYPES, fill_tensor_proto, to_ndarray
+from dae.serving.apis.tensor_proto import DT_STRING, DTYPES, fill_tensor_proto, to_ndarray
+from dae.serving.model_server import inference, status
+from dae.serving.model_server.predict import Predictor, check_dims, clip, invalid
+from dae.serving.model_server.servable import ServingError
 
 log = logging.getLogger("dae.serving.grpc")
 

@@ -94,7 +94,7 @@ def add_arguments(p) -> None:
 
 def _signature_shape(sig_def, where: str) -> tuple:
     """HWC from a SignatureDef proto of TF Serving's denoiser signature (None: any size)."""
-    from dae.serving.export import INPUT_NAME, OUTPUT_NAME
+    from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME
 
     if INPUT_NAME not in sig_def.inputs or OUTPUT_NAME not in sig_def.outputs:
         raise BatchError(
@@ -112,7 +112,7 @@ def _signature_shape(sig_def, where: str) -> tuple:
 
 def resolve_model(spec: str) -> Path:
     """A SavedModel folder, or the latest integer version holding one under a base path."""
-    from dae.serving.export import version_dirs
+    from dae.serving.format.export import version_dirs
 
     path = Path(spec).expanduser()
     if not path.is_dir():
@@ -132,7 +132,7 @@ def saved_model_shape(model_dir: Path) -> tuple:
     and read its serving signature's input shape, HWC (None: any size)."""
     import tensorflow as tf
 
-    from dae.serving.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
+    from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
     try:
         loaded = tf.saved_model.load(str(model_dir))
@@ -162,7 +162,7 @@ def server_shape(client, args) -> tuple:
     from google.protobuf import json_format
     from tensorflow.core.protobuf import meta_graph_pb2
 
-    from dae.serving.export import SIGNATURE
+    from dae.serving.format.export import SIGNATURE
 
     where = f"{'REST' if args.rest else 'gRPC'} endpoint {args.server}"
     if args.rest:
@@ -227,7 +227,7 @@ class _Tally:
     def usable(self, items, want):
         """The images that fit the model, as (index, name, float32 HWC); the others reported
         and skipped, or the job stopped. A free dimension is fixed by the first image."""
-        from dae.serving.images_io import prepare
+        from dae.serving.batch.sources import prepare
 
         for item in items:
             self.seen += 1
@@ -255,7 +255,7 @@ def _run_beam(args, source, want, dest, tally, model_dir, options) -> None:
     images = np.stack([x for _, _, x in good])
     del good
     with _bar("denoising", len(images)) as bar:
-        from dae.serving.batch_beam import beam_denoise
+        from dae.serving.batch.beam import beam_denoise
 
         out = beam_denoise(images, model_dir, args.batch_size, options, bar.update)
     with _bar("writing", len(names)) as bar:
@@ -268,7 +268,7 @@ def _run_beam(args, source, want, dest, tally, model_dir, options) -> None:
 def _run_server(args, source, want, dest, tally, client) -> None:
     import numpy as np
 
-    from dae.serving.client import ServingClientError
+    from dae.serving.apis.client import ServingClientError
 
     def send(batch):
         try:
@@ -318,7 +318,7 @@ def _check_paths(args) -> None:
 
 
 def main(args) -> int:
-    from dae.serving import destinations, images_io
+    from dae.serving.batch import destinations, sources
 
     start = time.perf_counter()
     if bool(args.model) == bool(args.server):
@@ -334,10 +334,10 @@ def main(args) -> int:
         raise BatchError(f"--batch-size must be at least 1, got {args.batch_size}")
     _check_paths(args)
     try:
-        shape = images_io.parse_shape(args.shape) if args.shape else None
+        shape = sources.parse_shape(args.shape) if args.shape else None
         dest = destinations.open_destination(args.output, args.overwrite)
-        source = images_io.open_source(args.input, shape, args.data_dir)
-    except images_io.SourceError as e:
+        source = sources.open_source(args.input, shape, args.data_dir)
+    except sources.SourceError as e:
         raise BatchError(str(e)) from None
 
     client = model_dir = options = None
@@ -351,16 +351,16 @@ def main(args) -> int:
         except ValueError as e:
             raise BatchError(str(e)) from None
     else:
-        from dae.serving.client import connect
+        from dae.serving.apis.client import connect
 
         client = connect(args.server, args.model_name, args.rest)
         want = server_shape(client, args)
-    if source.shape is not None and (bad := images_io.shape_mismatch(source.shape, want)):
+    if source.shape is not None and (bad := sources.shape_mismatch(source.shape, want)):
         raise BatchError(f"images of {source.description}: {bad}")
     try:
         if want[-1] is not None:
             dest.check_channels(want[-1])
-    except images_io.SourceError as e:
+    except sources.SourceError as e:
         raise BatchError(str(e)) from None
 
     tally = _Tally(args.on_error, None)
@@ -374,7 +374,7 @@ def main(args) -> int:
         if tally.written == 0:
             raise BatchError(f"none of the {tally.seen} images could be used (all skipped)")
         dest.commit()
-    except images_io.SourceError as e:
+    except sources.SourceError as e:
         dest.abort()
         raise BatchError(str(e)) from None
     except BaseException:

@@ -1,0 +1,1 @@
+"""dae denoise: image sources and destinations, run in process, on Beam or through a server."""

@@ -1,0 +1,1 @@
+"""dae serve: a drop-in for tensorflow_model_server (servables, manager, batching, REST, gRPC)."""
