@@ -64,7 +64,7 @@ def test_an_edit_changes_exactly_the_stages_that_can_run_it(tmp_path):
     after = fingerprints(src)
     changed = {stage for stage in STAGES if before[stage] != after[stage]}
     assert changed == {"tune", "train", "evaluate", "push", "report"}
-    _edit(src, "serving.rest")  # no stage runs the REST server
+    _edit(src, "serving.model_server.rest")  # no stage runs the REST server
     assert fingerprints(src) == after
 
 
@@ -101,5 +101,5 @@ def test_a_lazily_imported_edit_reruns_its_stages(smoke_root, tmp_path):
     _edit(src, "components.vae")
     rerun = run()
     assert rerun["cached_stages"] == ["ingest", "validate", "transform"]
-    _edit(src, "serving.rest")
+    _edit(src, "serving.model_server.rest")
     assert run()["cached_stages"] == everything
