@@ -99,6 +99,8 @@ class ServableManager:
         self.name, self.base = config.name, Path(config.base_path)
         self.labels: dict[str, int] = {}  # set by the server core once their versions serve
         self._served: dict[int, Servable] = {}
+        # Replaced (under the lock), never changed in place: a reader takes it once and
+        # iterates that snapshot while a poll records new states.
         self.states: dict[int, VersionState] = {}
         self._failed: dict[int, tuple] = {}  # version -> fingerprint of the folder that failed
         self._released: list[weakref.ref] = []  # unloaded, possibly still in a request
@@ -134,7 +136,10 @@ class ServableManager:
         return version
 
     def available(self) -> list[int]:
-        return sorted(v for v, s in self.states.items() if s.state == "AVAILABLE")
+        """Not under the lock, which a poll holds for as long as a version loads: status and
+        metrics answer from the states as they were."""
+        states = self.states  # one read: a poll replaces it, never changes it
+        return sorted(v for v, s in states.items() if s.state == "AVAILABLE")
 
     def reconfigure(self, config: ModelConfig) -> None:
         """A reloaded config for the same base path: its policy rules from the next poll."""
@@ -163,7 +168,7 @@ class ServableManager:
             self._served = keep  # the swap
             for v in served.keys() - keep.keys():
                 forget_gradients(served[v].gradients)
-                self.states[v] = VersionState("END")
+                self._record(v, VersionState("END"))
                 self._released.append(weakref.ref(served[v]))
                 log.info("unloaded %s version %s", self.name, v)
             del served
@@ -173,17 +178,21 @@ class ServableManager:
             if changed:
                 self.after_swap()
 
+    def _record(self, v: int, state: VersionState) -> None:
+        """A version's new state, under the lock: a new dict (see `states`)."""
+        self.states = {**self.states, v: state}
+
     def _load(self, v: int, path: Path, served: dict[int, Servable]) -> Servable | None:
         fingerprint = _fingerprint(path)
         if self._failed.get(v) == fingerprint:
             return None  # failed as it is: wait for the folder to change
-        self.states[v] = VersionState("LOADING")
+        self._record(v, VersionState("LOADING"))
         try:
             servable = Servable(self.name, v, path, self.warmup)
         except Exception as e:  # a broken version must not take the server down
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.error("failed to load %s version %s: %s", self.name, v, message)
-            self.states[v] = VersionState("END", f"failed to load: {message}")
+            self._record(v, VersionState("END", f"failed to load: {message}"))
             self._failed[v] = fingerprint
             return None
         # Only a version that would become the default (the newest) must keep its clients'
@@ -193,15 +202,18 @@ class ServableManager:
         if why:
             forget_gradients(servable.gradients)
             log.error("not serving %s version %s: %s", self.name, v, why)
-            self.states[v] = VersionState(
-                "END",
-                f"not swapped in: {why} (version {reference.version} is in service; "
-                "restart the server to serve a new signature)",
+            self._record(
+                v,
+                VersionState(
+                    "END",
+                    f"not swapped in: {why} (version {reference.version} is in service; "
+                    "restart the server to serve a new signature)",
+                ),
             )
             self._failed[v] = fingerprint
             return None
         self._failed.pop(v, None)
-        self.states[v] = VersionState("AVAILABLE")
+        self._record(v, VersionState("AVAILABLE"))
         log.info("loaded %s version %s", self.name, v)
         return servable
 
@@ -244,7 +256,7 @@ class ServableManager:
                 served, self._served = self._served, {}
                 for v, servable in served.items():
                     forget_gradients(servable.gradients)
-                    self.states[v] = VersionState("END")
+                    self._record(v, VersionState("END"))
                 del served
                 _settle_heap()
 
