@@ -113,7 +113,7 @@ class RestClient:
 
         from dae.serving.apis import json_tensor
 
-        path = f"/v1/models/{self.model}" + (f"/versions/{version}" if version else "")
+        path = f"/v1/models/{self.model}" + (f"/versions/{version}" if version is not None else "")
         body = b'{"inputs":' + json_tensor.dumps(np.asarray(images, np.float32)) + b"}"
         status, content = self._post(f"{path}:predict", body)
         fast = json_tensor.loads(content, ("outputs",)) if status == 200 else None

@@ -1,6 +1,10 @@
 """dae's own clients against a real `dae serve`."""
 
+import contextlib
+import http.server
 import socket
+import threading
+import types
 
 import numpy as np
 import pytest
@@ -32,17 +36,17 @@ def test_rest_client_names_a_server_that_is_not_there():
         client.predict(IMAGES)
 
 
-def test_rest_client_reports_a_non_json_error_page():
-    """A proxy in front of the server can answer with its own page: the caller still gets a
-    ServingClientError with the status and the page's text, not a JSON decoding error."""
-    import http.server
-    import threading
+@contextlib.contextmanager
+def fake_server(status: int, body: bytes):
+    """An HTTP server that answers every POST with `status` and `body`; yields its
+    `address` and the `paths` it was asked for."""
+    paths = []
 
-    class Proxy(http.server.BaseHTTPRequestHandler):
+    class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["content-length"]))
-            body = b"<html>502 Bad Gateway</html>"
-            self.send_response(502)
+            paths.append(self.path)
+            self.send_response(status)
             self.send_header("content-length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -50,13 +54,42 @@ def test_rest_client_reports_a_non_json_error_page():
         def log_message(self, *args):
             pass
 
-    httpd = http.server.HTTPServer(("127.0.0.1", 0), Proxy)
+    httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    client = RestClient(f"127.0.0.1:{httpd.server_address[1]}", "denoiser", timeout=5)
     try:
-        with pytest.raises(ServingClientError, match="502: <html>502 Bad Gateway") as e:
-            client.predict(IMAGES)
-        assert e.value.code == "502"
+        yield types.SimpleNamespace(address=f"127.0.0.1:{httpd.server_address[1]}", paths=paths)
     finally:
-        client.close()
         httpd.shutdown()
+        httpd.server_close()
+
+
+def test_rest_client_reports_a_non_json_error_page():
+    """A proxy in front of the server can answer with its own page: the caller still gets a
+    ServingClientError with the status and the page's text, not a JSON decoding error."""
+    with fake_server(502, b"<html>502 Bad Gateway</html>") as proxy:
+        client = RestClient(proxy.address, "denoiser", timeout=5)
+        try:
+            with pytest.raises(ServingClientError, match="502: <html>502 Bad Gateway") as e:
+                client.predict(IMAGES)
+            assert e.value.code == "502"
+        finally:
+            client.close()
+
+
+@pytest.mark.parametrize(
+    "version, path",
+    [
+        (None, "/v1/models/denoiser:predict"),
+        (0, "/v1/models/denoiser/versions/0:predict"),
+        (3, "/v1/models/denoiser/versions/3:predict"),
+    ],
+)
+def test_rest_client_addresses_the_version_asked_for_zero_included(version, path):
+    """Version 0 is a version (a pusher may number from 0), not "the latest"."""
+    with fake_server(200, b'{"outputs": [[0.5]]}') as server:
+        client = RestClient(server.address, "denoiser", timeout=5)
+        try:
+            np.testing.assert_array_equal(client.predict(IMAGES[:1], version=version), [[0.5]])
+        finally:
+            client.close()
+    assert server.paths == [path]
