@@ -50,7 +50,8 @@ def add_arguments(p) -> None:
         "--server",
         metavar="HOST:PORT",
         help="send batches to this TF Serving "
-        "endpoint (gRPC; REST with --rest); give --model or --server",
+        "endpoint (gRPC, or its Unix socket unix:PATH; REST with --rest); give --model or "
+        "--server",
     )
     p.add_argument("--rest", action="store_true", help="--server is TF Serving's REST port")
     p.add_argument("--model-name", default="denoiser", help="served model name (default denoiser)")
@@ -304,14 +305,18 @@ def _resolved(given: str, what: str) -> Path:
 
 
 def _check_paths(args) -> None:
-    """The output never replaces what the job reads; a server address is HOST:PORT."""
+    """The output never replaces what the job reads; a server address is HOST:PORT, a URL,
+    or (gRPC) a Unix socket as `dae serve --grpc_socket_path` prints it: unix:PATH."""
     out = _resolved(args.output, "output")
     for what, given in (("input", args.input), ("model", args.model)):
         if given and not given.startswith("tfds:"):
             read = _resolved(given, what)
             if read == out or out in read.parents:
                 raise BatchError(f"--output {args.output} would replace the {what} {given}")
-    if args.server and "://" not in args.server:
+    if args.server and args.server.startswith("unix:"):
+        if args.rest:
+            raise BatchError(f"--server {args.server} is a gRPC socket: --rest needs HOST:PORT")
+    elif args.server and "://" not in args.server:
         host, _, port = args.server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise BatchError(f"--server must be HOST:PORT, got '{args.server}'")

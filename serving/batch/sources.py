@@ -96,10 +96,28 @@ def read_png(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A PNG's pixels as uint8 (8-bit) or uint16 (16-bit gray), HWC. Palette images become
     RGB(A), or gray when the palette is. Raises ValueError, for an image declaring more
     than `max_pixels` before decoding it."""
+    import errno
+
+    try:
+        file = open(path, "rb")  # noqa: SIM115 (closed by the `with file` below)
+    except OSError as e:
+        reason = "is a symlink loop" if e.errno == errno.ELOOP else f"cannot be read: {e.strerror}"
+        raise ValueError(reason) from None
+    with file:
+        return _decode_png(file, max_pixels)
+
+
+def _decode_png(file, max_pixels: int) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:  # reads the header only
+        # Pillow warns about a large image on opening it; the limit below refuses it instead.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(file)  # reads the header only
+        with im:
             if im.format != "PNG":
                 raise ValueError(f"not a PNG file ({im.format or 'unknown'} format)")
             width, height = im.size
@@ -130,10 +148,13 @@ def read_png(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
 
 
 class PngFolder(Source):
+    """Every entry named *.png is an input: one that is not a readable file (a symlink loop,
+    a broken link, a folder) is reported and skipped like an undecodable one."""
+
     def __init__(self, folder: Path):
         self.folder = folder
         try:
-            found = [p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file()]
+            found = [p for p in folder.iterdir() if p.suffix.lower() == ".png"]
         except OSError as e:
             raise SourceError(f"cannot list {folder}: {e.strerror}") from None
         self.files = sorted(found)
