@@ -36,7 +36,8 @@ def _flag(p, name: str, *, help: str, **kwargs) -> None:
     if kwargs.get("type") is _bool:
         kwargs.setdefault("nargs", "?")
         kwargs.setdefault("const", True)
-    p.add_argument(f"--{name}", f"--{name.replace('_', '-')}", dest=name, help=help, **kwargs)
+    spellings = dict.fromkeys((f"--{name}", f"--{name.replace('_', '-')}"))  # --port: one
+    p.add_argument(*spellings, dest=name, help=help, **kwargs)
 
 
 # TF Serving flags that change nothing in one process on a CPU (accepted, so a command line
