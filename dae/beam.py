@@ -31,9 +31,11 @@ def import_beam():
 
 def beam_options(runner: str | None, flags: list[str]):
     """PipelineOptions from a runner name and flags; an unknown flag or runner is a
-    ValueError, not a silently ignored typo."""
+    ValueError, not a silently ignored typo. DirectRunner's workers (--direct_num_workers
+    other than 1) run as threads unless --direct_running_mode says otherwise: its default
+    mode, in_memory, has a single worker (Beam only warns that the count has no effect)."""
     import_beam()
-    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
     from apache_beam.runners.runner import create_runner
 
     options = PipelineOptions(flags=list(flags), **({"runner": runner} if runner else {}))
@@ -48,6 +50,15 @@ def beam_options(runner: str | None, flags: list[str]):
         create_runner(name)
     except (ValueError, ImportError):
         raise ValueError(f"unknown Beam runner '{name}' (or its package is missing)") from None
+    direct = options.view_as(DirectOptions)
+    if name == "DirectRunner" and direct.direct_num_workers != 1:
+        if not any(flag.startswith("--direct_running_mode") for flag in flags):
+            direct.direct_running_mode = "multi_threading"
+        elif direct.direct_running_mode == "in_memory":
+            raise ValueError(
+                f"--direct_num_workers={direct.direct_num_workers} needs --direct_running_mode "
+                "multi_threading or multi_processing (in_memory runs one worker)"
+            )
     return options
 
 
