@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dae import compat
 from dae.files import atomic_write, sha256_file
 
 SUPPORTED = ("mnist", "fashion_mnist")
@@ -113,7 +114,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"global {module}.{name} is forbidden")
         if name == "_reconstruct":  # numpy.core is a deprecated alias of numpy._core
-            return np._core.multiarray._reconstruct
+            return compat.numpy_array_reconstructor()
         return getattr(np, name)
 
 

@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,14 +23,13 @@ def gone(lib: str, dist: str, what: str) -> str:
     return re.escape(f"{lib} {importlib.metadata.version(dist)}: {what}")
 
 
-def test_compat_imports_only_the_standard_library_at_its_top():
+def test_compat_imports_only_the_standard_library():
     """It sits at the bottom layer: libraries are imported lazily, dae's layers never."""
-    import ast
-
-    tree = ast.parse(Path(compat.__file__).read_text())
-    names = {a.name for n in tree.body if isinstance(n, ast.Import) for a in n.names}
-    names |= {n.module for n in tree.body if isinstance(n, ast.ImportFrom)}
-    assert {name.split(".")[0] for name in names} <= set(sys.stdlib_module_names) | {"__future__"}
+    code = "import sys, dae.compat; print(*sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = {m for m in out.stdout.split() if not m.startswith(("_", "dae.compat"))}
+    outside = {m for m in loaded if m.split(".")[0] not in sys.stdlib_module_names}
+    assert outside == {"dae"}, sorted(outside)
 
 
 # ---- Keras Tuner: atomic state files ------------------------------------------------------
@@ -417,9 +415,86 @@ def test_tf_session_run_unchecked_feeds_any_shape_the_graph_takes(monkeypatch):
         x = tf.compat.v1.placeholder(tf.float32, [None, 1])
         y = x * 0.5 + 2.0
     with tf.compat.v1.Session(graph=graph) as sess:
-        feeds = {x._as_tf_output(): np.array([2.0, 3.0], np.float32)}
-        (out,) = compat.tf_session_run_unchecked(sess, feeds, [y._as_tf_output()])
+        feeds = {x: np.array([2.0, 3.0], np.float32)}
+        (out,) = compat.tf_session_run_unchecked(sess, feeds, [y])
         assert out.tolist() == [3.0, 3.5]
         monkeypatch.delattr(client.BaseSession, "_call_tf_sessionrun")
         with pytest.raises(CompatError, match=r"_call_tf_sessionrun is gone"):
-            compat.tf_session_run_unchecked(sess, feeds, [y._as_tf_output()])
+            compat.tf_session_run_unchecked(sess, feeds, [y])
+
+
+def _register_gradient():
+    """A gradient registered under a fresh name, as tf.saved_model.load registers a
+    model's custom gradients; returns the name."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import custom_gradient
+
+    name = custom_gradient.generate_name()
+    ops.RegisterGradient(name)(lambda op, grad: grad)
+    return name
+
+
+def test_tf_gradients_registered_are_this_threads_own():
+    import threading
+
+    other, registered = [], threading.Event()
+
+    def elsewhere():  # registers while the main thread is inside the block
+        other.append(_register_gradient())
+        registered.set()
+
+    with compat.tf_gradients_registered() as names:
+        mine = _register_gradient()
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        registered.wait()
+        thread.join()
+        with compat.tf_gradients_registered() as inner:  # nested: both see it
+            nested = _register_gradient()
+    assert names == {mine, nested} and inner == {nested}
+    assert {mine, nested, *other} <= set(compat.tf_gradient_registry())
+    from tensorflow.python.framework import registry
+
+    installed = registry.Registry.register
+    with compat.tf_gradients_registered():  # the patch is installed once
+        pass
+    assert registry.Registry.register is installed and compat.patched(installed)
+    compat.tf_forget_gradients({mine, nested, *other})
+    assert not {mine, nested, *other} & set(compat.tf_gradient_registry())
+
+
+def test_tf_gradients_registered_checks_what_it_patches(monkeypatch):
+    from tensorflow.python.framework import ops, registry
+
+    monkeypatch.setattr(ops.RegisterGradient, "__call__", lambda self, f: f)
+    gone = pytest.raises(CompatError, match=r"RegisterGradient no longer registers")
+    with gone, compat.tf_gradients_registered():
+        pass
+    monkeypatch.undo()
+    monkeypatch.setattr(registry.Registry, "register", lambda self, candidate: None)
+    changed = pytest.raises(CompatError, match=r"Registry.register takes \(self, candidate\)")
+    with changed, compat.tf_gradients_registered():
+        pass
+
+
+# ---- NumPy -------------------------------------------------------------------------------
+
+
+def test_numpy_array_reconstructor_is_what_array_pickles_name(monkeypatch):
+    import pickle
+    import pickletools
+
+    import numpy as np
+
+    named = [
+        arg
+        for op, arg, _ in pickletools.genops(pickle.dumps(np.arange(3), protocol=2))
+        if op.name == "GLOBAL"
+    ]
+    assert "numpy._core.multiarray _reconstruct" in named
+    from numpy._core import multiarray
+
+    assert compat.numpy_array_reconstructor() is multiarray._reconstruct
+    monkeypatch.delattr(multiarray, "_reconstruct")
+    with pytest.raises(CompatError, match=r"numpy \S+: .*multiarray._reconstruct is gone"):
+        compat.numpy_array_reconstructor()

@@ -97,14 +97,14 @@ class Servable:
 
         self.name, self.version, self.path = name, version, Path(path)
         self._session, self._warmup = None, warmup
-        before = set(_gradients())
+        self.gradients: set[str] = set()  # what this load registers, dropped at unload
         try:
-            self._load(tf, saved_model_pb2)
+            with compat.tf_gradients_registered() as self.gradients:
+                self._load(tf, saved_model_pb2)
         except BaseException:
-            forget_gradients(set(_gradients()) - before)
+            forget_gradients(self.gradients)
             self.close()
             raise
-        self.gradients = set(_gradients()) - before  # forgotten when it is unloaded
 
     def _load(self, tf, saved_model_pb2) -> None:
         proto = saved_model_pb2.SavedModel()
@@ -221,10 +221,8 @@ class Servable:
         shape against the graph's static one (tf.Session.run would refuse [3] for [-1, 1])."""
         feeds, fetches = sig.fn
         names = list(fetches)
-        feed = {
-            feeds[k]._as_tf_output(): _feedable(v, sig.inputs[k].dtype) for k, v in inputs.items()
-        }
-        fetch = [fetches[k]._as_tf_output() for k in names]
+        feed = {feeds[k]: _feedable(v, sig.inputs[k].dtype) for k, v in inputs.items()}
+        fetch = [fetches[k] for k in names]
         values = compat.tf_session_run_unchecked(self._session, feed, fetch)
         return dict(zip(names, values, strict=True))
 
@@ -275,19 +273,15 @@ def _code_name(tf, error_code: int) -> str:
     return next((n for n in _CODES if getattr(tf.errors, n) == error_code), "UNKNOWN")
 
 
-def _gradients() -> dict:
-    """TensorFlow's global gradient registry. tf.saved_model.load registers a gradient for
-    each custom-gradient function of the model under a new name, and nothing ever removes
-    it: each load of the default conv model kept ~9 MiB of graphs alive. Serving computes no
-    gradients, so an unloaded (or failed) version's entries are dropped (`forget_gradients`).
-    The registry is TensorFlow's internal: dae.compat checks it is still there."""
-    return compat.tf_gradient_registry()
-
-
 def forget_gradients(names: set[str]) -> None:
-    registry = _gradients()
-    for name in names:
-        registry.pop(name, None)
+    """Drop a version's entries from TensorFlow's global gradient registry.
+    tf.saved_model.load registers a gradient for each custom-gradient function of the model
+    under a new name, and nothing ever removes it: each load of the default conv model kept
+    ~9 MiB of graphs alive. Serving computes no gradients, so an unloaded (or failed)
+    version's entries are dropped. The registry is TensorFlow's internal (dae.compat); a
+    version's entries are those its loading thread registered, not whatever appeared in the
+    registry meanwhile (two models of a config file load at once, each in its thread)."""
+    compat.tf_forget_gradients(names)
 
 
 def _declared_ranges(path: Path) -> dict[str, tuple[float, float] | None]:
