@@ -63,7 +63,7 @@ class BeamConfig(_Section):
 Family = Literal[FAMILIES]  # dense, conv, vae, conv_vae
 
 
-class ModelConfig(_Section):
+class ArchitectureConfig(_Section):
     family: Family = "conv"
     # A seed article's fixed architecture instead of a tuned family (the search is skipped).
     baseline: Literal[BASELINES] | None = None
@@ -136,7 +136,7 @@ class Config(_Section):
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     beam: BeamConfig = Field(default_factory=BeamConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
+    model: ArchitectureConfig = Field(default_factory=ArchitectureConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)

@@ -80,11 +80,11 @@ class Console:
         if self.mode != "quiet":
             print(message, flush=True)
 
-    def progress(self, stage: str, unit: str, total: int | None) -> Progress:
-        return Progress(self, stage, unit, total)
+    def progress(self, stage: str, unit: str, total: int | None) -> ConsoleProgress:
+        return ConsoleProgress(self, stage, unit, total)
 
 
-class Progress:
+class ConsoleProgress:
     """Steps of one stage (trials, epochs): what each reported, its pace, the time left."""
 
     def __init__(self, console: Console, stage: str, unit: str, total: int | None):

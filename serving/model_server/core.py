@@ -10,7 +10,11 @@ import threading
 from pathlib import Path
 
 from dae.serving.model_server.manager import ServableManager
-from dae.serving.model_server.model_config import ConfigError, ModelConfig, read_model_server_config
+from dae.serving.model_server.model_config import (
+    ModelConfig,
+    ServerConfigError,
+    read_model_server_config,
+)
 from dae.serving.model_server.servable import ServingError, clip
 
 log = logging.getLogger("dae.serving")
@@ -42,7 +46,7 @@ class ServerCore:
     def apply(self, configs: list[ModelConfig]) -> None:
         """ServerCore::ReloadConfig: new models start (their versions load now), models with
         the same base path take the new policy, others are replaced, removed ones unload;
-        then the labels, each of which must name an available version (else ConfigError,
+        then the labels, each of which must name an available version (else ServerConfigError,
         and the models keep their old labels)."""
         with self._lock:
             old, new = self.managers, {}
@@ -79,7 +83,7 @@ class ServerCore:
                     continue
                 manager.labels = dict(config.labels)
             if errors:
-                raise ConfigError(errors[0])
+                raise ServerConfigError(errors[0])
 
     def watch(self, path: str | Path, seconds: float) -> None:
         """Re-read the config file every `seconds` and apply it when its text changed; a bad
@@ -100,7 +104,7 @@ class ServerCore:
                 self._config_text = text
                 self.apply(read_model_server_config(path))
                 log.info("reloaded the model config from %s", path)
-            except (OSError, ConfigError) as e:
+            except (OSError, ServerConfigError) as e:
                 log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", e)
             except Exception:
                 log.exception("reloading %s failed", path)

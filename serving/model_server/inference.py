@@ -19,7 +19,7 @@ from dae.serving.model_server.predict import Limits, check_rows, clip, invalid
 from dae.serving.model_server.servable import (
     CLASSIFY_METHOD,
     REGRESS_METHOD,
-    Servable,
+    SavedModelBundle,
     ServingError,
 )
 
@@ -45,12 +45,12 @@ def serialized_examples(input_proto, limits: Limits) -> np.ndarray:
     return out
 
 
-def _debug(servable: Servable, sig_name: str) -> str:
+def _debug(servable: SavedModelBundle, sig_name: str) -> str:
     sd = servable.signature_defs.get(sig_name)  # (indexing a proto map adds the key)
     return clip(str(sd) if sd is not None else sig_name, 1500)
 
 
-def _signature(servable: Servable, name: str, missing: str):
+def _signature(servable: SavedModelBundle, name: str, missing: str):
     sig = servable.signatures.get(name)
     if sig is None:
         raise invalid(f"{missing}{clip(name)}")
@@ -68,7 +68,7 @@ def _string_input(sig, key: str) -> str:
     return key
 
 
-def _one_input(servable: Servable, sig, check_method: bool, kind: str, method: str) -> None:
+def _one_input(servable: SavedModelBundle, sig, check_method: bool, kind: str, method: str) -> None:
     """What PreProcessClassification and PreProcessRegression check alike."""
     if check_method and sig.method_name != method:
         raise invalid(
@@ -78,7 +78,7 @@ def _one_input(servable: Servable, sig, check_method: bool, kind: str, method: s
         raise invalid("Expected one input Tensor.")
 
 
-def preprocess_classification(servable: Servable, sig, check_method: bool) -> list[str]:
+def preprocess_classification(servable: SavedModelBundle, sig, check_method: bool) -> list[str]:
     """PreProcessClassification: the outputs to read (classes and/or scores)."""
     _one_input(servable, sig, check_method, "classification", CLASSIFY_METHOD)
     if len(sig.outputs) not in (1, 2):
@@ -97,7 +97,7 @@ def preprocess_classification(servable: Servable, sig, check_method: bool) -> li
     return wanted
 
 
-def preprocess_regression(servable: Servable, sig, check_method: bool) -> list[str]:
+def preprocess_regression(servable: SavedModelBundle, sig, check_method: bool) -> list[str]:
     """PreProcessRegression: the output to read."""
     _one_input(servable, sig, check_method, "regression", REGRESS_METHOD)
     if len(sig.outputs) != 1:
@@ -179,7 +179,13 @@ def _model_spec(spec, name: str, sig_name: str, version: int) -> None:
 
 
 def _run_single(
-    servable: Servable, request, limits: Limits, check_method, preprocess, response, fill_result
+    servable: SavedModelBundle,
+    request,
+    limits: Limits,
+    check_method,
+    preprocess,
+    response,
+    fill_result,
 ):
     """RunClassify / RunRegress on a servable already found."""
     name = request.model_spec.signature_name or DEFAULT_SIGNATURE
@@ -192,7 +198,7 @@ def _run_single(
     return response
 
 
-def classify_sync(servable: Servable, request, limits: Limits, check_method=False):
+def classify_sync(servable: SavedModelBundle, request, limits: Limits, check_method=False):
     response = classification_pb2.ClassificationResponse()
     return _run_single(
         servable,
@@ -205,7 +211,7 @@ def classify_sync(servable: Servable, request, limits: Limits, check_method=Fals
     )
 
 
-def regress_sync(servable: Servable, request, limits: Limits, check_method=False):
+def regress_sync(servable: SavedModelBundle, request, limits: Limits, check_method=False):
     return _run_single(
         servable,
         request,
@@ -217,7 +223,7 @@ def regress_sync(servable: Servable, request, limits: Limits, check_method=False
     )
 
 
-def multi_inference_sync(servable: Servable, request, limits: Limits, check_method=False):
+def multi_inference_sync(servable: SavedModelBundle, request, limits: Limits, check_method=False):
     """TensorFlowMultiInferenceRunner::Infer: every task on one model, the same examples
     fed to each task's signature, results in task order. `check_method` does not apply:
     each task names its method."""
@@ -257,7 +263,7 @@ def multi_inference_sync(servable: Servable, request, limits: Limits, check_meth
     return response
 
 
-def warmup(servable: Servable, request) -> None:
+def warmup(servable: SavedModelBundle, request) -> None:
     """A warmup record's classify, regress or multi_inference request, replayed at load."""
     if isinstance(request, classification_pb2.ClassificationRequest):
         classify_sync(servable, request, Limits())

@@ -1,7 +1,7 @@
 """Servables' lifecycle, as TF Serving's manager runs it.
 
 A ServableManager polls a model base path (`<base>/<version>/`), loads new versions, swaps
-the served set in one assignment (an in-flight request keeps the Servable object it
+the served set in one assignment (an in-flight request keeps the SavedModelBundle object it
 already holds, so nothing fails mid-swap) and unloads what the version policy drops.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dae.serving.format.export import version_dirs
 from dae.serving.model_server.model_config import ModelConfig
-from dae.serving.model_server.servable import Servable, ServingError, clip, forget_gradients
+from dae.serving.model_server.servable import SavedModelBundle, ServingError, clip, forget_gradients
 
 log = logging.getLogger("dae.serving")
 
@@ -45,14 +45,14 @@ def _fingerprint(path: Path) -> tuple:
     return tuple(seen)
 
 
-def _contract(servable: Servable) -> dict[str, tuple]:
+def _contract(servable: SavedModelBundle) -> dict[str, tuple]:
     def tensors(infos):
         return {k: (i.dtype.name, i.shape) for k, i in infos.items()}
 
     return {k: (tensors(s.inputs), tensors(s.outputs)) for k, s in servable.signatures.items()}
 
 
-def incompatibility(served: Servable, new: Servable) -> str | None:
+def incompatibility(served: SavedModelBundle, new: SavedModelBundle) -> str | None:
     """Why clients of `served` would fail against `new` (a signature gone, or an input or
     output with another name, dtype or shape), or None."""
     old_c, new_c = _contract(served), _contract(new)
@@ -98,7 +98,7 @@ class ServableManager:
         self.config, self.warmup = config, warmup  # warmup: replays of each record (0: off)
         self.name, self.base = config.name, Path(config.base_path)
         self.labels: dict[str, int] = {}  # set by the server core once their versions serve
-        self._served: dict[int, Servable] = {}
+        self._served: dict[int, SavedModelBundle] = {}
         # Replaced (under the lock), never changed in place: a reader takes it once and
         # iterates that snapshot while a poll records new states.
         self.states: dict[int, VersionState] = {}
@@ -112,7 +112,7 @@ class ServableManager:
 
     # -- what requests see ---------------------------------------------------------------
 
-    def get(self, version: int | None = None) -> Servable:
+    def get(self, version: int | None = None) -> SavedModelBundle:
         served = self._served  # one read: a swap can't change it under us
         if not served:
             raise ServingError(
@@ -182,13 +182,15 @@ class ServableManager:
         """A version's new state, under the lock: a new dict (see `states`)."""
         self.states = {**self.states, v: state}
 
-    def _load(self, v: int, path: Path, served: dict[int, Servable]) -> Servable | None:
+    def _load(
+        self, v: int, path: Path, served: dict[int, SavedModelBundle]
+    ) -> SavedModelBundle | None:
         fingerprint = _fingerprint(path)
         if self._failed.get(v) == fingerprint:
             return None  # failed as it is: wait for the folder to change
         self._record(v, VersionState("LOADING"))
         try:
-            servable = Servable(self.name, v, path, self.warmup)
+            servable = SavedModelBundle(self.name, v, path, self.warmup)
         except Exception as e:  # a broken version must not take the server down
             message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             log.error("failed to load %s version %s: %s", self.name, v, message)

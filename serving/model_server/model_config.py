@@ -10,7 +10,7 @@ from pathlib import Path
 PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # PrometheusExporter::kPrometheusPath
 
 
-class ConfigError(ValueError):
+class ServerConfigError(ValueError):
     """A configuration TF Serving would refuse; one line for the user."""
 
 
@@ -69,49 +69,51 @@ def _parse(text: str, message):
         return text_format.Parse(text, message)
     except text_format.ParseError as e:
         kind = message.DESCRIPTOR.full_name
-        raise ConfigError(f"Error parsing text-format {kind}: {e}") from None
+        raise ServerConfigError(f"Error parsing text-format {kind}: {e}") from None
 
 
 def parse_model_server_config(text: str) -> list[ModelConfig]:
-    """The models of a ModelServerConfig, or ConfigError with TF Serving's wording."""
+    """The models of a ModelServerConfig, or ServerConfigError with TF Serving's wording."""
     from tensorflow_serving.config import model_server_config_pb2
 
     proto = _parse(text, model_server_config_pb2.ModelServerConfig())
     if proto.HasField("custom_model_config"):
-        raise ConfigError("custom_model_config is not supported: list models in model_config_list")
+        raise ServerConfigError(
+            "custom_model_config is not supported: list models in model_config_list"
+        )
     models, seen = [], set()
     for config in proto.model_config_list.config:
         name = config.name
         if not name:
-            raise ConfigError("a model in model_config_list has no name")
+            raise ServerConfigError("a model in model_config_list has no name")
         if name in seen:
-            raise ConfigError(f"Illegal to list model {name} multiple times in config list")
+            raise ServerConfigError(f"Illegal to list model {name} multiple times in config list")
         seen.add(name)
         platform = config.model_platform or ("tensorflow" if config.model_type == 1 else "")
         if config.model_platform and config.model_type:
-            raise ConfigError(
+            raise ServerConfigError(
                 "Illegal setting both ModelServerConfig::model_type (deprecated) and "
                 f"ModelServerConfig::model_platform, model name is {name}"
             )
         if not platform:
-            raise ConfigError(
+            raise ServerConfigError(
                 "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
                 f"ModelServerConfig::model_platform, model name is {name}"
             )
         if platform != "tensorflow":
-            raise ConfigError(
+            raise ServerConfigError(
                 f"model {name}: platform '{platform}' is not served (tensorflow only)"
             )
         if "://" in config.base_path:
-            raise ConfigError(f"model {name}: base_path {config.base_path}: only local paths")
+            raise ServerConfigError(f"model {name}: base_path {config.base_path}: only local paths")
         if not Path(config.base_path).is_absolute():
-            raise ConfigError(
+            raise ServerConfigError(
                 f"Expected model {name} to have an absolute path or URI; "
                 f"got base_path()={config.base_path}"
             )
         policy = _policy(config.model_version_policy)
         if policy.kind == "specific" and not policy.versions:
-            raise ConfigError(f"model {name}: the specific version policy lists no versions")
+            raise ServerConfigError(f"model {name}: the specific version policy lists no versions")
         labels = dict(config.version_labels)
         models.append(ModelConfig(name, Path(config.base_path), policy, labels))
     return models
@@ -122,7 +124,7 @@ def read_model_server_config(path: str | Path) -> list[ModelConfig]:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", e)
-        raise ConfigError(f"cannot read model config file {path}: {why}") from None
+        raise ServerConfigError(f"cannot read model config file {path}: {why}") from None
     return parse_model_server_config(text)
 
 
@@ -162,12 +164,12 @@ def prometheus_path(path: str | Path | None) -> str | None:
         text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         why = getattr(e, "strerror", e)
-        raise ConfigError(f"cannot read monitoring config file {path}: {why}") from None
+        raise ServerConfigError(f"cannot read monitoring config file {path}: {why}") from None
     message = _parse(text, _monitoring_message()())
     prometheus = message.prometheus_config
     if not prometheus.enable:
         return None
     where = prometheus.path or PROMETHEUS_PATH
     if not where.startswith("/"):
-        raise ConfigError(f"prometheus_config path must start with '/', got {where}")
+        raise ServerConfigError(f"prometheus_config path must start with '/', got {where}")
     return where

@@ -88,7 +88,7 @@ def _meta_graph(proto):
     return graphs[0]
 
 
-class Servable:
+class SavedModelBundle:
     """One loaded version: its signatures, its SignatureDefs (for metadata), a run method."""
 
     def __init__(self, name: str, version: int, path: Path, warmup: int = 1):

@@ -233,7 +233,7 @@ def model_configs(args, environ=os.environ):
     official image's environment: MODEL_NAME (default model) under MODEL_BASE_PATH
     (default /models)."""
     from dae.serving.model_server.model_config import (
-        ConfigError,
+        ServerConfigError,
         read_model_server_config,
         single_model,
     )
@@ -241,7 +241,7 @@ def model_configs(args, environ=os.environ):
     if args.model_config_file:
         try:
             configs = read_model_server_config(args.model_config_file)
-        except ConfigError as e:
+        except ServerConfigError as e:
             raise ServeError(str(e)) from None
     else:
         base, name = args.model_base_path, args.model_name
@@ -283,14 +283,14 @@ def build(args):
     """Everything but the event loop: models, batcher, predictor. Raises ServeError."""
     from dae.serving.model_server.batching import Batcher, parse_batching_parameters
     from dae.serving.model_server.core import ServerCore
-    from dae.serving.model_server.model_config import ConfigError, prometheus_path
+    from dae.serving.model_server.model_config import ServerConfigError, prometheus_path
     from dae.serving.model_server.predict import Limits, Predictor
 
     _check_flags(args)
     configs = model_configs(args)
     try:
         args.metrics_path = prometheus_path(args.monitoring_config_file)
-    except ConfigError as e:
+    except ServerConfigError as e:
         raise ServeError(str(e)) from None
     batcher = None
     if args.batching_parameters_file and not args.enable_batching:
@@ -330,11 +330,11 @@ def _channel_arguments(text: str) -> list[tuple[str, object]]:
 def _start_models(args, core) -> None:
     """Load every configured model (labels need their versions available), then watch the
     config file."""
-    from dae.serving.model_server.model_config import ConfigError
+    from dae.serving.model_server.model_config import ServerConfigError
 
     try:
         core.apply(core.configs)
-    except ConfigError as e:
+    except ServerConfigError as e:
         core.stop()
         raise ServeError(str(e)) from None
     if args.model_config_file:

@@ -117,9 +117,9 @@ def test_a_vae_also_exports_encode_and_decode(tmp_path):
     assert export.load_servable(path).input_shape == (None, 28, 28, 1)
     # The server validates each signature against its own range: z is unbounded.
     from dae.serving.model_server.predict import validate_inputs
-    from dae.serving.model_server.servable import Servable, ServingError
+    from dae.serving.model_server.servable import SavedModelBundle, ServingError
 
-    served = Servable("m", 1, path)
+    served = SavedModelBundle("m", 1, path)
     ranges = served.input_ranges
     z = np.full((2, z_dim), 3.0, np.float32)
     validate_inputs(served.signatures[export.DECODE], {export.LATENT_NAME: z}, ranges["decode"])

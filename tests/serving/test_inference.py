@@ -23,7 +23,7 @@ from tf_serving_models import (
 )
 
 from dae.serving.model_server.rest_body import _decimal
-from dae.serving.model_server.servable import Servable
+from dae.serving.model_server.servable import SavedModelBundle
 
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
 MAX_ROWS = 4
@@ -43,10 +43,10 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def front(models):
     servables = {
-        "half_plus_two": Servable("half_plus_two", 123, models["tf1"]),
-        "half_plus_three": Servable("half_plus_three", 123, models["three"]),
-        "tf2": Servable("tf2", 123, models["tf2"]),
-        "any_rank": Servable("any_rank", 1, models["any_rank"]),
+        "half_plus_two": SavedModelBundle("half_plus_two", 123, models["tf1"]),
+        "half_plus_three": SavedModelBundle("half_plus_three", 123, models["three"]),
+        "tf2": SavedModelBundle("tf2", 123, models["tf2"]),
+        "any_rank": SavedModelBundle("any_rank", 1, models["any_rank"]),
     }
     f = Front(OneModel(servables, max_rows=MAX_ROWS))
     yield f
@@ -84,11 +84,11 @@ def test_tf1_models_load_where_tf_saved_model_load_fails(models):
     scalars and fails; the servable runs the graph as TF Serving does."""
     with pytest.raises(ValueError, match="Shapes must be equal rank"):
         tf.saved_model.load(str(models["three"]))
-    three = Servable("half_plus_three", 123, models["three"])
+    three = SavedModelBundle("half_plus_three", 123, models["three"])
     assert three.tf1 and three.signatures["serving_default"].inputs["x"].shape is None
     out = three.run("serving_default", {"x": np.array([1.0, 2.0, 5.0], np.float32)})
     np.testing.assert_allclose(out["y"], [3.5, 4.0, 5.5])
-    two = Servable("half_plus_two", 123, models["tf1"])
+    two = SavedModelBundle("half_plus_two", 123, models["tf1"])
     methods = {k: s.method_name for k, s in two.signatures.items()}
     assert methods == {
         "serving_default": "tensorflow/serving/predict",
@@ -122,7 +122,7 @@ def test_warmup_replays_classify_and_regress_logs(models, tmp_path):
     with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as w:
         for entry in logs:
             w.write(entry.SerializeToString())
-    assert Servable("m", 123, path).warmup() == 2
+    assert SavedModelBundle("m", 123, path).warmup() == 2
 
 
 # -- predict on models that are not dae's --------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 from dae.serving.format.export import version_dirs, versions
 from dae.serving.model_server import server
 from dae.serving.model_server.model_config import (
-    ConfigError,
+    ServerConfigError,
     VersionPolicy,
     parse_model_server_config,
     prometheus_path,
@@ -75,7 +75,7 @@ def test_a_model_server_config_in_text_format():
     ],
 )
 def test_configs_tf_serving_refuses_are_refused(text, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ServerConfigError, match=message):
         parse_model_server_config(text)
 
 
@@ -88,7 +88,7 @@ def test_monitoring_config(tmp_path):
     f.write_text("prometheus_config { enable: true }")
     assert prometheus_path(f) == "/monitoring/prometheus/metrics"
     f.write_text("prometheus { }")
-    with pytest.raises(ConfigError, match="tensorflow.serving.MonitoringConfig"):
+    with pytest.raises(ServerConfigError, match="tensorflow.serving.MonitoringConfig"):
         prometheus_path(f)
 
 
