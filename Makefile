@@ -9,7 +9,7 @@ CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CONFIG ?= configs/default.yaml
 ROOT ?= ./dae-root
 
-.PHONY: install data run smoke test lint imports format clean checkov postgres browser
+.PHONY: install data run smoke test lint imports docs format clean checkov postgres browser
 
 $(STAMP): pyproject.toml requirements.lock requirements-dev.lock
 	$(PY) -m venv $(VENV)
@@ -63,12 +63,17 @@ browser:
 imports: install
 	$(BIN)/lint-imports
 
+# The docs site (mkdocs.yml): docs/ into site/; strict, so a broken link or anchor, or a page
+# missing from the nav, fails it. tests/test_docs.py checks what it cannot see (README.md).
+docs: install
+	$(BIN)/mkdocs build --strict --quiet
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint imports data checkov postgres browser
+test: lint imports docs data checkov postgres browser
 	$(BIN)/pytest -q
 
 clean:
-	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) build site *.egg-info .pytest_cache .ruff_cache
