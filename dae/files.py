@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 BLOCK = 1 << 20
+SUCCESS = "_SUCCESS"  # written last in a stage's folder: its outputs count once it exists
 
 
 def _umask() -> int:
@@ -62,12 +63,12 @@ def sha256_file(path: Path) -> str:
 
 def fingerprint_dir(path: Path) -> str:
     """Content fingerprint of a folder (or a file): every file's relative path and bytes;
-    hidden files and the runner's _SUCCESS marker are not content."""
+    hidden files and the runner's SUCCESS marker are not content."""
     digest = hashlib.sha256()
     path = Path(path)
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for f in files:
-        if f.name.startswith(".") or f.name == "_SUCCESS":
+        if f.name.startswith(".") or f.name == SUCCESS:
             continue
         digest.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
         with open(f, "rb") as fh:

@@ -3,7 +3,9 @@ store knows, for people."""
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from dae.artifacts import Artifact
@@ -40,10 +42,15 @@ def runs_show(store: MetadataStore, run_id: str) -> str:
     ]
     if p.get("error"):
         lines.append(f"error: {p['error']}")
-    for ex in store.executions_of_run(run_id):
+    executions = store.executions_of_run(run_id)
+    invalidated = _invalidated(executions, p.get("invalidated") or {})
+    for ex in executions:
         origin = f" (from execution {ex['cached_from']})" if ex["cached_from"] else ""
+        status, why = ex["status"], invalidated.get(ex["id"])
+        if why:
+            status, origin = "invalidated", f"{origin}  ({why})"
         lines.append(
-            f"  {ex['component']:<10} {ex['status']:<9} {_fmt(ex['seconds'], '.2f'):>8} s"
+            f"  {ex['component']:<10} {status:<9} {_fmt(ex['seconds'], '.2f'):>8} s"
             f"{origin}" + (f"  error: {ex['error']}" if ex["error"] else "")
         )
         for name, art in store.artifacts_of(ex["id"]).items():
@@ -51,14 +58,52 @@ def runs_show(store: MetadataStore, run_id: str) -> str:
     return "\n".join(lines)
 
 
+def _invalidated(executions: list[dict], stages: dict[str, str]) -> dict[int, str]:
+    """{execution id: why} for the last successful execution of each invalidated stage
+    (`dae stage` re-ran something it read, and its output changed)."""
+    last = {
+        ex["component"]: ex["id"] for ex in executions if ex["status"] in ("succeeded", "cached")
+    }
+    return {last[stage]: why for stage, why in stages.items() if stage in last}
+
+
+def _servable(store: MetadataStore, root: Path, name: str, version: int) -> tuple[dict, Callable]:
+    """A servable's record, and where the paths its run recorded are now. Paths are
+    recorded resolved; older runs recorded them as their --root was given, relative to
+    their cwd: a record "dae-root/serving/..." is this root's if the root ends in dae-root."""
+    tail = Path("serving") / name / str(version)
+    for base in dict.fromkeys((root.resolve(), root.absolute())):
+        found = store.artifacts_by_uri(str(base / tail))
+        if found:
+            return found[0], Path
+    for art in store.artifacts_ending(str(tail)):
+        given = Path(art["uri"]).parts[: -len(tail.parts)]
+        if not Path(art["uri"]).is_absolute() and _names(root.resolve(), given):
+            return art, functools.partial(_relocated, given=given, root=root.resolve())
+    raise StageError(f"no record of {name} version {version} under {root / 'serving'}")
+
+
+def _names(root: Path, given: tuple[str, ...]) -> bool:
+    """Can `given` (a relative path, as a --root was given) name `root`?"""
+    parts = [p for p in given if p != "."]
+    while parts and parts[0] == "..":
+        parts.pop(0)
+    return ".." not in parts and list(root.parts[len(root.parts) - len(parts) :]) == parts
+
+
+def _relocated(uri: str, given: tuple[str, ...], root: Path) -> Path:
+    parts = Path(uri).parts
+    if not Path(uri).is_absolute() and parts[: len(given)] == given:
+        return root.joinpath(*parts[len(given) :])
+    return Path(uri)
+
+
 def lineage(store: MetadataStore, root: Path, name: str, version: int) -> dict:
     """Everything that produced a served version, traced back through the store."""
-    uri = str(Path(root).resolve() / "serving" / name / str(version))
-    found = store.artifacts_by_uri(uri)
-    if not found:
-        raise StageError(f"no record of {name} version {version} under {Path(root) / 'serving'}")
-    servable = found[0]
+    root = Path(root)
+    servable, located = _servable(store, root, name, version)
     push = store.producer_of(servable["id"])
+    uri = str(located(servable["uri"]))
     chain, frontier, out = {}, [push], {"servable": uri, "fingerprint": servable["fingerprint"]}
     while frontier:
         ex = frontier.pop()
@@ -77,9 +122,9 @@ def lineage(store: MetadataStore, root: Path, name: str, version: int) -> dict:
     for ex in chain.values():  # what each artifact's type says of it: the dataset, the hps
         for art in store.artifacts_of(ex["id"]).values():
             kind = Artifact.TYPES.get(art["type"], Artifact)
-            if Path(art["uri"]).exists():
-                out |= kind.describe(Path(art["uri"]))
-    config = Path(root) / "runs" / push["run_id"] / "config.yaml"
+            if located(art["uri"]).exists():
+                out |= kind.describe(located(art["uri"]))
+    config = root.resolve() / "runs" / push["run_id"] / "config.yaml"
     out["config"] = str(config) if config.is_file() else None
     return out
 

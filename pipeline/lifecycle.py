@@ -16,10 +16,10 @@ import yaml
 
 from dae.artifacts import read_json, write_json
 from dae.component import StageError
+from dae.files import SUCCESS
 from dae.pipeline.locks import root_lock
 from dae.pipeline.metadata import MetadataStore, store_url
 
-SUCCESS = "_SUCCESS"
 METRIC_KEYS = (
     "psnr_noisy",
     "psnr_denoised",
@@ -36,6 +36,12 @@ ENDED = ("succeeded", "failed")
 
 def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def pipeline_root(root: Path | str) -> Path:
+    """The root as every record names it: resolved, so the paths a run records lead to its
+    artifacts from any working directory (`--root` defaults to the relative ./dae-root)."""
+    return Path(root).expanduser().resolve()
 
 
 def run_dir(root: Path, run_id: str) -> Path:
@@ -103,7 +109,7 @@ def _url(root: Path, rdir: Path) -> str:
 
 def finish_run(root: Path, run_id: str) -> dict[str, Any]:
     """End a run whose every stage has succeeded: metrics.json, run.json, the store's record."""
-    root = Path(root)
+    root = pipeline_root(root)
     rdir = run_dir(root, run_id)
     if not (rdir / "run.json").is_file():
         raise StageError(f"no run '{run_id}' under {root / 'runs'}")
@@ -129,7 +135,7 @@ def fail_run(root: Path, run_id: str, reason: str) -> str:
     running, the run in the store (even one never created: its first step failed), and its
     folder's run.json and metrics.json. A run that already ended is left as it is: a
     workflow that failed because its run id was taken must not rewrite that run."""
-    root = Path(root)
+    root = pipeline_root(root)
     root.mkdir(parents=True, exist_ok=True)  # a run that failed before its root existed
     rdir = run_dir(root, run_id)
     url = _url(root, rdir)

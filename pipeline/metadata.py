@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,11 @@ class MetadataStore:
             ).inserted_primary_key[0]
 
     def update_context(self, context_id: int, **fields: Any) -> None:
+        self.edit_context(context_id, lambda props: props.update(fields))
+
+    def edit_context(self, context_id: int, edit: Callable[[dict], object]) -> None:
+        """Change a context's properties in place, in one transaction (concurrent edits of
+        other properties, or other keys of one, are kept)."""
         with self.engine.begin() as c:
             query = (
                 sa.select(contexts.c.properties)
@@ -163,7 +169,7 @@ class MetadataStore:
                 .with_for_update()
             )
             props = json.loads(c.execute(query).scalar_one())
-            props.update(fields)
+            edit(props)
             c.execute(
                 contexts.update()
                 .where(contexts.c.id == context_id)
@@ -333,6 +339,14 @@ class MetadataStore:
                 .all()
             )
             return [dict(r) for r in rows]
+
+    def artifacts_ending(self, tail: str) -> list[dict]:
+        """Artifacts whose uri is `tail` or ends with `/tail` (relative records)."""
+        with self.engine.connect() as c:
+            uri = artifacts.c.uri
+            match = (uri == tail) | uri.endswith("/" + tail, autoescape=True)
+            rows = c.execute(sa.select(artifacts).where(match).order_by(artifacts.c.id))
+            return [dict(r) for r in rows.mappings().all()]
 
     def abandon_running(self, run_id: str, error: str) -> None:
         """Executions a killed process left 'running' are failed, never cache hits."""

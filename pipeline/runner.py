@@ -25,18 +25,17 @@ import yaml
 
 from dae.artifacts import read_json, write_json
 from dae.component import StageContext, StageError, StageResult
+from dae.files import SUCCESS
 from dae.pipeline.cache import unread_settings
 from dae.pipeline.config import Config, dump_config
 from dae.pipeline.console import Console
 from dae.pipeline.dag import DAG, STAGES, Node, node
-from dae.pipeline.lifecycle import METRIC_KEYS, run_dir, run_fields, update_run, write_metrics
+from dae.pipeline.lifecycle import pipeline_root, run_dir, run_fields, update_run, write_metrics
 from dae.pipeline.locks import root_lock
 from dae.pipeline.metadata import store_url
 from dae.pipeline.tracking import Outcome, Tracker, code_version, open_store
 
-SUCCESS = "_SUCCESS"
 _DEFERRED = (signal.SIGINT, signal.SIGTERM)
-__all__ = ["METRIC_KEYS", "run_dir"]  # where callers have always found them
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
@@ -53,9 +52,6 @@ def new_run_id() -> str:
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-_update_run = update_run
 
 
 def output_uri(rdir: Path, producer: str, output: str) -> Path:
@@ -182,12 +178,12 @@ def _abandon_killed_runs(root: Path, store) -> None:
             store.abandon_running(run_id, "interrupted: the process was killed")
             store.update_context(record["id"], status="failed", error="killed")
             if (run_dir(root, run_id) / "run.json").exists():
-                _update_run(run_dir(root, run_id), status="failed", error="killed")
+                update_run(run_dir(root, run_id), status="failed", error="killed")
 
 
 def _run_node(n: Node, config: Config, rdir: Path, root: Path, tracker: Tracker) -> Outcome:
     inputs = resolve_inputs(n, rdir)
-    arts = tracker.input_artifacts(n, inputs, rdir)
+    arts = tracker.input_artifacts(n, inputs)
     k = tracker.key(n, arts)
     start = time.perf_counter()
     eid = tracker.start(n, k, arts)
@@ -217,7 +213,7 @@ def _open_run(config: Config, root: Path, run_id: str, store, use_cache: bool) -
     rdir.mkdir(parents=True, exist_ok=False)
     dump_config(config, rdir / "config.yaml")
     started = _now()
-    _update_run(rdir, run_id=run_id, status="running", started=started, stages=list(STAGES))
+    update_run(rdir, run_id=run_id, status="running", started=started, stages=list(STAGES))
     tracker = Tracker(store, root, run_id, config, use_cache)
     tracker.run_record(status="running", started=started, code_version=code_version())
     for setting in unread_settings(config, [n.component.SPEC for n in DAG]):
@@ -229,7 +225,7 @@ def run_pipeline(
     config: Config, root: Path, run_id: str | None = None, use_cache: bool | None = None
 ) -> dict[str, Any]:
     """The whole DAG in order; returns metrics.json's content. Raises on a failed stage."""
-    root = Path(root)
+    root = pipeline_root(root)
     preflight(config)
     run_id = run_id or new_run_id()
     use_cache = config.cache if use_cache is None else use_cache
@@ -246,12 +242,12 @@ def run_pipeline(
             except BaseException as e:  # noqa: BLE001 - record every way a run ends
                 message = str(e).splitlines()[0] if str(e) else type(e).__name__
                 metrics = _finish(rdir, results, "failed", f"{n.name}: {message}")
-                tracker.run_record(**_run_fields(metrics))
+                tracker.run_record(**run_fields(metrics))
                 raise
             cached = " (cached)" if results[n.name].cached else ""
             log(f"[{n.name}] done in {results[n.name].seconds:.1f} s{cached}")
         metrics = _finish(rdir, results, "succeeded")
-        tracker.run_record(**_run_fields(metrics))
+        tracker.run_record(**run_fields(metrics))
         return metrics
 
 
@@ -261,7 +257,7 @@ def create_run(config: Config, root: Path, run_id: str) -> bool:
     (a retried step) finds it and returns False; a run id is used once."""
     if not RUN_ID.fullmatch(run_id):
         raise StageError(f"invalid run id {run_id!r}: letters, digits, '.', '_' and '-' only")
-    root = Path(root)
+    root = pipeline_root(root)
     preflight(config)
     with root_lock(
         root, f"dae stage --create --run {run_id}", url=store_url(config.metadata_url, root)
@@ -280,9 +276,6 @@ def create_run(config: Config, root: Path, run_id: str) -> bool:
         return True
 
 
-_run_fields = run_fields
-
-
 def load_run_config(root: Path, run_id: str) -> Config:
     rdir = run_dir(root, run_id)
     if not (rdir / "config.yaml").is_file():
@@ -290,14 +283,42 @@ def load_run_config(root: Path, run_id: str) -> Config:
     return Config.model_validate(yaml.safe_load((rdir / "config.yaml").read_text()))
 
 
-def downstream(stage: str) -> list[str]:
-    """Every stage that reads, directly or not, what `stage` writes."""
-    affected, out = {stage}, []
+def invalidated_by(changed: set[str]) -> dict[str, str]:
+    """The stages that read, directly or not, an output in `changed` ("stage.output"
+    references), each with why, in the DAG's order."""
+    out: dict[str, str] = {}
     for n in DAG:
-        if any(ref.split(".")[0] in affected for ref in n.inputs.values()):
-            affected.add(n.name)
-            out.append(n.name)
+        for ref in n.inputs.values():
+            if ref in changed:
+                out[n.name] = f"its input {ref} changed"
+            elif ref.split(".")[0] in out:
+                out[n.name] = f"its input {ref} is from an invalidated stage"
+            else:
+                continue
+            break
     return out
+
+
+def _settle(tracker: Tracker, rdir: Path, n: Node, before: dict | None, failed=False) -> None:
+    """After `dae stage` ran a stage of a run, or took its cache hit: the stages downstream
+    that read an output whose content changed since the stage's last success in the run
+    (every output, when it failed or had none) lose their SUCCESS, in the folder and in the
+    store, one console line each. The same output again leaves everything as it was."""
+    names = n.component.SPEC.outputs
+    if failed or before is None:
+        changed = set(names)
+    else:
+        after = {k: tracker.artifacts.get(f"{n.name}.{k}", {}).get("fingerprint") for k in names}
+        changed = {k for k in names if after[k] != before.get(k, {}).get("fingerprint")}
+    stale = invalidated_by({f"{n.name}.{k}" for k in changed})
+    stale = {s: why for s, why in stale.items() if (rdir / s / SUCCESS).exists()}
+    for stage, why in stale.items():
+        (rdir / stage / SUCCESS).unlink(missing_ok=True)
+        log(f"[{stage}] invalidated: {why}")
+    if stale:
+        tracker.invalidated(stale)
+    if not failed:
+        tracker.valid(n.name)
 
 
 def _stage_node(stage: str) -> Node:
@@ -315,21 +336,27 @@ def run_stage(
     use_cache: bool = False,
 ) -> Outcome:
     """Re-run one stage of a run (never from cache, unless asked to behave as `dae run`
-    would: then a cache hit is taken when the config allows it). Stages downstream of it
-    lose their _SUCCESS: they were computed from outputs now replaced. A distributed job's
-    secondary never takes a hit: its chief decides, and it runs with its peers."""
+    would: then a cache hit is taken when the config allows it). What read an output of it
+    that changed no longer counts (`_settle`). A distributed job's secondary never takes a
+    hit and settles nothing: its chief decides, and it runs with its peers."""
     n = _stage_node(stage)
-    root = Path(root)
+    root = pipeline_root(root)
     rdir = run_dir(root, run_id)
     url = store_url(config.metadata_url, root)
     with root_lock(root, f"dae stage {stage} --run {run_id}", shared=True, url=url):
         store = open_store(config, root)
-        cached = use_cache and config.cache and not n.component.SPEC.secondary()
-        tracker = Tracker(store, root, run_id, config, use_cache=cached)
+        secondary = n.component.SPEC.secondary()
+        tracker = Tracker(store, root, run_id, config, use_cache and config.cache and not secondary)
         tracker.resume = True  # an explicit re-run picks up an interrupted one's state
-        for later in downstream(stage):
-            (rdir / later / SUCCESS).unlink(missing_ok=True)
-        outcome = _run_node(n, config, rdir, root, tracker)
+        before = tracker.recorded_outputs(stage)
+        try:
+            outcome = _run_node(n, config, rdir, root, tracker)
+        except BaseException:
+            if not secondary and not (rdir / stage / SUCCESS).exists():  # its outputs went
+                _settle(tracker, rdir, n, before, failed=True)
+            raise
+        if not outcome.worker:
+            _settle(tracker, rdir, n, before)
     if (rdir / stage / "stage.json").is_file() and not outcome.worker and not outcome.cached:
         record = read_json(rdir / stage / "stage.json")
         rerun = {} if use_cache else {"rerun": _now()}
@@ -344,18 +371,19 @@ def cached_stage(config: Config, root: Path, run_id: str, stage: str) -> Outcome
     with nothing recorded, when there is none (or the config turns the cache off): the
     stage must then run, say as a distributed job its orchestrator starts."""
     n = _stage_node(stage)
-    root = Path(root)
+    root = pipeline_root(root)
     rdir = run_dir(root, run_id)
     url = store_url(config.metadata_url, root)
     with root_lock(root, f"dae stage {stage} --cache-only --run {run_id}", shared=True, url=url):
         tracker = Tracker(open_store(config, root), root, run_id, config, config.cache)
         inputs = resolve_inputs(n, rdir)
-        arts = tracker.input_artifacts(n, inputs, rdir)
+        arts = tracker.input_artifacts(n, inputs)
         k = tracker.key(n, arts)
         hit = tracker.hit(n, k["key"])
         if hit is None:
             return None
-        for later in downstream(stage):
-            (rdir / later / SUCCESS).unlink(missing_ok=True)
+        before = tracker.recorded_outputs(stage)
         start = time.perf_counter()
-        return tracker.reuse(tracker.start(n, k, arts), n, rdir, hit, start)
+        outcome = tracker.reuse(tracker.start(n, k, arts), n, rdir, hit, start)
+        _settle(tracker, rdir, n, before)
+        return outcome

@@ -7,7 +7,9 @@ still the very model that was pushed). Every stage is treated alike, through its
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import pkgutil
 import shutil
 import subprocess
 import time
@@ -17,11 +19,10 @@ from typing import Any
 
 from dae.artifacts import Artifact, write_json
 from dae.component import External
+from dae.files import SUCCESS
 from dae.pipeline import cache
 from dae.pipeline.dag import Node
 from dae.pipeline.metadata import MetadataStore, now, store_url
-
-SUCCESS = "_SUCCESS"
 
 
 @dataclass
@@ -37,22 +38,42 @@ class Outcome:
     interrupted: str | None = None  # a signal that arrived while the stage had to finish
 
 
-def code_version() -> str:
-    """The git commit of the code, when it runs from a checkout."""
-    here = Path(__file__).resolve().parent
+PACKAGE = "dae"  # the installed package whose source a run's code version names
+
+
+def source_folders(package: str = PACKAGE) -> list[Path]:
+    """Every folder the package is built from: its own and its subpackages' (dae's layers
+    are top-level folders of the repository, linked or mapped into it). Imports nothing
+    but the package itself."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folders = {Path(p).resolve() for p in spec.submodule_search_locations}
+    for sub in pkgutil.iter_modules(spec.submodule_search_locations, f"{package}."):
+        found = importlib.util.find_spec(sub.name) if sub.ispkg else None
+        folders |= {Path(p).resolve() for p in (found and found.submodule_search_locations) or ()}
+    return sorted(f for f in folders if not any(p in folders for p in f.parents))
+
+
+def _git(folder: Path, *args: str) -> subprocess.CompletedProcess | None:
     try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        return subprocess.run(
+            ["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def code_version() -> str:
+    """The git commit of the code when it runs from a checkout, "-dirty" when any of the
+    package's folders has changes (untracked files included)."""
+    folders = source_folders(PACKAGE)
+    head = _git(folders[0], "rev-parse", "HEAD") if folders else None
+    if head is None or head.returncode != 0:
         return "unknown"
-    dirty = subprocess.run(
-        ["git", "-C", str(here), "status", "--porcelain", "--", "."],
-        capture_output=True,
-        text=True,
-        timeout=5,
-    ).stdout.strip()
-    return (out.stdout.strip() + ("-dirty" if dirty else "")) if out.returncode == 0 else "unknown"
+    status = _git(folders[0], "status", "--porcelain", "--", *map(str, folders))
+    dirty = status is None or status.returncode != 0 or status.stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def open_store(config, root: Path) -> MetadataStore:
@@ -76,10 +97,10 @@ class Tracker:
 
     # -- keys and hits -------------------------------------------------------------------
 
-    def input_artifacts(self, n: Node, inputs: dict[str, Path], rdir: Path) -> dict[str, dict]:
+    def input_artifacts(self, n: Node, inputs: dict[str, Path]) -> dict[str, dict]:
         out = {}
         for name, ref in n.inputs.items():
-            art = self.artifacts.get(ref) or self._recorded(rdir, ref)
+            art = self.artifacts.get(ref) or self._recorded(ref)
             if art is None or Path(art["uri"]) != Path(inputs[name]):
                 kind = n.component.SPEC.inputs[name]
                 art = {
@@ -90,12 +111,16 @@ class Tracker:
             out[name] = art
         return out
 
-    def _recorded(self, rdir: Path, ref: str) -> dict | None:
+    def _recorded(self, ref: str) -> dict | None:
         """An upstream output of this run as the store knows it (for `dae stage`)."""
         producer, output = ref.split(".")
-        for ex in reversed(self.store.executions_of_run(rdir.name)):
-            if ex["component"] == producer and ex["status"] in ("succeeded", "cached"):
-                return self.store.artifacts_of(ex["id"]).get(output)
+        return (self.recorded_outputs(producer) or {}).get(output)
+
+    def recorded_outputs(self, stage: str) -> dict[str, dict] | None:
+        """The outputs of the stage's last successful execution in this run (None: none)."""
+        for ex in reversed(self.store.executions_of_run(self.run_id)):
+            if ex["component"] == stage and ex["status"] in ("succeeded", "cached"):
+                return self.store.artifacts_of(ex["id"])
         return None
 
     def key(self, n: Node, inputs: dict[str, dict]) -> dict[str, Any]:
@@ -192,3 +217,15 @@ class Tracker:
 
     def run_record(self, **fields: Any) -> None:
         self.store.update_context(self.run_ctx, **fields, updated=now())
+
+    def invalidated(self, stages: dict[str, str]) -> None:
+        """Record that these stages' outputs no longer count, and why (`dae runs show`)."""
+        self.store.edit_context(
+            self.run_ctx, lambda props: props.setdefault("invalidated", {}).update(stages)
+        )
+
+    def valid(self, stage: str) -> None:
+        """The stage succeeded again: its outputs count."""
+        self.store.edit_context(
+            self.run_ctx, lambda props: (props.get("invalidated") or {}).pop(stage, None)
+        )

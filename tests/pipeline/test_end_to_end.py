@@ -8,7 +8,7 @@ import pytest
 from support import dae
 
 from dae.artifacts import read_split
-from dae.pipeline.runner import METRIC_KEYS
+from dae.pipeline.lifecycle import METRIC_KEYS
 from dae.serving.format.export import INPUT_NAME, OUTPUT_NAME, SIGNATURE
 
 STAGES = [
@@ -75,20 +75,30 @@ def test_pushed_servable_reloads_and_denoises(smoke_run):
 
 def test_stage_reruns_one_stage_of_a_run(smoke_run):
     root, run_dir, _ = smoke_run
+    run = ["--run", run_dir.name, "--root", str(root)]
     before = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
-    # The resolver again: version 1 is in service now, and it is this very model.
-    assert (
-        "resolver: done in"
-        in dae("stage", "resolver", "--run", run_dir.name, "--root", str(root)).stdout
-    )
+    # The resolver again: version 1 is in service now, and it is this very model, so its
+    # answer is the same as the run's and what read it still counts.
+    proc = dae("stage", "resolver", *run)
+    assert "resolver: done in" in proc.stdout and "invalidated" not in proc.stdout
     baseline = json.loads((run_dir / "resolver" / "baseline" / "baseline.json").read_text())
     assert baseline == {"version": None}
-    assert not any((run_dir / s / "_SUCCESS").exists() for s in ("evaluate", "push", "report"))
-    proc = dae("stage", "evaluate", "--run", run_dir.name, "--root", str(root))
+    assert all((run_dir / s / "_SUCCESS").exists() for s in STAGES)
+    # A cache hit changes nothing either; the report then runs from cache on what it read.
+    proc = dae("stage", "train", "--cache-only", *run)
+    assert "train: cached" in proc.stdout and "invalidated" not in proc.stdout
+    assert all((run_dir / s / "_SUCCESS").exists() for s in STAGES)
+    assert "report: done in" in dae("stage", "report", "--cache", *run).stdout
+    proc = dae("stage", "evaluate", *run)
     assert "evaluate: done in" in proc.stdout and (run_dir / "evaluate" / "_SUCCESS").exists()
     after = json.loads((run_dir / "evaluate" / "evaluation" / "metrics.json").read_text())
     assert after["psnr_denoised"] == pytest.approx(before["psnr_denoised"], abs=1e-4)
     assert after["baseline_version"] is None  # a model is not its own baseline
+    # What the console says was invalidated is what lost its marker, and what runs show says.
+    said = {line[1:].split("]")[0] for line in proc.stdout.splitlines() if "invalidated" in line}
+    assert said == {s for s in ("push", "report") if not (run_dir / s / "_SUCCESS").exists()}
+    shown = dae("runs", "show", run_dir.name, "--root", str(root)).stdout
+    assert shown.count(" invalidated ") == len(said)
 
 
 def test_failed_run_is_recorded_and_pushes_nothing(tmp_path):

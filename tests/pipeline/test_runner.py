@@ -6,6 +6,7 @@ import pytest
 from stand_ins import stand_in
 
 from dae.component import StageError
+from dae.files import SUCCESS
 from dae.pipeline import runner
 from dae.pipeline.config import Config
 from dae.pipeline.dag import DAG, Node
@@ -41,7 +42,7 @@ def test_execute_marks_success_and_wires_inputs(tmp_path):
         tmp_path,
         tmp_path / "serving",
     )
-    assert result.metrics["seen"] == ["x"] and (tmp_path / "b" / runner.SUCCESS).exists()
+    assert result.metrics["seen"] == ["x"] and (tmp_path / "b" / SUCCESS).exists()
     assert json.loads((tmp_path / "b" / "stage.json").read_text())["summary"] == {"seen": ["x"]}
 
 
@@ -51,7 +52,7 @@ def test_failed_stage_leaves_no_success_marker_and_blocks_downstream(tmp_path):
             Node("a", component(fail=RuntimeError("boom"))), Config(), tmp_path, tmp_path
         )
     assert (tmp_path / "a" / "out" / "data.txt").exists()
-    assert not (tmp_path / "a" / runner.SUCCESS).exists()
+    assert not (tmp_path / "a" / SUCCESS).exists()
     with pytest.raises(StageError, match="needs 'a', which has not succeeded"):
         runner.execute(
             Node("b", component(inputs=("x",)), {"x": "a.out"}), Config(), tmp_path, tmp_path
@@ -83,25 +84,28 @@ def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
 
 
 def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch):
-    assert runner.downstream("transform") == [
-        "tune",
-        "train",
-        "resolver",
-        "evaluate",
-        "push",
-        "report",
-    ]
-    assert runner.downstream("evaluate") == ["push", "report"] and runner.downstream("push") == []
-    rdir = runner.run_dir(tmp_path, "r1")
+    changed = {"transform.transformed_examples", "transform.transform_graph"}
+    assert runner.invalidated_by(changed) == {
+        "tune": "its input transform.transformed_examples changed",
+        "train": "its input transform.transformed_examples changed",
+        "resolver": "its input train.model is from an invalidated stage",
+        "evaluate": "its input transform.transformed_examples changed",
+        "push": "its input train.model is from an invalidated stage",
+        "report": "its input transform.transformed_examples changed",
+    }
+    assert list(runner.invalidated_by({"evaluate.blessing"})) == ["push", "report"]
+    assert runner.invalidated_by({"push.pushed_model"}) == {}
+    # A stage with no record of its outputs in the run: everything after it is stale.
+    rdir = tmp_path / "runs" / "r1"
     for stage in ("ingest", "validate", "transform", "tune", "train", "evaluate", "push"):
         (rdir / stage).mkdir(parents=True)
-        (rdir / stage / runner.SUCCESS).touch()
+        (rdir / stage / SUCCESS).touch()
     validate = Node(
         "validate", component(outputs=("statistics",), inputs=("x",)), {"x": "ingest.examples"}
     )
     monkeypatch.setattr(runner, "node", lambda name: validate)
     runner.run_stage(Config(), tmp_path, "r1", "validate", ["seed=1"])
-    assert sorted(p.parent.name for p in rdir.glob(f"*/{runner.SUCCESS}")) == ["ingest", "validate"]
+    assert sorted(p.parent.name for p in rdir.glob(f"*/{SUCCESS}")) == ["ingest", "validate"]
     record = json.loads((rdir / "validate" / "stage.json").read_text())
     assert record["overrides"] == ["seed=1"] and record["rerun"]
 
@@ -126,6 +130,6 @@ def test_a_signal_during_an_atomic_stage_waits_for_it(tmp_path, monkeypatch):
         signal.signal(signal.SIGTERM, old)
     rdir = tmp_path / "runs" / "r1"
     assert (rdir / "push" / "out" / "version").read_text() == "complete"
-    assert (rdir / "push" / runner.SUCCESS).exists()
+    assert (rdir / "push" / SUCCESS).exists()
     metrics = json.loads((rdir / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["pushed_version"] == 7
