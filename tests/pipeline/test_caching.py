@@ -15,6 +15,7 @@ from dae.component import StageError
 from dae.pipeline import runner
 from dae.pipeline.config import Config
 from dae.pipeline.dag import Node
+from dae.pipeline.locks import root_lock
 from dae.pipeline.metadata import MetadataStore, default_url
 
 
@@ -82,17 +83,17 @@ def test_a_cached_stage_points_at_the_outputs_it_reuses(tmp_path, two_stages):
 
 def test_one_root_one_process(tmp_path):
     busy = pytest.raises(StageError, match=r"in use by dae run first \(pid \d+\)")
-    with runner.root_lock(tmp_path, "dae run first"), busy:
+    with root_lock(tmp_path, "dae run first"), busy:
         runner.run_pipeline(Config(), tmp_path)
 
 
 def test_stage_processes_share_a_root_but_not_with_a_run(tmp_path):
-    stage_a = runner.root_lock(tmp_path, "stage a", shared=True)
-    stage_b = runner.root_lock(tmp_path, "stage b", shared=True)
+    stage_a = root_lock(tmp_path, "stage a", shared=True)
+    stage_b = root_lock(tmp_path, "stage b", shared=True)
     with stage_a, stage_b, pytest.raises(StageError, match="in use by"):
         runner.run_pipeline(Config(), tmp_path)
     busy = pytest.raises(StageError, match=r"in use by dae run y")
-    with runner.root_lock(tmp_path, "dae run y"), busy:
+    with root_lock(tmp_path, "dae run y"), busy:
         runner.run_stage(Config(), tmp_path, "r1", "ingest")
 
 
