@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +38,40 @@ from dae.components.models import OBJECTIVE, build_model, hyperparameters, preci
 # ---- pure core -------------------------------------------------------------------------
 
 
+class _ReportsTrials:
+    """Mixed into Keras Tuner's tuner classes: its on_trial_end hook, overridden, advances
+    `progress` (if set, `report_trials`) with each finished trial's score and the best."""
+
+    progress = None
+
+    def on_trial_end(self, trial):
+        super().on_trial_end(trial)
+        if self.progress is not None:
+            best = self.oracle.get_best_trials(1)
+            self.progress.advance(score=trial.score, best=best[0].score if best else None)
+
+
+@cache
+def _tuner_class(kind: str) -> type:
+    """Keras Tuner's tuner for `kind`, with dae's progress reports."""
+    import keras_tuner as kt
+
+    bases = {
+        "hyperband": kt.Hyperband,
+        "random": kt.RandomSearch,
+        "bayesian": kt.BayesianOptimization,
+    }
+    if kind not in bases:
+        raise ValueError(f"unknown tuner {kind!r}")
+    return type(bases[kind].__name__, (_ReportsTrials, bases[kind]), {"__module__": __name__})
+
+
 def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_cfg):
     """One of Keras Tuner's own oracles, chosen by name."""
     import keras_tuner as kt
 
     compat.atomic_tuner_state()
-
+    tuner = _tuner_class(kind)
     common = dict(
         objective=kt.Objective(OBJECTIVE, "min"),
         directory=str(directory),
@@ -52,14 +80,10 @@ def make_tuner(kind: str, hypermodel, directory, project: str, seed: int, tune_c
         overwrite=False,
     )
     if kind == "hyperband":
-        return kt.Hyperband(
+        return tuner(
             hypermodel, max_epochs=tune_cfg.max_epochs, factor=tune_cfg.hyperband_factor, **common
         )
-    if kind == "random":
-        return kt.RandomSearch(hypermodel, max_trials=tune_cfg.max_trials, **common)
-    if kind == "bayesian":
-        return kt.BayesianOptimization(hypermodel, max_trials=tune_cfg.max_trials, **common)
-    raise ValueError(f"unknown tuner {kind!r}")
+    return tuner(hypermodel, max_trials=tune_cfg.max_trials, **common)
 
 
 def search(tuner, train, valid, epochs: int, batch_size: int, best: bool = True):
@@ -88,15 +112,8 @@ def planned_trials(tuner) -> int | None:
 
 
 def report_trials(tuner, progress) -> None:
-    """Each finished trial: its score and the best so far."""
-    finish = tuner.on_trial_end
-
-    def on_trial_end(trial):
-        finish(trial)
-        best = tuner.oracle.get_best_trials(1)
-        progress.advance(score=trial.score, best=best[0].score if best else None)
-
-    tuner.on_trial_end = on_trial_end
+    """Each finished trial: its score and the best so far (make_tuner's tuners report)."""
+    tuner.progress = progress
 
 
 def search_id(cfg, moments: dict) -> str:

@@ -243,3 +243,29 @@ def test_tuner_state_files_are_replaced_whole(tmp_path, monkeypatch, small):
     monkeypatch.undo()
     assert json.loads((tmp_path / "oracle.json").read_text()) == {"trials": list(range(1000))}
     assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_each_finished_trial_reports_its_score_and_the_best_so_far(tmp_path, small):
+    """Through Keras Tuner's own hook: its tuner classes' on_trial_end, overridden."""
+    import keras_tuner as kt
+
+    small.tune.max_trials = 3
+    tuner = tune.make_tuner("random", lambda hp: hp.Float("x", 0, 1), tmp_path, "p", 0, small.tune)
+    reported = []
+
+    class Progress:
+        def advance(self, **fields):
+            reported.append(fields)
+
+    tune.report_trials(tuner, Progress())
+    for score in (0.5, 0.2, 0.7):
+        trial = tuner.oracle.create_trial("tuner0")
+        tuner.oracle.update_trial(trial.trial_id, {"val_mse": score})
+        trial.status = kt.engine.trial.TrialStatus.COMPLETED
+        tuner.on_trial_end(trial)
+    assert [(r["score"], r["best"]) for r in reported] == [(0.5, 0.5), (0.2, 0.2), (0.7, 0.2)]
+    assert "on_trial_end" not in vars(tuner)  # the class's method, no rebound attribute
+    assert len(tuner.oracle.trials) == 3 and tuner.oracle.get_best_trials(1)[0].score == 0.2
+    hyperband = tune.make_tuner("hyperband", lambda hp: None, tmp_path, "h", 0, small.tune)
+    assert isinstance(hyperband, kt.Hyperband)
+    assert type(hyperband).on_trial_end is type(tuner).on_trial_end
