@@ -235,8 +235,8 @@ def main() -> int:
         )
     counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")
     rows, calls = (
-        int(counters["dae_serving_batched_rows_total"]),
-        int(counters["dae_serving_batches_total"]),
+        int(float(counters["dae_serving_batched_rows_total"])),
+        int(float(counters["dae_serving_batches_total"])),
     )
     print(f"mean batch {rows / max(calls, 1):.1f} rows")
     base_ips = unbatched["ips"]

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from dae.serving.model_server import monitoring
 from dae.serving.model_server.batching import Batcher, QueueFull, TooLarge
 from dae.serving.model_server.core import ServerCore
 from dae.serving.model_server.servable import ServingError, Signature, clip
@@ -159,6 +160,7 @@ class Predictor:
         self.limits = limits
         self.counts: Counter[str] = Counter()  # answered requests by status code name
         self.janitor = None  # memory.Janitor: told of every large request once answered
+        self.registry = monitoring.registry(self)  # this server's metrics, apart from others'
 
     def record(self, code: str, nbytes: int = 0) -> None:
         """Every answered request, of every API and protocol, by its status code."""
@@ -166,22 +168,9 @@ class Predictor:
         if self.janitor is not None:
             self.janitor.note(nbytes)
 
-    def metrics(self) -> str:
-        """Prometheus text, in the spirit of TF Serving's /monitoring/prometheus/metrics."""
-        lines = ["# TYPE dae_serving_request_count counter"]
-        for code, n in sorted(self.counts.items()):
-            lines.append(f'dae_serving_request_count{{status="{code}"}} {n}')
-        lines.append("# TYPE dae_serving_model_versions_available gauge")
-        for name, available in sorted(self.core.states().items()):
-            lines.append(f'dae_serving_model_versions_available{{model="{name}"}} {len(available)}')
-        if self.batcher is not None:
-            lines += [
-                "# TYPE dae_serving_batches_total counter",
-                f"dae_serving_batches_total {self.batcher.batches_run}",
-                "# TYPE dae_serving_batched_rows_total counter",
-                f"dae_serving_batched_rows_total {self.batcher.rows_run}",
-            ]
-        return "\n".join(lines) + "\n"
+    def metrics(self) -> bytes:
+        """Prometheus text (TF Serving's /monitoring/prometheus/metrics)."""
+        return monitoring.exposition(self.registry)
 
     def servable(self, model: str, version: int | None, label: str | None = None):
         manager = self.core.manager(model)

@@ -24,7 +24,7 @@ from tensorflow_serving.apis.classification_pb2 import ClassificationRequest
 from tensorflow_serving.apis.regression_pb2 import RegressionRequest
 
 from dae.serving.apis import json_tensor
-from dae.serving.model_server import inference, status
+from dae.serving.model_server import inference, monitoring, status
 from dae.serving.model_server.predict import Predictor, clip, invalid
 from dae.serving.model_server.rest_body import (
     BodyTooLarge,
@@ -99,7 +99,8 @@ class RestApp:
             return
         start, method, path = time.perf_counter(), scope["method"], scope["path"]
         if path == self.metrics_path and method == "GET":
-            await _send(send, 200, self.predictor.metrics().encode(), b"text/plain; version=0.0.4")
+            media = monitoring.CONTENT_TYPE.encode()
+            await _send(send, 200, self.predictor.metrics(), media)
             return
         code, close = "OK", False
         try:

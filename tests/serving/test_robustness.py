@@ -162,7 +162,7 @@ def test_d2_every_answered_request_is_counted_by_its_code(server):
         text = server.http.get("/monitoring/prometheus/metrics").text
         return Counter(
             {
-                line.split('status="')[1].split('"')[0]: int(line.rsplit(" ", 1)[1])
+                line.split('status="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
                 for line in text.splitlines()
                 if line.startswith("dae_serving_request_count")
             }

@@ -161,8 +161,8 @@ def test_dynamic_batching_merges_concurrent_requests(make_server, tmp_path, expe
     metrics = server.http.get("/monitoring/prometheus/metrics").text
     counters = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[0] != "#")
     rows, batches = (
-        int(counters["dae_serving_batched_rows_total"]),
-        int(counters["dae_serving_batches_total"]),
+        int(float(counters["dae_serving_batched_rows_total"])),
+        int(float(counters["dae_serving_batches_total"])),
     )
     assert rows == 16 + 0 and batches <= 4, metrics
 
