@@ -14,7 +14,9 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import shlex
 import socket
+import sys
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -28,6 +30,14 @@ class RootBusy(StageError):
 
 def _refused(root: Path, holder: str) -> RootBusy:
     return RootBusy(f"{root} is in use by {holder}; wait for it to finish or use another --root")
+
+
+def _label(what: str) -> str:
+    """How a refused process is shown the holder: what it does, its pid, its host and its
+    command line (the program's name, not its path)."""
+    argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv else []
+    command = shlex.join(argv) if argv and argv[0] else sys.executable
+    return f"{what} (pid {os.getpid()} on {socket.gethostname()}: {command})"
 
 
 @contextlib.contextmanager
@@ -56,7 +66,7 @@ def _flock(root: Path, what: str, shared: bool):
             raise _refused(root, holder) from None
         if not shared:
             f.truncate(0)
-            f.write(f"{what} (pid {os.getpid()})")
+            f.write(_label(what))
             f.flush()
         try:
             yield
@@ -75,7 +85,9 @@ def lock_key(root: Path) -> int:
 
 @contextlib.contextmanager
 def _advisory(root: Path, what: str, shared: bool, url: str):
-    label = f"{what} (pid {os.getpid()} on {socket.gethostname()})"[:63]  # NAMEDATALEN
+    label = _label(what)
+    if len(label.encode()) > 63:  # NAMEDATALEN: the command line is cut
+        label = label.encode()[:59].decode(errors="ignore") + "...)"
     engine = sa.create_engine(
         url, poolclass=sa.pool.NullPool, connect_args={"application_name": label}
     )

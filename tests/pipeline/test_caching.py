@@ -82,7 +82,7 @@ def test_a_cached_stage_points_at_the_outputs_it_reuses(tmp_path, two_stages):
 
 
 def test_one_root_one_process(tmp_path):
-    busy = pytest.raises(StageError, match=r"in use by dae run first \(pid \d+\)")
+    busy = pytest.raises(StageError, match=r"in use by dae run first \(pid \d+ on \S+: ")
     with root_lock(tmp_path, "dae run first"), busy:
         runner.run_pipeline(Config(), tmp_path)
 

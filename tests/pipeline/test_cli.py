@@ -63,3 +63,33 @@ def test_stage_name_must_be_a_stage(tmp_path, capsys):
     err = _fails(["stage", "train", "--run", "r1", "--root", str(tmp_path)], capsys, 1)
     assert "stage 'train' needs 'transform', which has not succeeded" in err
     assert sorted(p.name for p in (tmp_path / "runs" / "r1").iterdir()) == ["config.yaml"]
+
+
+HOLDER = """
+import sys, time
+from dae.pipeline.locks import root_lock
+
+with root_lock(sys.argv[1], "dae run first"):
+    print("holding", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_busy_root_names_the_holders_command_pid_and_host(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    root, script = tmp_path / "root", tmp_path / "holder.py"
+    script.write_text(HOLDER)
+    holder = subprocess.Popen([sys.executable, str(script), str(root)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"holding\n"
+        err = _fails(["runs", "fail", "r1", "--root", str(root)], capsys, 75)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert err == (
+        f"dae: error: {root} is in use by dae run first (pid {holder.pid} on "
+        f"{socket.gethostname()}: holder.py {root}); wait for it to finish or use another --root"
+    )
