@@ -22,7 +22,8 @@ def package_tree(dst: Path) -> Path:
 
 def lint_imports(tree: Path) -> subprocess.CompletedProcess:
     exe = Path(sys.executable).with_name("lint-imports")
-    env = {**os.environ, "PYTHONPATH": str(tree)}
+    # The copy first; then the repository, for pyproject's contract types (tests/...).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(REPO)])}
     return subprocess.run(
         [str(exe), "--config", str(REPO / "pyproject.toml"), "--no-cache"],
         cwd=tree,

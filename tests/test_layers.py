@@ -2,6 +2,7 @@
 generic layer of pipeline/ knows no stage by name."""
 
 import ast
+import re
 import tomllib
 from pathlib import Path
 
@@ -43,6 +44,41 @@ def test_a_broken_layer_is_caught(tmp_path, module, line, contract):
     contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
     (name,) = [c["name"] for c in contracts["contracts"] if contract in c["name"]]
     assert proc.returncode != 0 and f"{name} BROKEN" in proc.stdout.splitlines()
+
+
+PRIVATE = "private modules of libraries only in dae.compat"
+
+
+def test_a_private_module_of_a_library_is_caught_outside_dae_compat(tmp_path):
+    """However it is reached: an import, a lazy one in a function, importlib with a literal
+    name, an attribute chain on an imported library; the same in dae.compat is allowed."""
+    planted = {
+        "components/models.py": ("from keras.src import ops", "keras.src.ops"),
+        "serving/batch/beam.py": (
+            "def _lazy():\n    import apache_beam.runners.worker.sdk_worker",
+            "apache_beam.runners.worker.sdk_worker",
+        ),
+        "pipeline/runner.py": (
+            'import importlib\nimportlib.import_module("tensorflow.python.framework.ops")',
+            "tensorflow.python.framework.ops",
+        ),
+        "dae/artifacts.py": (
+            "import numpy as np\n_ = np._core.multiarray",
+            "numpy._core.multiarray",
+        ),
+        "dae/compat/keras.py": ("from keras.src import ops", None),
+    }
+    tree = package_tree(tmp_path)
+    for module, (line, _) in planted.items():
+        path = tree / "dae" / module.removeprefix("dae/")
+        path.write_text(path.read_text() + f"\n{line}\n")
+    proc = lint_imports(tree)
+    assert proc.returncode != 0 and f"{PRIVATE} BROKEN" in proc.stdout.splitlines()
+    for module, (_, used) in planted.items():
+        name = "dae." + module.removeprefix("dae/").removesuffix(".py").replace("/", ".")
+        found = re.findall(rf"^{re.escape(name)}:\d+ uses (\S+)$", proc.stdout, re.M)
+        assert (used in found) if used else not found, (module, found)
+    assert "Only dae.compat may use a library's private modules." in proc.stdout
 
 
 def _strings(path: Path) -> set[str]:
