@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dae import tfds as tfds_data
 from dae.artifacts import Examples, write_json, write_shards
 from dae.component import Spec, StageContext, StageError, StageResult
 from dae.files import sha256_file
@@ -58,15 +59,11 @@ def _expand(path: str) -> Path:
 
 
 def _builder(cfg):
-    import tensorflow_datasets as tfds
-
     name = cfg.data.dataset
     try:
-        builder = tfds.builder(name, data_dir=str(_expand(cfg.data.data_dir)))
-    except tfds.core.registered.DatasetNotFoundError:
-        raise StageError(f"unknown TFDS dataset '{name}'") from None
-    except Exception as e:  # TFDS says a bad version or config in several ways
-        raise StageError(f"invalid TFDS dataset '{name}': {str(e).splitlines()[0]}") from None
+        builder = tfds_data.builder(name, _expand(cfg.data.data_dir))
+    except tfds_data.TfdsError as e:
+        raise StageError(str(e)) from None
     features = builder.info.features
     image = features[cfg.data.image_key] if cfg.data.image_key in features else None  # noqa: SIM401 (not a dict)
     if image is None:
@@ -82,10 +79,11 @@ def _builder(cfg):
 
 
 def _check_splits(builder) -> None:
-    for split in SOURCE_SPLITS.values():
-        if split not in builder.info.splits:
-            known = ", ".join(builder.info.splits) or "none"
-            raise StageError(f"dataset '{builder.name}' has no '{split}' split (it has: {known})")
+    try:
+        for split in SOURCE_SPLITS.values():
+            tfds_data.require_split(builder, split)
+    except tfds_data.TfdsError as e:
+        raise StageError(str(e)) from None
 
 
 def _manual_dir(cfg) -> Path | None:
@@ -96,17 +94,14 @@ def _manual_dir(cfg) -> Path | None:
 
 def _require_local_data(builder, cfg) -> Path | None:
     """Prepared already (None), or preparable from its manual_dir (that dir), or refused."""
-    if builder.is_prepared():
+    if tfds_data.prepared(builder):
         _check_splits(builder)
         return None
     manual = _manual_dir(cfg)
     if manual is None:
-        name = cfg.data.dataset
-        raise StageError(
-            f"dataset '{name}' is not prepared in {_expand(cfg.data.data_dir)} and "
-            f"{_expand(cfg.data.manual_dir) / name} is empty: run `dae data prepare {name}` "
-            "(or `make data`)"
-        )
+        manual_dir = _expand(cfg.data.manual_dir)
+        error = tfds_data.not_prepared(builder, _expand(cfg.data.data_dir), manual_dir)
+        raise StageError(f"{error} (its manual_dir {manual_dir / cfg.data.dataset} is empty)")
     return manual
 
 

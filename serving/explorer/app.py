@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dae.serving.explorer import imaging
-from dae.serving.explorer.examples import Examples
+from dae.serving.explorer.examples import TestImages
 from dae.serving.explorer.upstream import DECODE, DENOISE, ENCODE, Upstream, UpstreamError
 
 log = logging.getLogger("dae.serving.explorer")
@@ -70,7 +70,7 @@ def _dims(shape) -> str:
 class Explorer:
     """Holds the upstream client, the test images and per-version caches."""
 
-    def __init__(self, upstream: Upstream, examples: Examples | None, examples_note: str):
+    def __init__(self, upstream: Upstream, examples: TestImages | None, examples_note: str):
         self.upstream, self.examples, self.examples_note = upstream, examples, examples_note
         self.signatures: dict[int, dict] = {}  # a version's signatures never change
         self.latent: dict[int, dict] = {}

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dae import tfds as tfds_data
+
 AUTO, DEFAULT_TFDS = "auto", "tfds:mnist/test"
 
 
@@ -18,13 +20,13 @@ class ExamplesError(Exception):
 
 
 @dataclass
-class Examples:
+class TestImages:
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int [N]
     description: str
 
 
-def load(spec: str, limit: int, data_dir: Path) -> tuple[Examples | None, str]:
+def load(spec: str, limit: int, data_dir: Path) -> tuple[TestImages | None, str]:
     """(examples or None, a sentence saying where they come from or why there are none)."""
     data_dir = Path(data_dir).expanduser()
     if spec == "none":
@@ -43,42 +45,31 @@ def load(spec: str, limit: int, data_dir: Path) -> tuple[Examples | None, str]:
 
 
 def _tfds_prepared(name: str, data_dir: Path) -> bool:
+    try:
+        return tfds_data.is_prepared(name, data_dir)
+    except tfds_data.TfdsError as e:
+        raise ExamplesError(str(e)) from None
+
+
+def _tfds(spec: str, limit: int, data_dir: Path) -> TestImages:
     import tensorflow_datasets as tfds
 
     try:
-        return tfds.builder(name, data_dir=str(data_dir)).is_prepared()
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ExamplesError(f"unknown TFDS dataset '{name}'") from None
-    except Exception:  # TFDS says "not there" in several ways
-        return False
-
-
-def _tfds(spec: str, limit: int, data_dir: Path) -> Examples:
-    import tensorflow_datasets as tfds
-
-    name, _, split = spec.removeprefix("tfds:").rpartition("/")
-    if not name or not split:
-        raise ExamplesError(f"'{spec}' is not tfds:NAME/SPLIT (e.g. tfds:mnist/test)")
-    if not _tfds_prepared(name, data_dir):
-        raise ExamplesError(
-            f"TFDS dataset '{name}' is not prepared in {data_dir} (dae never downloads: "
-            f"run `dae data prepare {name}`)"
-        )
-    builder = tfds.builder(name, data_dir=str(data_dir))
-    features = builder.info.features
-    if "image" not in features or "label" not in features:
-        raise ExamplesError(f"TFDS dataset '{name}' has no 'image' and 'label' features")
+        builder, split = tfds_data.open_prepared(spec, data_dir, ("image", "label"))
+        ds = tfds_data.as_dataset(builder, split, shuffle_files=False).take(limit).batch(limit)
+    except tfds_data.TfdsError as e:
+        raise ExamplesError(str(e)) from None
     try:
-        ds = builder.as_dataset(split=split, shuffle_files=False).take(limit).batch(limit)
         batch = next(iter(tfds.as_numpy(ds)), None)
-    except Exception as e:
-        raise ExamplesError(f"bad TFDS split '{split}': {str(e).splitlines()[0]}") from None
+    except Exception as e:  # a damaged record file: TF's message, first line
+        raise ExamplesError(f"cannot read TFDS {spec}: {str(e).splitlines()[0]}") from None
+    description = f"TFDS {spec.removeprefix(tfds_data.SPEC_PREFIX)}"
     if batch is None:
-        return Examples(np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, int), f"TFDS {spec}")
-    return Examples(_uint8(batch["image"]), batch["label"].astype(int), f"TFDS {name}/{split}")
+        return TestImages(np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, int), description)
+    return TestImages(_uint8(batch["image"]), batch["label"].astype(int), description)
 
 
-def _artifact(spec: str, limit: int) -> Examples:
+def _artifact(spec: str, limit: int) -> TestImages:
     from dae import artifacts
 
     path = Path(spec).expanduser()
@@ -96,7 +87,7 @@ def _artifact(spec: str, limit: int) -> Examples:
         split = artifacts.read_split(path, "test", (name,), limit=limit, raw=True)
     except Exception as e:  # a damaged shard: TF's message, first line
         raise ExamplesError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
-    return Examples(_uint8(split[name]), split["label"].astype(int), f"{path} (test)")
+    return TestImages(_uint8(split[name]), split["label"].astype(int), f"{path} (test)")
 
 
 def _feature_names(shard: str) -> set[str]:

@@ -22,7 +22,7 @@ class UpstreamError(Exception):
 
 
 @dataclass
-class Signature:
+class RemoteSignature:
     inputs: dict[str, list[int]]  # name -> shape, -1 for any size
     outputs: dict[str, list[int]]
 
@@ -82,11 +82,11 @@ class Upstream:
             for v in data.get("model_version_status", [])
         }
 
-    async def signatures(self, version: int) -> dict[str, Signature]:
+    async def signatures(self, version: int) -> dict[str, RemoteSignature]:
         data = await self._call("GET", self._path(version) + "/metadata")
         defs = data.get("metadata", {}).get("signature_def", {}).get("signature_def", {})
         return {
-            name: Signature(
+            name: RemoteSignature(
                 {k: _shape(v) for k, v in sig.get("inputs", {}).items()},
                 {k: _shape(v) for k, v in sig.get("outputs", {}).items()},
             )
