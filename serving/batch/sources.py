@@ -8,7 +8,6 @@ used. `prepare` turns a raw image into the model's float32 [0, 1] input or says 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,36 +253,18 @@ class TfdsSource(Source):
     """`tfds:NAME/SPLIT` from a prepared data_dir; never downloads. Reads `image`."""
 
     def __init__(self, spec: str, data_dir: Path):
-        import tensorflow_datasets as tfds
+        from dae import tfds as tfds_data
 
-        name, _, split = spec.removeprefix("tfds:").rpartition("/")
-        if not name or not split:
-            raise SourceError(f"'{spec}' is not tfds:NAME/SPLIT (e.g. tfds:mnist/test)")
         try:
-            builder = tfds.builder(name, data_dir=str(data_dir))
-        except tfds.core.registered.DatasetNotFoundError:
-            raise SourceError(f"unknown TFDS dataset '{name}'") from None
-        except Exception as e:  # TFDS says a bad version or config in several ways
-            raise SourceError(f"invalid TFDS dataset '{name}': {str(e).splitlines()[0]}") from None
-        if not builder.is_prepared():
-            raise SourceError(
-                f"TFDS dataset '{name}' is not prepared in {data_dir} "
-                f"(dae never downloads: run `dae data prepare {name}`)"
-            )
-        base = re.split(r"[\[+]", split)[0]
-        if base not in builder.info.splits:
-            known = ", ".join(builder.info.splits) or "none"
-            raise SourceError(f"TFDS dataset '{name}' has no '{base}' split (it has: {known})")
-        if "image" not in builder.info.features:
-            raise SourceError(f"TFDS dataset '{name}' has no 'image' feature")
-        try:
-            self.count = builder.info.splits[split].num_examples
-            self.dataset = builder.as_dataset(split=split, shuffle_files=False)
-        except Exception as e:
-            raise SourceError(f"bad TFDS split '{split}': {str(e).splitlines()[0]}") from None
+            builder, split = tfds_data.open_prepared(spec, data_dir, ("image",))
+            self.dataset = tfds_data.as_dataset(builder, split, shuffle_files=False)
+        except tfds_data.TfdsError as e:
+            raise SourceError(str(e)) from None
+        self.count = builder.info.splits[split].num_examples
         image_shape = builder.info.features["image"].shape
         self.shape = None if None in image_shape else tuple(image_shape)
-        self.spec, self.description = spec, f"TFDS {name}/{split} in {data_dir}"
+        self.spec = spec
+        self.description = f"TFDS {spec.removeprefix(tfds_data.SPEC_PREFIX)} in {data_dir}"
 
     def items(self):
         import tensorflow_datasets as tfds
