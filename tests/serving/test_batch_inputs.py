@@ -53,9 +53,14 @@ def test_a_png_bomb_is_one_line_and_no_warning(server, tmp_path):
     write_pngs(folder, 1)
     png_bomb(folder / "bomb.png")
     proc = as_a_user(
-        "denoise", "--input", str(folder), "--output", str(tmp_path / "o.npy"),
-        "--server", server.grpc,
-    )  # fmt: skip
+        "denoise",
+        "--input",
+        str(folder),
+        "--output",
+        str(tmp_path / "o.npy"),
+        "--server",
+        server.grpc,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines() == [
         f"dae: skipped {folder / 'bomb.png'}: declares 12000x12000 pixels, over the "
@@ -74,9 +79,16 @@ def test_links_that_lead_nowhere_are_reported_like_bad_images(server, tmp_path, 
     (folder / "gone.png").symlink_to(tmp_path / "nothing.png")
     (folder / "sub.png").mkdir()
     out = tmp_path / "o.npy"
-    assert cli.main(["denoise", "--input", str(folder), "--output", str(out)] + [
-        "--server", server.grpc,
-    ]) == 0  # fmt: skip
+    assert (
+        cli.main(
+            ["denoise", "--input", str(folder), "--output", str(out)]
+            + [
+                "--server",
+                server.grpc,
+            ]
+        )
+        == 0
+    )
     stdout, err = capsys.readouterr()
     assert "7 images in, 2 written, 5 skipped" in stdout
     assert err.splitlines() == [
