@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 import httptools
 import orjson
@@ -47,6 +48,20 @@ class _Lingering:
             self._protocol._linger()
         else:
             self._transport.close()
+
+
+def _unread(transport: asyncio.Transport) -> bool:
+    """Bytes from the peer that the event loop has not handed to the protocol yet."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    probe = socket.socket(fileno=sock.fileno())
+    try:
+        return bool(probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:  # nothing yet (BlockingIOError), or reset: nothing to answer either way
+        return False
+    finally:
+        probe.detach()
 
 
 class _HeadTooLarge(Exception):
@@ -91,24 +106,23 @@ class GuardedHttpProtocol(httptools_protocol()):
         return None if busy else self._idle_since
 
     def _make_room(self) -> bool:
-        """Under the cap, or at it with an idle connection to shed (the oldest); False when
-        every other open connection is busy."""
+        """Under the cap, or at it with an idle connection to shed (the one idle the
+        longest); False when every other open connection is busy."""
         everyone = self.open_connections()
         if len(everyone) <= self.max_connections:
             return True
         others = [c for c in everyone if c is not self and not c._conn.is_closing()]
         if len(others) < self.max_connections:
             return True
-        idle = [(since, c) for c in others if (since := c.idle_since()) is not None]
-        if not idle:
-            return False
-        min(idle, key=lambda pair: pair[0])[1]._shed()
-        return True
+        idle = sorted((since, id(c), c) for c in others if (since := c.idle_since()) is not None)
+        for _, _, oldest in idle:
+            if not _unread(oldest._conn):  # else its request is on its way: busy
+                oldest._shed()
+                return True
+        return False
 
     def _shed(self) -> None:
-        log.debug(
-            "closing an idle REST connection: at --rest-max-connections %d", self.max_connections
-        )
+        log.debug("closing an idle REST connection: at --rest-max-connections")
         self._disarm()
         self._conn.close()
 

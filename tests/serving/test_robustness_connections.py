@@ -4,14 +4,12 @@ and idle connections held open to crowd out other clients (--rest-max-connection
 from __future__ import annotations
 
 import re
-import resource
 import socket
 
 import httpx
 import numpy as np
 import orjson
-import pytest
-from hostile import GOOD_BODY, PREDICT, post, responses, still_serving, wait
+from hostile import GOOD_BODY, PREDICT, post, raw_http, responses, still_serving
 
 # A first answer large enough that the client is still reading it while the server goes on.
 BATCH = b'{"instances": ' + orjson.dumps(np.full((8, 28, 28, 1), 0.5).tolist()) + b"}"
@@ -27,6 +25,18 @@ def read_exactly(s: socket.socket, n: int) -> bytes:
     data = b""
     while len(data) < n and (chunk := s.recv(n - len(data))):
         data += chunk
+    return data
+
+
+def read_answer(s: socket.socket) -> bytes:
+    """One whole answer (with a Content-Length) off `s`."""
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+        head, sep, body = data.partition(b"\r\n\r\n")
+        length = re.search(rb"content-length: *(\d+)", head, re.IGNORECASE)
+        if sep and length and len(body) >= int(length.group(1)):
+            break
     return data
 
 
@@ -69,3 +79,70 @@ def test_a_client_closing_after_its_first_pipelined_answer_is_not_a_server_error
     still_serving(server)
     log = new_log(server, start)
     assert not ERROR_LINE.search(log), log[-3000:]
+
+
+# ---- idle connections held open against --rest-max-connections -----------------------------
+
+
+def test_idle_connections_over_the_cap_cannot_lock_clients_out(make_server):
+    """One client holds five times the cap in idle connections, four times over: the oldest
+    idle ones are closed for the newcomers, and a keep-alive client and a client opening a
+    connection per request lose no request. (They all got a 503 until the header timeout.)"""
+    cap = 8
+    server = make_server("--rest-max-connections", str(cap), "--rest-header-timeout-seconds", "120")
+    held: list[socket.socket] = []
+    try:
+        with httpx.Client(base_url=server.rest, timeout=30) as client:
+            for _ in range(4):
+                assert client.post(PREDICT, content=GOOD_BODY).status_code == 200
+                batch = [connect(server, timeout=5) for _ in range(5 * cap)]
+                held += batch
+                assert all(closed_by_server(s) for s in batch[:-cap])  # the oldest first
+                for s in batch[-cap:]:
+                    s.settimeout(0.1)
+                    assert not closed_by_server(s)  # the newest stay open
+                fresh = raw_http(server.rest, post(PREDICT, GOOD_BODY, "Connection: close\r\n"))
+                assert [status for status, _, _ in responses(fresh)] == [200]
+            assert client.post(PREDICT, content=GOOD_BODY).status_code == 200
+    finally:
+        for s in held:
+            s.close()
+    assert not ERROR_LINE.search(server.log.read_text().partition("serving model")[2])
+
+
+def test_busy_connections_are_never_shed(make_server):
+    """A request in flight (its body half sent) or being read (half a request line) keeps
+    its connection through any number of newcomers; once every connection is busy, a new
+    one gets a 503 naming the cap, as before."""
+    server = make_server("--rest-max-connections", "4", "--rest-header-timeout-seconds", "120")
+    request = post(PREDICT, GOOD_BODY)
+    split = len(request) - 100
+
+    def busy(n: int) -> list[tuple[socket.socket, bytes]]:
+        out = []
+        for i in range(n):
+            s, cut = connect(server), (split if i % 2 == 0 else 10)  # in its body, in its line
+            s.sendall(request[:cut])
+            out.append((s, request[cut:]))
+        return out
+
+    def finish(conns) -> None:
+        for s, rest in conns:
+            s.sendall(rest)
+            ((status, _, body),) = responses(read_answer(s))
+            assert status == 200 and "predictions" in orjson.loads(body)
+            s.close()
+
+    two = busy(2)
+    idle = [connect(server, timeout=5) for _ in range(20)]
+    assert all(closed_by_server(s) for s in idle[:-2])
+    finish(two)  # through 20 newcomers at a cap of 4
+    for s in idle:
+        s.close()
+
+    four = busy(4)
+    refused = raw_http(server.rest, post(PREDICT, GOOD_BODY), timeout=5)
+    ((status, _, body),) = responses(refused)
+    assert status == 503 and "connections" in orjson.loads(body)["error"]
+    finish(four)
+    still_serving(server)
