@@ -183,7 +183,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rest-max-connections",
         type=int,
         default=512,
-        help="REST connections open at once; one more gets 503 (default 512)",
+        help="REST connections open at once; one more closes the one idle the longest, "
+        "or gets 503 when all are busy (default 512)",
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
