@@ -25,38 +25,13 @@ from dae.artifacts import (
     write_json,
 )
 from dae.component import Spec, StageContext, StageError, StageResult
-from dae.components.noise import corrupt
+from dae.imaging import corrupt, image_metrics, per_image
 from dae.serving.format.export import load_servable
 
 NOISE_SEED = 20240  # the extra corruptions: the same for every run, so runs compare
-PSNR_CAP = 100.0  # an exact reconstruction has infinite PSNR; cap it so means stay finite
-EPS = 1e-7  # Keras' clip for cross-entropy: a noisy pixel of exactly 0 or 1 stays finite
 
 
 # ---- pure core -------------------------------------------------------------------------
-
-
-def per_image(pred: np.ndarray, clean: np.ndarray, batch: int = 2048) -> dict[str, np.ndarray]:
-    """MSE, binary cross-entropy (nats per pixel), PSNR and SSIM of each image, all images in
-    [0, 1] (tf.image's PSNR and SSIM)."""
-    import tensorflow as tf
-
-    out: dict[str, list] = {"mse": [], "bce": [], "psnr": [], "ssim": []}
-    for i in range(0, len(clean), batch):
-        p = tf.constant(pred[i : i + batch], tf.float32)
-        c = tf.constant(clean[i : i + batch], tf.float32)
-        q = tf.clip_by_value(p, EPS, 1.0 - EPS)
-        bce = -(c * tf.math.log(q) + (1.0 - c) * tf.math.log(1.0 - q))
-        out["mse"].append(tf.reduce_mean(tf.square(p - c), axis=[1, 2, 3]).numpy())
-        out["bce"].append(tf.reduce_mean(bce, axis=[1, 2, 3]).numpy())
-        out["psnr"].append(np.minimum(tf.image.psnr(p, c, max_val=1.0).numpy(), PSNR_CAP))
-        out["ssim"].append(tf.image.ssim(p, c, max_val=1.0).numpy())
-    return {k: np.concatenate(v).astype(np.float64) for k, v in out.items()}
-
-
-def image_metrics(pred: np.ndarray, clean: np.ndarray, batch: int = 2048) -> dict[str, float]:
-    """Means over images of `per_image`."""
-    return {k: float(v.mean()) for k, v in per_image(pred, clean, batch).items()}
 
 
 def per_class(values: np.ndarray, labels: np.ndarray) -> dict[str, float]:

@@ -1,28 +1,10 @@
-"""Corruptions a denoiser is scored on (shared by evaluate and the quality benchmark; not a
-stage). Same definitions as the transform's training noise, applied to a whole batch."""
+"""The pipeline's noise config read as a corruption of `dae.imaging` (shared by evaluate, the
+explorer and the quality benchmark; not a stage). Same definitions as the transform's
+training noise, applied to a whole batch."""
 
 from __future__ import annotations
 
-import numpy as np
-
-KINDS = ("gaussian", "salt_pepper", "mask")
-
-
-def corrupt(clean: np.ndarray, kind: str, level: float, rng: np.random.Generator) -> np.ndarray:
-    """`clean` in [0, 1] with noise of `kind`: gaussian of stddev `level`, salt and pepper
-    on a `level` fraction of pixels, or a `level` fraction of pixels masked to 0. Rounded to
-    8 bits, as the transform stores noisy images and as an 8-bit source would send them."""
-    if kind == "gaussian":
-        noisy = clean + rng.normal(0.0, level, clean.shape)
-    elif kind == "salt_pepper":
-        hit = rng.random(clean.shape) < level
-        noisy = np.where(hit, (rng.random(clean.shape) < 0.5).astype(np.float32), clean)
-    elif kind == "mask":
-        noisy = np.where(rng.random(clean.shape) < level, 0.0, clean)
-    else:
-        raise ValueError(f"unknown noise kind {kind!r} (known: {', '.join(KINDS)})")
-    return (np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
-
+from dae.imaging import KINDS, corrupt  # noqa: F401 (the stages' noise, shared with the explorer)
 
 LEVELS = {"gaussian": "stddev", "salt_pepper": "salt_pepper", "mask": "mask_fraction"}
 

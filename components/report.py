@@ -28,6 +28,7 @@ from dae.artifacts import (
     read_split,
 )
 from dae.component import Spec, StageContext, StageResult
+from dae.imaging import pca_2d
 
 PAD, SCALE = 2, 2
 EXAMPLES = 12  # test images in the denoising grids
@@ -81,16 +82,6 @@ def save_curves(path: Path, history: dict[str, list[float]]) -> Path:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
-
-
-def pca_2d(z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, two principal axes as rows, their stddevs); z of 2 dims keeps its own axes."""
-    mean = z.mean(axis=0)
-    if z.shape[1] <= 2:
-        axes = np.eye(2, z.shape[1])
-        return mean, axes, (z - mean).std(axis=0).clip(1e-6)[:2]
-    _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
-    return mean, vt[:2], s[:2] / np.sqrt(len(z))
 
 
 def save_scatter(path: Path, z: np.ndarray, labels: np.ndarray) -> Path:

@@ -1,6 +1,6 @@
-"""The explorer's pixel work in numpy: the three corruptions, PSNR and SSIM, PCA of latent
-codes, uploads to model input. Serving may not import components, so the corruptions are
-written again here, with the same definitions as `dae.components.noise.corrupt`."""
+"""The explorer's pixel work: the evaluator's corruptions, PSNR and SSIM and the report's
+principal plane (all from `dae.imaging`, numpy only) as the page asks for them, and uploads
+to model input."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ import io
 
 import numpy as np
 
-KINDS = ("gaussian", "salt_pepper", "mask", "none")  # none: the image is noisy already
-PSNR_CAP = 100.0  # as evaluate caps it: an exact copy has infinite PSNR
+from dae import imaging as shared
+
+KINDS = (*shared.KINDS, "none")  # none: the image is noisy already
+PSNR_CAP = shared.PSNR_CAP
 
 
 class ImageError(ValueError):
@@ -17,71 +19,35 @@ class ImageError(ValueError):
 
 
 def corrupt(clean: np.ndarray, kind: str, level: float, seed: int) -> np.ndarray:
-    """`clean` in [0, 1] with noise of `kind` at `level`, rounded to 8 bits. The random
-    draws depend on the seed only, so moving the level slider grows the same noise."""
+    """The evaluator's corruption of `clean` (`dae.imaging.corrupt`), checked for the page,
+    seeded so moving the level slider grows the same noise."""
     if kind not in KINDS:
         raise ImageError(f"unknown corruption '{kind}' (known: {', '.join(KINDS)})")
     if not 0.0 <= level <= 1.0:
         raise ImageError(f"the corruption level must be in [0, 1], got {level:g}")
-    rng = np.random.default_rng(seed)
-    if kind == "gaussian":
-        noisy = clean + level * rng.standard_normal(clean.shape)
-    elif kind == "salt_pepper":
-        hit, salt = rng.random(clean.shape) < level, rng.random(clean.shape) < 0.5
-        noisy = np.where(hit, salt.astype(np.float32), clean)
-    elif kind == "mask":
-        noisy = np.where(rng.random(clean.shape) < level, 0.0, clean)
-    else:
-        noisy = clean
-    return (np.round(np.clip(noisy, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
+    if kind == "none":
+        return shared.to_8bit(clean)
+    return shared.corrupt(clean, kind, level, np.random.default_rng(seed))
 
 
 def psnr(image: np.ndarray, clean: np.ndarray) -> float:
-    mse = float(np.mean((np.asarray(image, np.float64) - clean) ** 2))
-    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10.0 * np.log10(1.0 / mse))
-
-
-def _gaussian_filter(x: np.ndarray, size: int, sigma: float = 1.5) -> np.ndarray:
-    """'valid' separable Gaussian filter over H and W of an HWC array."""
-    t = np.arange(size) - (size - 1) / 2
-    k = np.exp(-(t**2) / (2 * sigma**2))
-    k /= k.sum()
-    h, w = x.shape[0] - size + 1, x.shape[1] - size + 1
-    rows = sum(k[i] * x[i : i + h] for i in range(size))
-    return sum(k[j] * rows[:, j : j + w] for j in range(size))
+    return float(shared.psnr(image, clean))
 
 
 def ssim(image: np.ndarray, clean: np.ndarray) -> float:
-    """tf.image.ssim(max_val=1) in numpy (11x11 Gaussian window, sigma 1.5, 'valid'), so
-    the page's numbers are the report's; the window shrinks for images under 11 pixels."""
-    x, y = np.asarray(image, np.float64), np.asarray(clean, np.float64)
-    size = min(11, x.shape[0], x.shape[1])
-    c1, c2 = 0.01**2, 0.03**2
-    mx, my = _gaussian_filter(x, size), _gaussian_filter(y, size)
-    sxx = _gaussian_filter(x * x, size) - mx * mx
-    syy = _gaussian_filter(y * y, size) - my * my
-    sxy = _gaussian_filter(x * y, size) - mx * my
-    luminance = (2 * mx * my + c1) / (mx * mx + my * my + c1)
-    contrast = (2 * sxy + c2) / (sxx + syy + c2)
-    return float(np.mean(luminance * contrast))
+    return float(shared.ssim(image, clean))
 
 
 def pca2(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
-    """(2-D points, mean, axes [2, Z], explained variance ratios) of latent codes [N, Z].
-    Two dimensions are their own plane (no rotation); one dimension gets a zero axis."""
+    """(2-D points, mean, axes [2, Z], explained variance ratios) of latent codes [N, Z]:
+    the report's principal plane. Two dimensions are their own plane, not centred (the
+    page labels them z1, z2); one dimension gets a zero axis."""
     codes = np.asarray(codes, np.float64)
-    z = codes.shape[1]
-    mean = codes.mean(axis=0)
-    if z <= 2:
-        axes = np.eye(2, z)
-        mean = np.zeros(z)
-        var = codes.var(axis=0)
-        ratios = list(var / var.sum()) if var.sum() > 0 else [0.0] * z
-        return codes @ axes.T, mean, axes, [float(r) for r in ratios] + [0.0] * (2 - z)
-    _, s, vt = np.linalg.svd(codes - mean, full_matrices=False)
-    axes = vt[:2] * np.sign(vt[:2].sum(axis=1, keepdims=True) + 1e-12)  # a stable sign
-    ratios = (s**2 / max(float((s**2).sum()), 1e-12))[:2]
-    return (codes - mean) @ axes.T, mean, axes, [float(r) for r in ratios]
+    mean, axes, std = shared.pca_2d(codes)
+    ratios = shared.variance_shares(codes, std)
+    if codes.shape[1] <= 2:
+        mean = np.zeros(codes.shape[1])
+    return (codes - mean) @ axes.T, mean, axes, ratios + [0.0] * (2 - len(ratios))
 
 
 def decode_upload(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
