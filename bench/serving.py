@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.Server
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -136,7 +135,7 @@ def _echo_server(port: int, ready) -> None:
 def rpc_ceiling(clients: int, seconds: float, image) -> dict:
     import multiprocessing
 
-    from support import free_port
+    from dae.serving.model_server.process import free_port
 
     port, ctx = free_port(), multiprocessing.get_context("spawn")
     ready = ctx.Event()
@@ -164,10 +163,9 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=32)
     args = p.parse_args()
 
-    from support import Server, copy_version
-
     from dae.serving.apis.client import GrpcClient, RestClient
     from dae.serving.format.export import load_servable
+    from dae.serving.model_server.process import ModelServerProcess, copy_version
 
     work = Path(tempfile.mkdtemp(prefix="dae-bench-"))
     model = Path(args.model) if args.model else build_model(work / "built", args.filters)
@@ -181,7 +179,7 @@ def main() -> int:
     base = work / "plain" / "denoiser"
     base.mkdir(parents=True)
     copy_version(model, base, 1)
-    plain = Server(base)
+    plain = ModelServerProcess(base)
     grpc_client, rest_client = (
         GrpcClient(plain.grpc, "denoiser"),
         RestClient(plain.rest, "denoiser"),
@@ -200,7 +198,7 @@ def main() -> int:
     unbatched = clients_run(plain.grpc, args.clients, args.seconds, one, plain.proc.pid)
     plain.stop()
     # TF Serving's --tensorflow_intra_op_parallelism=1: each single-image call on one thread.
-    single = Server(base, "--tensorflow_intra_op_parallelism=1")
+    single = ModelServerProcess(base, "--tensorflow_intra_op_parallelism=1")
     one_thread = clients_run(single.grpc, args.clients, args.seconds, one, single.proc.pid)
     single.stop()
     params = work / "batching.txt"
@@ -211,7 +209,9 @@ def main() -> int:
     base_b = work / "batched" / "denoiser"
     base_b.mkdir(parents=True)
     copy_version(model, base_b, 1)
-    batched_server = Server(base_b, "--enable-batching", "--batching-parameters-file", str(params))
+    batched_server = ModelServerProcess(
+        base_b, "--enable-batching", "--batching-parameters-file", str(params)
+    )
     batched = clients_run(
         batched_server.grpc, args.clients, args.seconds, one, batched_server.proc.pid
     )

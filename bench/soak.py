@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # support.Server
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -122,7 +121,7 @@ def prepare(good: Path, work: Path) -> tuple[Path, Path]:
 
 def faults(soak: Soak, base: Path, good: Path, bad: Path, other: Path, work: Path) -> None:
     """The schedule, as fractions of the run."""
-    from support import copy_version
+    from dae.serving.model_server.process import copy_version
 
     def at(fraction: float) -> None:
         while time.monotonic() - soak.start < fraction * soak.seconds:
@@ -168,7 +167,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60.0)
     args = p.parse_args()
 
-    from support import Server
+    from dae.serving.model_server.process import ModelServerProcess
 
     work = Path(tempfile.mkdtemp(prefix="dae-soak-"))
     try:
@@ -181,7 +180,7 @@ def main() -> int:
             "max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
             "num_batch_threads { value: 2 }\n"
         )
-        server = Server(
+        server = ModelServerProcess(
             base,
             "--enable-batching",
             "--batching-parameters-file",

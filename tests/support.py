@@ -1,19 +1,18 @@
-"""Helpers shared by tests: tiny datasets, the console script, a real `dae serve`."""
+"""Helpers shared by tests: tiny datasets, the console script; a real `dae serve` (Server)
+is the package's, which the benchmarks use too."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from dae.artifacts import SCHEMA_FILE, write_json, write_shards
+from dae.serving.model_server.process import DAE, copy_version, free_port  # noqa: F401
+from dae.serving.model_server.process import ModelServerProcess as Server  # noqa: F401
 
 
 def digit_like(n: int, shape=(28, 28, 1), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -43,9 +42,6 @@ def write_examples(artifact: Path, splits: dict[str, tuple[np.ndarray, np.ndarra
     return artifact
 
 
-DAE = str(Path(sys.executable).with_name("dae"))
-
-
 def dae(*args, check=True, timeout=600):
     """The console script, as a user runs it."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -53,82 +49,6 @@ def dae(*args, check=True, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"dae {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
     return proc
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`dae serve` in a subprocess; stopped (SIGTERM) when the test is done."""
-
-    def __init__(self, base: Path, *extra: str, name: str = "denoiser"):
-        self.base, self.name = base, name
-        for _attempt in range(3):  # a free port can be taken by another process before we bind
-            if self._start(extra):
-                return
-        raise RuntimeError(f"dae serve could not bind: {self.log.read_text()[-2000:]}")
-
-    def _start(self, extra) -> bool:
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.grpc = f"127.0.0.1:{self.grpc_port}"
-        self.rest = f"http://127.0.0.1:{self.rest_port}"
-        self.log = self.base.parent / f"serve-{self.rest_port}.log"
-        cmd = [
-            DAE,
-            "serve",
-            "--model-base-path",
-            str(self.base),
-            "--model-name",
-            self.name,
-            "--port",
-            str(self.grpc_port),
-            "--rest-api-port",
-            str(self.rest_port),
-            "--file-system-poll-wait-seconds",
-            "0.2",
-            *extra,
-        ]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        self.http = httpx.Client(base_url=self.rest, timeout=30)
-        return self._wait_ready()
-
-    def _wait_ready(self, seconds: float = 60) -> bool:
-        """Ready when our own process says it serves on our ports (not when something on
-        the port answers: that could be another server)."""
-        ready = f"REST 127.0.0.1:{self.rest_port}"
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            text = self.log.read_text()
-            if self.proc.poll() is not None:
-                if "address already in use" in text or "cannot bind" in text:
-                    self.http.close()
-                    return False
-                raise RuntimeError(f"dae serve exited: {text[-2000:]}")
-            if ready in text:
-                return True
-            time.sleep(0.1)
-        raise TimeoutError(f"dae serve not ready: {self.log.read_text()[-2000:]}")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None and self.http.get(f"/v1/models/{self.name}").is_success
-
-    def stop(self) -> int:
-        self.http.close()
-        self.proc.terminate()
-        return self.proc.wait(timeout=30)
-
-
-def copy_version(src: Path, base: Path, version: int) -> Path:
-    """Publish `src` as `version` the way a pusher does: copy aside, then rename in."""
-    tmp = base / f".tmp-copy-{version}"
-    shutil.copytree(src, tmp)
-    os.rename(tmp, base / str(version))
-    return base / str(version)
 
 
 def copy_root(src: Path, dst: Path) -> Path:
