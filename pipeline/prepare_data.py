@@ -272,6 +272,11 @@ def prepare(names: list[str], data_dir: Path, manual_dir: Path, cache_dir: Path)
     _check_names(names)
     import tensorflow_datasets as tfds  # slow import: only when really preparing
 
+    from dae import tfds as tfds_data
+
+    # Its tqdm bars are ~200 lines in a log (and glue TF's native lines to theirs); the
+    # summary line per data set says what was made.
+    tfds.disable_progress_bar()
     results: dict[str, dict] = {}
     for name in names:
         # Separate manual and download dirs: same file names, and TFDS would reuse
@@ -290,10 +295,11 @@ def prepare(names: list[str], data_dir: Path, manual_dir: Path, cache_dir: Path)
             raise DataPrepError(f"{name}: rebuilt files in {own_manual} fail their sha256")
         download_dir = data_dir / "downloads" / name
         try:
-            builder = tfds.builder(name, data_dir=str(data_dir))
-            if not builder.is_prepared():
+            builder = tfds_data.builder(name, data_dir)
+            if not tfds_data.prepared(builder):
                 config = tfds.download.DownloadConfig(manual_dir=str(own_manual))
-                with contextlib.redirect_stdout(sys.stderr):  # keep stdout for our summary
+                # TFDS prints "Downloading and preparing..." and "...prepared to": not ours.
+                with contextlib.redirect_stdout(io.StringIO()):
                     builder.download_and_prepare(
                         download_dir=str(download_dir), download_config=config
                     )

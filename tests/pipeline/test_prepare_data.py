@@ -6,6 +6,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -156,3 +157,22 @@ def test_main_dataprep_error_returns_2(tmp_path: Path, capsys, monkeypatch):
         capsys.readouterr().err
         == "dae: error: sha256 mismatch for mnist/t10k-labels-idx1-ubyte.gz\n"
     )
+
+
+@pytest.mark.slow  # a real prepare: about a minute on 2 cores
+def test_a_real_prepare_prints_one_line(tmp_path: Path):
+    """What a user sees (no TF_CPP_MIN_LOG_LEVEL of their own): the summary line, and no
+    TFDS progress bars, TFDS prints or TensorFlow native lines on stderr."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    dae = str(Path(sys.executable).with_name("dae"))
+    cmd = [dae, "data", "prepare", "mnist", "--data-dir", str(tmp_path / "tfds")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and re.fullmatch(
+        r"mnist 3\.0\.1 test=10000 train=60000 \(\d+\.\d s\)", lines[0]
+    ), lines
