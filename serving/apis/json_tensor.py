@@ -16,19 +16,12 @@ import functools
 import math
 
 import numpy as np
-import orjson
 import simdjson
+
+from dae.serving.apis.json_numbers import decimal, dumps  # noqa: F401 (this module's API)
 
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b"[],")
 MAX_RANK = 32  # deeper nesting takes the generic path, which names the problem
-
-
-def dumps(array: np.ndarray) -> bytes:
-    """JSON of a numeric array, as orjson writes it (same numbers, same nesting)."""
-    if array.ndim >= 2 and array.shape[-1] == 1 and array.size:
-        # Wrapping every number of the array without its unit axis in [] adds that axis.
-        return b"[" + dumps(array[..., 0]).replace(b",", b"],[") + b"]"
-    return orjson.dumps(np.ascontiguousarray(array), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 @functools.lru_cache(maxsize=64)

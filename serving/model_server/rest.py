@@ -25,14 +25,14 @@ from tensorflow_serving.apis.regression_pb2 import RegressionRequest
 
 from dae.serving.apis import json_tensor
 from dae.serving.model_server import inference, monitoring, status
+from dae.serving.model_server.json_predict import fill_predict_request, make_json_from_tensors
 from dae.serving.model_server.predict import Predictor, clip, invalid
 from dae.serving.model_server.rest_body import (
     BodyTooLarge,
     ClientGone,
     classification_json,
     fill_classify_regress_request,
-    format_predict_response,
-    parse_predict_body,
+    parse_body,
     read_body,
     regression_json,
     signature_name,
@@ -158,20 +158,12 @@ class RestApp:
         if fast:
             inputs, row = {input_name: fast[1]}, fast[0] == "instances"
         else:  # the generic path: any body TF Serving takes, and every error message
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise invalid(f"JSON parse error: {clip(e, 200)}") from None
+            doc = parse_body(raw)
             servable = predictor.servable(name, version, label)
-            sig = predictor.signature(servable, signature_name(body))
-            inputs, row = parse_predict_body(body, sig, raw)
+            sig = predictor.signature(servable, signature_name(doc))
+            inputs, row = fill_predict_request(doc, sig, raw)
         _, _, outputs = await predictor.predict(name, version, sig.name, inputs, label)
-        if len(outputs) == 1 and next(iter(outputs.values())).dtype.kind in "biuf":
-            key = b'{"predictions":' if row else b'{"outputs":'
-            return key + json_tensor.dumps(next(iter(outputs.values()))) + b"}"
-        return orjson.dumps(
-            format_predict_response(outputs, row), option=orjson.OPT_SERIALIZE_NUMPY
-        )
+        return make_json_from_tensors(outputs, row)
 
     async def _classify_regress(self, scope, receive, verb, name, version, label) -> bytes:
         """TF Serving's ProcessClassifyRequest / ProcessRegressRequest: the JSON examples

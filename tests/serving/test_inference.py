@@ -165,14 +165,111 @@ def test_rest_predict_strings_in_and_out(front):
     assert r.json() == {"predictions": [{"classes": ["lo", "hi"], "scores": [-2.0, 3.0]}]}
     body = {"signature_name": "classify_x_to_y", "inputs": [[1.0]]}
     r = front.post("/v1/models/half_plus_two:predict", body)
-    assert r.status_code == 400 and "strings are expected" in r.json()["error"]
+    expected = "JSON Value: 1.0 Type: Number is not of expected type: string"
+    assert r.status_code == 400 and r.json()["error"] == expected
 
 
 def test_a_shape_the_graph_refuses_is_invalid_argument(front):
     r = front.post("/v1/models/tf2:predict", {"instances": [["a"]]})
     assert r.status_code == 400
-    r = front.post("/v1/models/half_plus_two:predict", {"inputs": {"x": [[1.0, 2.0]], "z": 1}})
-    assert r.status_code == 400 and "unknown input 'z'" in r.json()["error"]
+
+
+# -- TF Serving's JSON on the REST surface (util/json_tensor.cc, json_tensor_test.cc) -----
+
+
+def _raw(front, model: str, body: bytes) -> tuple[int, bytes]:
+    r = front.post(f"/v1/models/{model}:predict", body)
+    return r.status_code, r.content
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        # MultipleNamedTensor: NaN and Infinity are numbers (kParseNanAndInfFlag); they come
+        # back as WriteDecimal writes them
+        (b'{"inputs": [NaN, Infinity, -Infinity, 1.5]}',
+         b'{"outputs":[NaN,Infinity,-Infinity,3.0]}'),
+        (b'{"instances": [[NaN], [2.0]]}', b'{"predictions":[[NaN],[4.0]]}'),
+        # a scalar in, a scalar out (AddTensorValues writes a rank-0 tensor bare)
+        (b'{"inputs": 1.5}', b'{"outputs":3.0}'),
+        # six digits when they read back, else nine (FromJsonSingleFloatTensorSixDigitPrecision)
+        (b'{"inputs": [4500000, 0.000015, 277778.75, 1.0000005]}',
+         b'{"outputs":[9e+06,3e-05,555557.5,2.00000095]}'),
+        # FloatTensorThatExceedsMaxReturnsInf: a double past float's range is infinite
+        (b'{"inputs": [1.79769e+308]}', b'{"outputs":[Infinity]}'),
+        # kParseStopWhenDoneFlag: what follows the document is not read
+        (b'{"inputs": [1.0]} trailing', b'{"outputs":[2.0]}'),
+    ],
+)  # fmt: skip
+def test_rest_numbers_as_tf_serving_reads_and_writes_them(front, body, expected):
+    assert _raw(front, "any_rank", body) == (200, expected)
+
+
+def test_rest_columnar_reads_only_the_signatures_inputs(front):
+    """FillTensorMapFromInputsMap looks up each input of the signature: other keys are
+    not read."""
+    body = b'{"inputs": {"x": [1.0], "z": "anything"}}'
+    assert _raw(front, "half_plus_two", body) == (200, b'{"outputs":[2.5]}')
+
+
+_DOC = '{\n    "instances": %s\n}'
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"", "JSON Parse error: The document is empty"),
+        (b'{"instances": [1,', "JSON Parse error: Invalid value. at offset: 17"),
+        (b'{"instances": [1 2]}',
+         "JSON Parse error: Missing a comma or ']' after an array element. at offset: 17"),
+        (b"[1]", "JSON Value: [1] Is not object"),
+        (b'{"signature_name": 5, "instances": [1]}',
+         'JSON Value: {\n    "signature_name": 5,\n    "instances": [1]\n} not formatted '
+         "correctly. 'signature_name' key must be a string value."),
+        (b'{"instances": [1], "inputs": [1]}',
+         'JSON Value: {\n    "instances": [1],\n    "inputs": [1]\n} Not formatted correctly '
+         "expecting only one of 'inputs' or 'instances' keys to exist "),
+        (b'{"instances": 1}',
+         "JSON Value: " + _DOC % "1" + " Expecting 'instances' to be an list/array"),
+        (b'{"instances": []}', "JSON Value: " + _DOC % "[]" + " No values in 'instances' array"),
+        (b'{"x": [1]}', "Missing 'inputs' or 'instances' key"),
+        # SingleUnnamedTensorErrors
+        (b'{"instances": [[1,2],[3,4],[5,6,7]]}',
+         "Failed to process element: 2 of 'instances' list. Error: INVALID_ARGUMENT: "
+         "Expecting tensor size: 2 but got: 3"),
+        (b'{"instances": [[1,2],[3,4],[[5,6]]]}',
+         "Failed to process element: 2 of 'instances' list. Error: INVALID_ARGUMENT: "
+         "Expecting shape [2] but got: [1,2]"),
+        (b'{"instances": [1, [1]]}',
+         "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+         "Expecting shape [] but got: [1]"),
+        (b'{"instances": [[1,2],["a", "b"]]}',
+         "Failed to process element: 1 of 'instances' list. Error: INVALID_ARGUMENT: "
+         'JSON Value: "a" Type: String is not of expected type: float'),
+        (b'{"instances": [true]}',
+         "Failed to process element: 0 of 'instances' list. Error: INVALID_ARGUMENT: "
+         "JSON Value: true Type: True is not of expected type: float"),
+        (b'{"instances": [{"z": [1]}]}',
+         "Failed to process element: 0 key: z of 'instances' list. Error: INVALID_ARGUMENT: "
+         "JSON object: does not have named input: z"),
+        (b'{"instances": [{"x": 1}, [1]]}',
+         "Expecting object but got list at item 1 of input list"),
+        (b'{"instances": [[1], {"x": [1]}]}',
+         "Expecting value/list but got object at item 1 of input list"),
+        # columnar: FillTensorProto's own checks
+        (b'{"inputs": [[1, 2], [3]]}',
+         "Encountered list at unexpected size: 1 at level: 1 expected size: 2"),
+        (b'{"inputs": [[1, 2], 3]}',
+         "JSON Value: 3 found at incorrect level: 2 in the JSON DOM. Expected at level: 2"),
+        (b'{"inputs": [1, [2]]}', "Encountered list at unexpected level: 1 expected < 1"),
+        (b'{"inputs": {"y": [1]}}', "Missing named input: x in 'inputs' object."),
+        (b'{"inputs": [{"a": 1}]}',
+         'JSON Value: {\n    "a": 1\n} Type: Object is not of expected type: float'),
+    ],
+)  # fmt: skip
+def test_rest_errors_are_worded_as_tf_servings(front, body, message):
+    r = front.post("/v1/models/half_plus_two:predict", body)
+    assert r.status_code == 400 and r.json()["error"] == message
 
 
 # -- Classify, Regress, MultiInference -----------------------------------------------------
