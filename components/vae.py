@@ -130,16 +130,27 @@ def parts(model):
     return None
 
 
+def _in_batches(part, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """The outputs of `part` (an encoder or decoder) on `x`, called eagerly a batch at a
+    time. Not Keras' predict: it traces a tf.function for each model and input shape, all
+    from one Python function, and TensorFlow warns of "retracing" when a process (evaluate
+    and report, a tuned run's models) traces it a few times in a row."""
+    chunks = []
+    for start in range(0, len(x), batch_size):
+        out = part(keras.ops.convert_to_tensor(x[start : start + batch_size]), training=False)
+        chunks.append([np.asarray(t) for t in (out if isinstance(out, list | tuple) else [out])])
+    return [np.concatenate(outputs) for outputs in zip(*chunks, strict=True)]
+
+
 def encode(model, images: np.ndarray, batch_size: int = 512):
     """(z_mean, z_log_var) as numpy."""
-    z_mean, z_log_var = parts(model)[0].predict(images, batch_size=batch_size, verbose=0)
+    z_mean, z_log_var = _in_batches(parts(model)[0], np.asarray(images, np.float32), batch_size)
     return z_mean, z_log_var
 
 
 def decode(model, z: np.ndarray, batch_size: int = 512) -> np.ndarray:
     """Images in [0, 1] from latent points (the prior's, or a walk through the space)."""
-    decoder = parts(model)[1]
-    logits = decoder.predict(np.asarray(z, np.float32), batch_size=batch_size, verbose=0)
+    (logits,) = _in_batches(parts(model)[1], np.asarray(z, np.float32), batch_size)
     return 1.0 / (1.0 + np.exp(-logits))
 
 
@@ -154,7 +165,7 @@ def elbo(model, noisy: np.ndarray, clean: np.ndarray, seed: int = 0, batch_size:
     z_mean, z_log_var = encode(model, noisy, batch_size)
     eps = np.random.default_rng(seed).standard_normal(z_mean.shape).astype(np.float32)
     z = z_mean + np.exp(0.5 * z_log_var) * eps
-    logits = parts(model)[1].predict(z, batch_size=batch_size, verbose=0)
+    (logits,) = _in_batches(parts(model)[1], z, batch_size)
     rec = np.asarray(bernoulli_nll(clean.astype(np.float32), logits), np.float64)
     kl = np.asarray(kl_divergence(z_mean, z_log_var), np.float64)
     return {
