@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from support import dae, digit_like, free_port, write_examples
 
-from dae.artifacts import encode_example
 from dae import cli
+from dae.artifacts import encode_example
 from dae.serving.batch.destinations import to_uint8
 from dae.serving.format import export
 
