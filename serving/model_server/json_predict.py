@@ -191,6 +191,11 @@ def _instances(rows: list, sig: Signature, raw: bytes) -> dict[str, np.ndarray]:
                 if key not in infos:
                     raise invalid(f"JSON object: does not have named input: {key}")
                 arr = tensor(value, infos[key].dtype, raw)
+                if arr.ndim >= MAX_RANK:  # the batch adds a dimension
+                    raise invalid(
+                        f"JSON Value is nested {arr.ndim + 1} lists deep with the batch; "
+                        f"at most {MAX_RANK} here"
+                    )
                 seen = first.setdefault(key, arr)
                 if seen.size != arr.size:
                     raise invalid(f"Expecting tensor size: {seen.size} but got: {arr.size}")

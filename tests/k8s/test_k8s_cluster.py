@@ -59,17 +59,15 @@ RWX_PROVISIONERS = {
 }
 
 
-def _readme_section() -> str:
-    text = (REPO / "README.md").read_text()
-    start = text.index("\n## Running on Kubernetes\n")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
+def _cluster_guide() -> str:
+    """docs/kubernetes.md, the cluster guide the README links to."""
+    return (REPO / "docs" / "kubernetes.md").read_text()
 
 
 def _readme_manifests() -> list[dict]:
     """The objects the README's `kubectl apply -f - <<'YAML'` commands create."""
-    blocks = re.findall(r"<<'YAML'\n(.*?)\nYAML\n", _readme_section(), flags=re.S)
-    assert blocks, "no `kubectl apply -f - <<'YAML'` command in the README's cluster section"
+    blocks = re.findall(r"<<'YAML'\n(.*?)\nYAML\n", _cluster_guide(), flags=re.S)
+    assert blocks, "no `kubectl apply -f - <<'YAML'` command in docs/kubernetes.md"
     return [yaml.safe_load(b) for b in blocks]
 
 
@@ -247,7 +245,7 @@ def test_no_configmap_holds_the_url_or_a_password(rendered, variant):
 
 
 def _secret_command() -> dict[str, str]:
-    lines = [ln for ln in _readme_section().splitlines() if "create secret generic" in ln]
+    lines = [ln for ln in _cluster_guide().splitlines() if "create secret generic" in ln]
     assert len(lines) == 1, "one command creates the database Secret"
     words = shlex.split(lines[0].split("&&", 1)[1])
     assert words[words.index("generic") + 1] == SECRET
@@ -272,7 +270,7 @@ def test_the_readme_secret_matches_the_database(rendered, overlay):
     )
     assert (url.username, url.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
     assert url.password == keys["password"] == "$PW", "one generated password for both keys"
-    assert "openssl rand" in _readme_section()
+    assert "openssl rand" in _cluster_guide()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -693,5 +691,5 @@ def test_the_documented_kserve_form_renders_in_each_overlay(tmp_path):
         after = yaml.safe_load((k8s / "overlays" / overlay / "kustomization.yaml").read_text())
         assert after["components"] == before.get("components", []) + ["../../components/kserve"]
         assert by_kind(objects, "InferenceService") and not by_kind(objects, "Deployment")
-    readme = " ".join(_readme_section().split())
+    readme = " ".join(_cluster_guide().split())
     assert "add `../../components/kserve` to the overlay's `components:` list" in readme
