@@ -3,7 +3,7 @@ Serving's saved_model_half_plus_two.py generates its test data: tf_serving_model
 folder up) for half_plus_two / half_plus_three, the generators below for the
 tf.saved_model.save and Keras cases; and the config files the servers are started with. TF
 Serving's text test data (config files, the expected metadata) are copied verbatim in
-tests/serving/tf_serving_data/."""
+tests/serving/model_server/tf_serving_data/."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ checks); test_model_server.py (the cases of TF Serving's file, each naming the c
 ports: testGetModelStatus -> test_get_model_status), test_config_and_versions.py (config
 files and reloads, and beyond TF Serving's file: version folders, version policies and
 labels, the Docker image's environment). TF Serving's text test data (config files, the
-expected metadata) are copied verbatim in tests/serving/tf_serving_data/.
+expected metadata) are copied verbatim in tests/serving/model_server/tf_serving_data/.
 
 Differences from TF Serving's harness: servers answer on 127.0.0.1 (dae binds it by default;
 TF Serving's tests use localhost), each server gets its own gRPC Unix socket (TF Serving's
