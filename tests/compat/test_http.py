@@ -19,7 +19,7 @@ from dae.compat import CompatError
 from dae.compat.http import _METHODS, _STATE, httptools_protocol
 
 IMPL = "uvicorn.protocols.http.httptools_impl"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def gone(what: str, problem: str = "is gone") -> str:
