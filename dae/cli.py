@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     argo.add_argument("--output", "-o", help="write the manifests here (default: stdout)")
 
-    from dae.serving.model_server.server import add_arguments
+    from dae.serving.model_server.flags import add_arguments
 
     add_arguments(sub.add_parser("serve", help="serve pushed versions over TF Serving's API"))
     from dae.serving.batch import denoise as batch
@@ -164,11 +164,11 @@ def _dispatch(args) -> int:
     if args.command == "argo":
         return _argo(args)
     if args.command == "serve":
-        from dae.serving.model_server import server
+        from dae.serving.model_server import flags, server
 
         try:
             return server.main(args)
-        except server.ServeError as e:
+        except flags.ServeError as e:
             raise StageError(str(e)) from None
     if args.command == "denoise":
         from dae.serving.batch import denoise as batch

@@ -17,7 +17,7 @@ import pytest
 
 from dae import cli
 from dae.pipeline import prepare_data
-from dae.serving.model_server.server import NO_EFFECT, UNSUPPORTED
+from dae.serving.model_server.flags import NO_EFFECT, UNSUPPORTED
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"

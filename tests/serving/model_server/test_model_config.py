@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dae.serving.format.export import version_dirs, versions
-from dae.serving.model_server import server
+from dae.serving.model_server import flags, server
 from dae.serving.model_server.model_config import (
     ServerConfigError,
     VersionPolicy,
@@ -103,7 +103,7 @@ def test_version_folders_spelled_as_tf_servings(tmp_path):
 
 def _args(*argv):
     parser = argparse.ArgumentParser()
-    server.add_arguments(parser)
+    flags.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -139,9 +139,9 @@ def test_the_official_images_environment(tmp_path):
     assert (config.name, config.base_path) == ("m", tmp_path / "m")
     (config,) = server.model_configs(_args(f"--model_base_path={tmp_path / 'm'}"), {})
     assert config.name == "m"  # no --model_name: the folder's name (TF Serving: "default")
-    with pytest.raises(server.ServeError, match="Both --model_base_path and --model_config_file"):
+    with pytest.raises(flags.ServeError, match="Both --model_base_path and --model_config_file"):
         server.model_configs(_args(), {})
-    with pytest.raises(server.ServeError, match="does not exist"):
+    with pytest.raises(flags.ServeError, match="does not exist"):
         server.model_configs(_args(), {"MODEL_NAME": "nope", "MODEL_BASE_PATH": str(tmp_path)})
 
 
@@ -152,11 +152,11 @@ def test_flags_that_cannot_work_say_so():
         (("--model_base_path=/m", "--rest_api_timeout_in_ms=0"), "must be positive"),
         (("--model_base_path=/m", "--num_request_iterations_for_warmup=0"), "at least 1"),
     ]:
-        with pytest.raises(server.ServeError, match=message):
-            server._check_flags(_args(*argv))
+        with pytest.raises(flags.ServeError, match=message):
+            flags.check_flags(_args(*argv))
     assert server._channel_arguments("grpc.max_connection_age_ms=2000,grpc.lb_policy_name=x") == [
         ("grpc.max_connection_age_ms", 2000),
         ("grpc.lb_policy_name", "x"),
     ]
-    with pytest.raises(server.ServeError, match="not key=value"):
+    with pytest.raises(flags.ServeError, match="not key=value"):
         server._channel_arguments("nonsense")
