@@ -111,7 +111,7 @@ class RestClient:
     def predict(self, images: np.ndarray, version: int | None = None) -> np.ndarray:
         import orjson
 
-        from dae.serving.apis import json_tensor
+        from dae.serving.apis import json_parse, json_tensor
 
         path = f"/v1/models/{self.model}" + (f"/versions/{version}" if version is not None else "")
         body = b'{"inputs":' + json_tensor.dumps(np.asarray(images, np.float32)) + b"}"
@@ -125,7 +125,8 @@ class RestClient:
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 message = content.decode("utf-8", "replace").strip()[:500]
             raise ServingClientError(str(status), message)
-        return np.asarray(orjson.loads(content)["outputs"], np.float32)
+        # NaN / Infinity as TF Serving writes them: orjson and simdjson refuse those tokens.
+        return np.asarray(json_parse.parse(content)["outputs"], np.float32)
 
     def close(self) -> None:
         self._conn.close()

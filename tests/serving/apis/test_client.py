@@ -93,3 +93,14 @@ def test_rest_client_addresses_the_version_asked_for_zero_included(version, path
         finally:
             client.close()
     assert server.paths == [path]
+
+
+def test_rest_client_reads_non_finite_outputs_as_tf_serving_writes_them():
+    """TF Serving writes NaN, Infinity and -Infinity as bare tokens (not null)."""
+    with fake_server(200, b'{"outputs": [[NaN, Infinity, -Infinity, 0.5]]}') as server:
+        client = RestClient(server.address, "denoiser", timeout=5)
+        try:
+            out = client.predict(IMAGES[:1])
+        finally:
+            client.close()
+    np.testing.assert_array_equal(out, [[np.nan, np.inf, -np.inf, 0.5]])
