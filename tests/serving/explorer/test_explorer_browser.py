@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from explorer_support import running_explorer
-from support import Server
+from support import Server, copy_version
 
 pytestmark = pytest.mark.slow  # fits three models on MNIST, starts a browser: ~1 min
 
@@ -22,6 +22,9 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "explorer"
 README_SHOTS = ("denoise.png", "latent.png")  # one of each view
 LATENCY_BUDGET_MS = 150.0
+# A pushed version folder (a default run's dae-root/serving/denoiser/N) served as version 2,
+# for the README's screenshots: DAE_UPDATE_SCREENSHOTS=1 DAE_SHOWN_MODEL=... pytest ...
+SHOWN_MODEL = os.environ.get("DAE_SHOWN_MODEL")
 
 
 def _mnist_version(base: Path, family: str, clean: np.ndarray, epochs: int, **fixed) -> None:
@@ -55,7 +58,10 @@ def mnist_servers(tmp_path_factory):
     clean = found.images.astype(np.float32) / 255
     root = tmp_path_factory.mktemp("explorer-mnist")
     _mnist_version(root / "denoiser", "dense", clean, 1, units_0=128, latent_dim=16)
-    _mnist_version(root / "denoiser", "dense", clean, 3, units_0=256, latent_dim=64)
+    if SHOWN_MODEL:  # the model a user would see: a default run's push
+        copy_version(Path(SHOWN_MODEL), root / "denoiser", 2)
+    else:
+        _mnist_version(root / "denoiser", "dense", clean, 3, units_0=256, latent_dim=64)
     _mnist_version(root / "vae", "vae", clean, 3, units_0=512)  # latent_dim 8: eight sliders
     with ThreadPoolExecutor(2) as pool:  # each loads TensorFlow: start them together
         dense = pool.submit(Server, root / "denoiser", "--num-versions", "2")
