@@ -26,6 +26,7 @@ from tensorflow_serving.apis.regression_pb2 import RegressionRequest
 from dae.serving.apis import json_tensor
 from dae.serving.model_server import inference, monitoring, status
 from dae.serving.model_server.json_predict import fill_predict_request, make_json_from_tensors
+from dae.serving.model_server.model_config import PROMETHEUS_PATH
 from dae.serving.model_server.predict import Predictor, clip, invalid
 from dae.serving.model_server.rest_body import (
     BodyTooLarge,
@@ -44,7 +45,6 @@ log = logging.getLogger("dae.serving.model_server.rest")
 _SPEC = r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[0-9]+)|/labels/(?P<label>[^/:]+))?"
 POST_PATH = re.compile(_SPEC + r":(?P<verb>classify|regress|predict)$", re.IGNORECASE)
 GET_PATH = re.compile(_SPEC + r"(?P<verb>/metadata)?$", re.IGNORECASE)
-METRICS_PATH = "/monitoring/prometheus/metrics"
 # TF Serving's ToHTTPStatusCode (model_servers/http_server.cc).
 HTTP_STATUS = {
     "INVALID_ARGUMENT": 400,
@@ -89,7 +89,7 @@ class RestApp:
         predictor: Predictor,
         max_body_bytes: int,
         body_timeout: float = 60.0,
-        metrics_path: str | None = METRICS_PATH,
+        metrics_path: str | None = PROMETHEUS_PATH,
     ):
         self.predictor, self.metrics_path = predictor, metrics_path
         self.max_body_bytes, self.body_timeout = max_body_bytes, body_timeout
@@ -193,6 +193,6 @@ def make_app(
     predictor: Predictor,
     max_body_bytes: int,
     body_timeout: float = 60.0,
-    metrics_path: str | None = METRICS_PATH,
+    metrics_path: str | None = PROMETHEUS_PATH,
 ) -> RestApp:
     return RestApp(predictor, max_body_bytes, body_timeout, metrics_path)
