@@ -26,6 +26,7 @@ import yaml
 from dae.artifacts import read_json, write_json
 from dae.component import StageContext, StageError, StageResult
 from dae.files import SUCCESS
+from dae.pipeline import invalidation
 from dae.pipeline.cache import unread_settings
 from dae.pipeline.config import Config, dump_config
 from dae.pipeline.console import Console
@@ -283,44 +284,6 @@ def load_run_config(root: Path, run_id: str) -> Config:
     return Config.model_validate(yaml.safe_load((rdir / "config.yaml").read_text()))
 
 
-def invalidated_by(changed: set[str]) -> dict[str, str]:
-    """The stages that read, directly or not, an output in `changed` ("stage.output"
-    references), each with why, in the DAG's order."""
-    out: dict[str, str] = {}
-    for n in DAG:
-        for ref in n.inputs.values():
-            if ref in changed:
-                out[n.name] = f"its input {ref} changed"
-            elif ref.split(".")[0] in out:
-                out[n.name] = f"its input {ref} is from an invalidated stage"
-            else:
-                continue
-            break
-    return out
-
-
-def _settle(tracker: Tracker, rdir: Path, n: Node, before: dict | None, failed=False) -> None:
-    """After `dae stage` ran a stage of a run, or took its cache hit: the stages downstream
-    that read an output whose content changed since the stage's last success in the run
-    (every output, when it failed or had none) lose their SUCCESS, in the folder and in the
-    store, one console line each. The same output again leaves everything as it was."""
-    names = n.component.SPEC.outputs
-    if failed or before is None:
-        changed = set(names)
-    else:
-        after = {k: tracker.artifacts.get(f"{n.name}.{k}", {}).get("fingerprint") for k in names}
-        changed = {k for k in names if after[k] != before.get(k, {}).get("fingerprint")}
-    stale = invalidated_by({f"{n.name}.{k}" for k in changed})
-    stale = {s: why for s, why in stale.items() if (rdir / s / SUCCESS).exists()}
-    for stage, why in stale.items():
-        (rdir / stage / SUCCESS).unlink(missing_ok=True)
-        log(f"[{stage}] invalidated: {why}")
-    if stale:
-        tracker.invalidated(stale)
-    if not failed:
-        tracker.valid(n.name)
-
-
 def _stage_node(stage: str) -> Node:
     if stage not in STAGES:
         raise StageError(f"unknown stage '{stage}' (stages: {', '.join(STAGES)})")
@@ -337,8 +300,8 @@ def run_stage(
 ) -> Outcome:
     """Re-run one stage of a run (never from cache, unless asked to behave as `dae run`
     would: then a cache hit is taken when the config allows it). What read an output of it
-    that changed no longer counts (`_settle`). A distributed job's secondary never takes a
-    hit and settles nothing: its chief decides, and it runs with its peers."""
+    that changed no longer counts (`invalidation`). A distributed job's secondary never
+    takes a hit and settles nothing: its chief decides, and it runs with its peers."""
     n = _stage_node(stage)
     root = pipeline_root(root)
     rdir = run_dir(root, run_id)
@@ -349,14 +312,18 @@ def run_stage(
         tracker = Tracker(store, root, run_id, config, use_cache and config.cache and not secondary)
         tracker.resume = True  # an explicit re-run picks up an interrupted one's state
         before = tracker.recorded_outputs(stage)
+        held = set() if secondary else invalidation.hold(rdir, n, DAG)
         try:
             outcome = _run_node(n, config, rdir, root, tracker)
         except BaseException:
             if not secondary and not (rdir / stage / SUCCESS).exists():  # its outputs went
-                _settle(tracker, rdir, n, before, failed=True)
+                try:
+                    invalidation.settle(tracker, rdir, n, before, held, DAG, log, failed=True)
+                except Exception as e:  # the stage's own error is the one to report
+                    log(f"[{stage}] could not record what it invalidated: {e}")
             raise
         if not outcome.worker:
-            _settle(tracker, rdir, n, before)
+            invalidation.settle(tracker, rdir, n, before, held, DAG, log)
     if (rdir / stage / "stage.json").is_file() and not outcome.worker and not outcome.cached:
         record = read_json(rdir / stage / "stage.json")
         rerun = {} if use_cache else {"rerun": _now()}
@@ -383,7 +350,8 @@ def cached_stage(config: Config, root: Path, run_id: str, stage: str) -> Outcome
         if hit is None:
             return None
         before = tracker.recorded_outputs(stage)
+        held = invalidation.hold(rdir, n, DAG)
         start = time.perf_counter()
         outcome = tracker.reuse(tracker.start(n, k, arts), n, rdir, hit, start)
-        _settle(tracker, rdir, n, before)
+        invalidation.settle(tracker, rdir, n, before, held, DAG, log)
         return outcome

@@ -7,7 +7,7 @@ from stand_ins import stand_in
 
 from dae.component import StageError
 from dae.files import SUCCESS
-from dae.pipeline import runner
+from dae.pipeline import invalidation, runner
 from dae.pipeline.config import Config
 from dae.pipeline.dag import DAG, Node
 
@@ -85,7 +85,7 @@ def test_a_failed_run_is_recorded_with_its_error(tmp_path, monkeypatch, error):
 
 def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch):
     changed = {"transform.transformed_examples", "transform.transform_graph"}
-    assert runner.invalidated_by(changed) == {
+    assert invalidation.invalidated_by(changed) == {
         "tune": "its input transform.transformed_examples changed",
         "train": "its input transform.transformed_examples changed",
         "resolver": "its input train.model is from an invalidated stage",
@@ -93,8 +93,8 @@ def test_rerunning_a_stage_invalidates_what_depends_on_it(tmp_path, monkeypatch)
         "push": "its input train.model is from an invalidated stage",
         "report": "its input transform.transformed_examples changed",
     }
-    assert list(runner.invalidated_by({"evaluate.blessing"})) == ["push", "report"]
-    assert runner.invalidated_by({"push.pushed_model"}) == {}
+    assert list(invalidation.invalidated_by({"evaluate.blessing"})) == ["push", "report"]
+    assert invalidation.invalidated_by({"push.pushed_model"}) == {}
     # A stage with no record of its outputs in the run: everything after it is stale.
     rdir = tmp_path / "runs" / "r1"
     for stage in ("ingest", "validate", "transform", "tune", "train", "evaluate", "push"):

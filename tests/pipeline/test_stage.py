@@ -17,6 +17,7 @@ def _writer(content: dict, name: str, outputs=("out",), inputs=()):
     def run(ctx):
         for out, path in ctx.outputs.items():
             text = content.get(f"{name}.{out}", name)
+            text = text() if callable(text) else text
             if text == "fail":
                 raise RuntimeError(f"{name} failed on purpose")
             (path / "data.txt").write_text(text)
@@ -116,3 +117,16 @@ def test_a_failed_rerun_invalidates_everything_downstream(finished, capsys):
         "c": "invalidated",
         "d": "invalidated",
     }
+
+
+def test_while_a_stage_reruns_nothing_downstream_claims_to_be_valid(finished, capsys):
+    """A process killed half-way (SIGKILL, OOM, a Pod evicted) runs no cleanup: while the
+    stage rewrites its outputs, what reads them must already have lost its SUCCESS; an
+    unchanged output gives it back."""
+    content, rdir = finished
+    during = []
+    content["a.out"] = lambda: during.append(_succeeded(rdir)) or "a"
+    runner.run_stage(Config(), rdir.parents[1], "r1", "a")
+    assert during == [[]]
+    assert _succeeded(rdir) == ["a", "b", "c", "d"]
+    assert "invalidated" not in capsys.readouterr().out
