@@ -52,6 +52,10 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return name, split
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0]
+
+
 def builder(name: str, data_dir: Path):
     """TFDS's builder of `name` reading `data_dir`, prepared or not."""
     import tensorflow_datasets as tfds
@@ -61,8 +65,10 @@ def builder(name: str, data_dir: Path):
             return tfds.builder(name, data_dir=str(data_dir))
     except tfds.core.registered.DatasetNotFoundError:
         raise TfdsError(f"unknown TFDS dataset '{name}'") from None
+    except OSError as e:  # the data dir itself: permissions, a full or missing disk
+        raise TfdsError(f"cannot read TFDS data dir {data_dir}: {_first_line(e)}") from None
     except Exception as e:  # TFDS says a bad version or config in several ways
-        raise TfdsError(f"invalid TFDS dataset '{name}': {str(e).splitlines()[0]}") from None
+        raise TfdsError(f"invalid TFDS dataset '{name}': {_first_line(e)}") from None
 
 
 def is_prepared(name: str, data_dir: Path) -> bool:
@@ -70,7 +76,7 @@ def is_prepared(name: str, data_dir: Path) -> bool:
     try:
         found = builder(name, data_dir)
     except TfdsError as e:
-        if str(e).startswith("unknown"):
+        if str(e).startswith(("unknown", "cannot read")):
             raise
         return False  # TFDS says "not there" in several ways
     return prepared(found)
@@ -140,4 +146,4 @@ def as_dataset(found, split: str, **kwargs):
     try:
         return found.as_dataset(split=split, **kwargs)
     except Exception as e:
-        raise TfdsError(f"bad TFDS split '{split}': {str(e).splitlines()[0]}") from None
+        raise TfdsError(f"bad TFDS split '{split}': {_first_line(e)}") from None

@@ -46,3 +46,20 @@ def test_unprepared_data_is_the_one_line_only(reader, config, tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     _refusal(reader, "mnist", config, tmp_path)
     assert [r.getMessage() for r in caplog.records if "Variant folder" in r.getMessage()] == []
+
+
+def test_an_unreadable_data_dir_is_not_called_unprepared(tmp_path, monkeypatch):
+    """An OSError with no message (a permission or disk problem) is one line naming the
+    data dir: not a traceback, not "run dae data prepare"."""
+    import tensorflow_datasets as tfds
+
+    from dae import tfds as dae_tfds
+
+    def refuse(*args, **kwargs):
+        raise PermissionError()
+
+    monkeypatch.setattr(tfds, "builder", refuse)
+    with pytest.raises(
+        dae_tfds.TfdsError, match=r"^cannot read TFDS data dir .*: PermissionError$"
+    ):
+        dae_tfds.is_prepared("mnist", tmp_path)

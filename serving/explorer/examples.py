@@ -62,7 +62,8 @@ def _tfds(spec: str, limit: int, data_dir: Path) -> TestImages:
     try:
         batch = next(iter(tfds.as_numpy(ds)), None)
     except Exception as e:  # a damaged record file: TF's message, first line
-        raise ExamplesError(f"cannot read TFDS {spec}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExamplesError(f"cannot read TFDS {spec}: {reason}") from None
     description = f"TFDS {spec.removeprefix(tfds_data.SPEC_PREFIX)}"
     if batch is None:
         return TestImages(np.zeros((0, 1, 1, 1), np.uint8), np.zeros(0, int), description)
@@ -86,7 +87,8 @@ def _artifact(spec: str, limit: int) -> TestImages:
     try:
         split = artifacts.read_split(path, "test", (name,), limit=limit, raw=True)
     except Exception as e:  # a damaged shard: TF's message, first line
-        raise ExamplesError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExamplesError(f"cannot read {path}: {reason}") from None
     return TestImages(_uint8(split[name]), split["label"].astype(int), f"{path} (test)")
 
 
