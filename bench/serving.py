@@ -175,7 +175,7 @@ def main() -> int:
 
     import gc
 
-    gc.freeze()  # this client process holds TensorFlow too; see serving.manager._settle_heap
+    gc.freeze()  # this client process holds TensorFlow too; see model_server.manager
     base = work / "plain" / "denoiser"
     base.mkdir(parents=True)
     copy_version(model, base, 1)

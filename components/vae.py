@@ -135,6 +135,8 @@ def _in_batches(part, x: np.ndarray, batch_size: int) -> list[np.ndarray]:
     time. Not Keras' predict: it traces a tf.function for each model and input shape, all
     from one Python function, and TensorFlow warns of "retracing" when a process (evaluate
     and report, a tuned run's models) traces it a few times in a row."""
+    if not len(x):
+        raise ValueError("no images to encode or decode")
     chunks = []
     for start in range(0, len(x), batch_size):
         out = part(keras.ops.convert_to_tensor(x[start : start + batch_size]), training=False)

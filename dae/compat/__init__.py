@@ -11,7 +11,7 @@ library (checks.py holds the checks); every patch is also a name of this package
 Nothing else in dae imports a library's private modules: pyproject's import contract
 "private modules of libraries only in dae.compat" (tests/import_contracts.py) says so.
 
-Gone from here: serving.server used to disable uvicorn's `Server.install_signal_handlers`.
+Gone from here: model_server.server used to disable uvicorn's `Server.install_signal_handlers`.
 uvicorn replaced that hook by `Server.capture_signals` (Kludex/uvicorn#1600), so on 0.54
 the assignment did nothing and was removed; asyncio's own handlers still see the signals.
 """

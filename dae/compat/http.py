@@ -61,7 +61,8 @@ def httptools_protocol() -> type:
     """uvicorn's HttpToolsProtocol, subclassed with dae's names for what the hardened
     protocol needs of it. Checked on every call: the module, the methods overridden or
     called (their parameters), the instance attributes read, STATUS_LINE, and that each
-    request's cycle still reports its answer through on_response_complete."""
+    request's cycle still reports its answer through on_response_complete and writes and
+    closes through its transport (which wrap_request_transport wraps)."""
     impl = _module(_LIB, _PATCH, _IMPL)
     base = _attr(_LIB, _PATCH, impl, "HttpToolsProtocol")
     for name, params in _METHODS.items():
@@ -80,6 +81,14 @@ def httptools_protocol() -> type:
             _PATCH,
             f"{_IMPL}.HttpToolsProtocol.on_headers_complete",
             "no longer passes on_response_complete to the request's cycle",
+        )
+    send = _attr(_LIB, _PATCH, _attr(_LIB, _PATCH, impl, "RequestResponseCycle"), "send")
+    if not {"transport", "write", "close"} <= set(send.__code__.co_names):
+        _fail(
+            _LIB,
+            _PATCH,
+            f"{_IMPL}.RequestResponseCycle.send",
+            "no longer writes and closes through its transport",
         )
     _attr(_LIB, _PATCH, impl, "STATUS_LINE")
     return _subclass(base)

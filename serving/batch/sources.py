@@ -1,5 +1,5 @@
 """Image sources for `dae denoise` (not a stage); their destinations are in
-`serving.destinations`.
+`batch.destinations`.
 
 Sources yield `Item`s in input order: a name (the file name, or the position as `00000.png`),
 and either the raw image (uint8, uint16 or float, HWC) or the one-line reason it cannot be

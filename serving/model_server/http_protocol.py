@@ -55,7 +55,10 @@ def _unread(transport: asyncio.Transport) -> bool:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return False
-    probe = socket.socket(fileno=sock.fileno())
+    try:
+        probe = socket.socket(fileno=sock.fileno())
+    except OSError:  # closed under us: nothing to read
+        return False
     try:
         return bool(probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
     except OSError:  # nothing yet (BlockingIOError), or reset: nothing to answer either way

@@ -30,7 +30,7 @@ class ServerMetrics(Collector):
             "Answered requests of every API and protocol, by status code.",
             labels=["status"],
         )
-        for code, n in sorted(dict(p.counts).items()):
+        for code, n in sorted(p.request_counts().items()):
             requests.add_metric([code], n)
         yield requests
         versions = GaugeMetricFamily(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections import Counter
 from dataclasses import dataclass
 
@@ -159,14 +160,21 @@ class Predictor:
         self.batcher = batcher
         self.limits = limits
         self.counts: Counter[str] = Counter()  # answered requests by status code name
+        self._counting = threading.Lock()  # gRPC's worker threads and the event loop count
         self.janitor = None  # memory.Janitor: told of every large request once answered
         self.registry = monitoring.registry(self)  # this server's metrics, apart from others'
 
     def record(self, code: str, nbytes: int = 0) -> None:
         """Every answered request, of every API and protocol, by its status code."""
-        self.counts[code] += 1
+        with self._counting:
+            self.counts[code] += 1
         if self.janitor is not None:
             self.janitor.note(nbytes)
+
+    def request_counts(self) -> dict[str, int]:
+        """A copy of the counts: a scrape must not iterate while a thread adds a status."""
+        with self._counting:
+            return dict(self.counts)
 
     def metrics(self) -> bytes:
         """Prometheus text (TF Serving's /monitoring/prometheus/metrics)."""

@@ -2,7 +2,7 @@
 
 POST /v1/models/{name}[/versions/{v}|/labels/{l}]:predict   row or columnar
 POST /v1/models/{name}[/versions/{v}|/labels/{l}]:classify  {"examples": [...], "context"?}
-POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress   likewise (serving.inference)
+POST /v1/models/{name}[/versions/{v}|/labels/{l}]:regress   likewise (model_server.inference)
 GET  /v1/models/{name}[/versions/{v}|/labels/{l}]           model version status
 GET  /v1/models/{name}[/versions/{v}|/labels/{l}]/metadata  signature_def
 
@@ -167,7 +167,7 @@ class RestApp:
 
     async def _classify_regress(self, scope, receive, verb, name, version, label) -> bytes:
         """TF Serving's ProcessClassifyRequest / ProcessRegressRequest: the JSON examples
-        as the gRPC request, answered by the same code (serving.inference)."""
+        as the gRPC request, answered by the same code (model_server.inference)."""
         raw = await read_body(scope, receive, self.max_body_bytes, self.body_timeout)
         make = ClassificationRequest if verb == "classify" else RegressionRequest
         request = make()

@@ -1,5 +1,5 @@
 """A servable: one loaded version of a SavedModel, its signatures and how to run them
-(the manager, `serving.manager`, decides which versions are loaded).
+(the manager, `model_server.manager`, decides which versions are loaded).
 
 Two kinds of SavedModel. A TF2 one (an object graph, as tf.saved_model.save and dae's
 export write) runs through tf.saved_model.load's concrete functions. A TF1 one

@@ -216,7 +216,7 @@ async def serve(args, predictor, ready=None) -> None:
         await rest_task
     core.stop()
     predictor.janitor.stop()
-    log.info("requests: %s", dict(predictor.counts) or "none")
+    log.info("requests: %s", predictor.request_counts() or "none")
     if predictor.batcher:
         b = predictor.batcher
         log.info("batching: %d rows in %d model calls", b.rows_run, b.batches_run)

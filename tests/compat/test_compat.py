@@ -290,7 +290,7 @@ def test_a_missing_module_is_named_too(monkeypatch):
 
 
 def test_uvicorn_takes_signals_without_hiding_them_from_asyncio():
-    """Why serving.server no longer patches uvicorn: the hook it disabled
+    """Why serving.model_server.server no longer patches uvicorn: the hook it disabled
     (Server.install_signal_handlers) is gone; its successor, capture_signals, sets its
     handlers with signal.signal, and the signal still reaches asyncio's handlers, so
     `dae serve`'s own SIGTERM handler stops gRPC as before."""

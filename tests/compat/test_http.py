@@ -99,6 +99,16 @@ def test_fails_loudly_once_answers_are_reported_otherwise(monkeypatch):
         httptools_protocol()
 
 
+def test_fails_loudly_once_answers_go_out_another_way(monkeypatch):
+    async def send(self, message):  # writes through something else than self.transport
+        self.protocol.write_out(message)
+
+    monkeypatch.setattr(httptools_impl.RequestResponseCycle, "send", send)
+    what = f"{IMPL}.RequestResponseCycle.send"
+    with pytest.raises(CompatError, match=gone(what, "no longer writes and closes")):
+        httptools_protocol()
+
+
 def test_fails_loudly_without_status_lines(monkeypatch):
     monkeypatch.delattr(httptools_impl, "STATUS_LINE")
     with pytest.raises(CompatError, match=gone(f"{IMPL}.STATUS_LINE")):
