@@ -131,10 +131,14 @@
     }
   }
 
+  let lastExample = 0; // answers can come back out of order: the latest choice wins
+
   async function testImage(index) {
     dae.show("input-message", "");
+    const mine = ++lastExample;
     try {
       const out = await dae.api("/api/example" + (index === undefined ? "" : `?index=${index}`));
+      if (mine !== lastExample) return;
       $("example-index").value = out.index;
       $("example-index").max = out.count - 1;
       showSource(out.image);
@@ -182,7 +186,9 @@
       update();
     });
     $("random").addEventListener("click", () => testImage());
-    $("example-index").addEventListener("change", (e) => testImage(Number(e.target.value)));
+    $("example-index").addEventListener("change", (e) => {
+      if (e.target.value !== "") testImage(Number(e.target.value)); // cleared: not #0
+    });
     $("upload").addEventListener("change", (e) => {
       if (e.target.files.length) upload(e.target.files[0]);
       e.target.value = "";
