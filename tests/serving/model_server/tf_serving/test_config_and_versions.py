@@ -12,6 +12,9 @@ import pytest
 from tfs_calls import call_rest, fail, model_versions, verify_predict_request, wait_until
 from tfs_models import model_config
 
+# Fourteen `dae serve`s, each loading TensorFlow: the whole suite, not the inner loop.
+pytestmark = pytest.mark.slow
+
 # ---- tensorflow_model_server_test.py -----------------------------------------------------
 
 

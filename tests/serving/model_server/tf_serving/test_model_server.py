@@ -28,6 +28,9 @@ from tfs_calls import (
 from tfs_models import DATA, DEFAULT_SIGNATURE
 from tfs_servers import ModelServer
 
+# Fourteen `dae serve`s, each loading TensorFlow: the whole suite, not the inner loop.
+pytestmark = pytest.mark.slow
+
 # ---- tensorflow_model_server_test.py -----------------------------------------------------
 
 
