@@ -43,7 +43,7 @@ def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None,
     the official test split, each corrupted from its own fixed seed."""
     import tensorflow_datasets as tfds
 
-    from dae.components.noise import corrupt
+    from dae.imaging import corrupt
 
     def split(name, n):
         ds = tfds.load(
@@ -98,7 +98,7 @@ def train_and_score(
 
     from dae.components import evaluate, train, vae
     from dae.components.models import build_model, deployable
-    from dae.components.noise import corrupt
+    from dae.imaging import corrupt
 
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(hp, family, beta=beta, **moments)

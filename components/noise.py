@@ -4,8 +4,6 @@ training noise, applied to a whole batch."""
 
 from __future__ import annotations
 
-from dae.imaging import KINDS, corrupt  # noqa: F401 (the stages' noise, shared with the explorer)
-
 LEVELS = {"gaussian": "stddev", "salt_pepper": "salt_pepper", "mask": "mask_fraction"}
 
 

@@ -213,7 +213,7 @@ def run(ctx: StageContext) -> StageResult:
     import keras
 
     from dae.components import vae
-    from dae.components.noise import corrupt
+    from dae.imaging import corrupt
 
     cfg, out = ctx.config, ctx.outputs["report"]
     metrics = read_json(ctx.inputs["evaluation"] / ModelEvaluation.METRICS)

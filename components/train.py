@@ -20,6 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from dae import imaging
 from dae.artifacts import (
     Examples,
     HyperParameters,
@@ -196,7 +197,7 @@ def run(ctx: StageContext) -> StageResult:
     fresh = None
     if cfg.train.fresh_noise and job is None:
         kind, level = noise.configured(cfg.noise)
-        fresh = partial(noise.corrupt, kind=kind, level=level)
+        fresh = partial(imaging.corrupt, kind=kind, level=level)
     elif cfg.train.fresh_noise:  # every worker must see the same batches as one process
         ctx.log("train: fresh noise is off under MultiWorkerMirroredStrategy (transform's)")
     with dirs as (out, run_dir, backup):

@@ -27,7 +27,8 @@ from dae.artifacts import (
 )
 from dae.beam import beam_options, import_beam, pipeline_runner
 from dae.component import Spec, StageContext, StageError, StageResult, pick
-from dae.components.noise import configured, corrupt, parameter_paths
+from dae.components.noise import configured, parameter_paths
+from dae.imaging import corrupt
 
 # ---- pure core -------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ library and its installed version: an upgrade breaks here, loudly, instead of ru
 silently unpatched. A patch may be applied any number of times; what it installs carries
 the MARK attribute. Libraries are imported inside the functions: importing dae.compat
 imports only the standard library, and nothing of dae's layers above it. One module a
-library (checks.py holds the checks); every patch is also a name of this package.
+library (checks.py holds the checks); every patch is also a name of this package, but
+uvicorn's protocol (dae.compat.http), which only the model server imports.
 Nothing else in dae imports a library's private modules: pyproject's import contract
 "private modules of libraries only in dae.compat" (tests/import_contracts.py) says so.
 
@@ -21,10 +22,6 @@ from dae.compat.checks import (
     DISTRIBUTIONS,
     MARK,
     CompatError,
-    _attr,
-    _fail,
-    _mark,
-    _module,
     patched,
     version,
 )
@@ -47,10 +44,6 @@ __all__ = [
     "DISTRIBUTIONS",
     "MARK",
     "CompatError",
-    "_attr",
-    "_fail",
-    "_mark",
-    "_module",
     "atomic_tuner_state",
     "beam_fn_api_runner",
     "chief_waits_for_workers",

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import zlib
 
-import numpy as np
 import orjson
 
 from dae.serving.apis import json_parse
@@ -192,11 +191,6 @@ def fill_classify_regress_request(raw: bytes, request, limits: Limits) -> None:
         _fill_example(value, target.add())
 
 
-def _decimal(value: float) -> bytes:
-    """WriteDecimal of a float score or value."""
-    return decimal(value, np.float32)
-
-
 def classification_json(result) -> bytes:
     """MakeJsonFromClassificationResult: {"results": [[[label, score], ...], ...]}."""
     if not result.classifications:
@@ -204,7 +198,7 @@ def classification_json(result) -> bytes:
     rows = (
         b"["
         + b",".join(
-            b"[" + orjson.dumps(c.label) + b"," + _decimal(c.score) + b"]" for c in entry.classes
+            b"[" + orjson.dumps(c.label) + b"," + decimal(c.score) + b"]" for c in entry.classes
         )
         + b"]"
         for entry in result.classifications
@@ -216,4 +210,4 @@ def regression_json(result) -> bytes:
     """MakeJsonFromRegressionResult: {"results": [value, ...]}."""
     if not result.regressions:
         raise invalid("Cannot convert empty RegressionResults to JSON")
-    return b'{"results":[' + b",".join(_decimal(r.value) for r in result.regressions) + b"]}"
+    return b'{"results":[' + b",".join(decimal(r.value) for r in result.regressions) + b"]}"

@@ -55,7 +55,7 @@ def test_per_class_means_leave_out_unlabelled_images():
 
 
 def test_each_corruption_is_scored_on_the_same_noise_every_time():
-    from dae.components.noise import corrupt
+    from dae.imaging import corrupt
     from dae.pipeline.config import NoiseSpec
 
     clean = (np.random.default_rng(0).random((6, 12, 12, 1)) < 0.3).astype(np.float32)

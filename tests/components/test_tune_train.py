@@ -196,7 +196,7 @@ def test_an_interrupted_fit_resumes_from_its_last_epoch(tmp_path):
 
 
 def test_fresh_noise_draws_new_noise_each_epoch_and_covers_every_image():
-    from dae.components.noise import corrupt
+    from dae.imaging import corrupt
 
     clean = np.random.default_rng(0).random((10, 4, 4, 1)).astype(np.float32)
 

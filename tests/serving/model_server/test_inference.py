@@ -22,7 +22,7 @@ from tf_serving_models import (
     unknown_rank_tf2,
 )
 
-from dae.serving.model_server.rest_body import _decimal
+from dae.serving.apis.json_numbers import decimal
 from dae.serving.model_server.servable import SavedModelBundle
 
 CLASSIFY, REGRESS = "tensorflow/serving/classify", "tensorflow/serving/regress"
@@ -362,7 +362,7 @@ def test_rest_classify_and_regress(front):
     ],
 )
 def test_scores_are_written_as_tf_serving_writes_floats(value, expected):
-    assert _decimal(value) == expected
+    assert decimal(value) == expected
 
 
 def test_json_examples_become_tf_examples(front, monkeypatch):
