@@ -75,5 +75,11 @@ format: install
 test: lint imports docs data checkov postgres browser
 	$(BIN)/pytest -q
 
+# The cluster's binaries (Kubernetes, etcd, Argo, CoreDNS, ...) built from source with Go and
+# cached per machine by tests/cluster/build.py (cold ~25 min on 2 cores, warm: none to build).
+.PHONY: cluster-bin
+cluster-bin:
+	$(PY) -m tests.cluster.build
+
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) build site *.egg-info .pytest_cache .ruff_cache
