@@ -81,5 +81,18 @@ test: lint imports docs data checkov postgres browser
 cluster-bin:
 	$(PY) -m tests.cluster.build
 
+# A single-node Kubernetes cluster from those binaries and images (tests/cluster/cluster.py),
+# for a person to kubectl into: needs root, Go and Debian's container tools (apt-get here).
+CLUSTER_DEBS := containerd runc containernetworking-plugins iptables conntrack nftables buildah
+.PHONY: cluster cluster-down
+cluster: install
+	@dpkg -s $(CLUSTER_DEBS) > /dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends $(CLUSTER_DEBS); }
+	$(BIN)/python tests/cluster/cluster.py up
+
+cluster-down: install
+	$(BIN)/python tests/cluster/cluster.py down
+
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) build site *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,307 @@
+"""What the cluster runs on top of the node: the storage the prod overlay's claims bind to,
+CoreDNS (`kube-dns` at 10.96.0.10, k8s-app=kube-dns as the manifests' policies select it),
+the NetworkPolicy enforcer (kube-network-policies' DaemonSet) and Argo Workflows' controller
+from its own cluster-install manifests. The three run as Pods from images made here out of
+the binaries built here (one static binary on an empty base, with the user its upstream image
+sets)."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import node
+import yaml
+
+ARGO_VERSION = "v3.7.18"
+COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:dae-local"
+POLICIES_IMAGE = "registry.k8s.io/networking/kube-network-policies:v0.8.0"
+CONTROLLER_IMAGE = f"quay.io/argoproj/workflow-controller:{ARGO_VERSION}"
+# (binary, image name, user, path, is it the entrypoint) - as upstream's images have them.
+BINARY_IMAGES = (
+    ("coredns", COREDNS_IMAGE, "65532", "/coredns", True),
+    ("kube-network-policies", POLICIES_IMAGE, "0", "/bin/netpol", False),
+    ("workflow-controller", CONTROLLER_IMAGE, "8737", "/bin/workflow-controller", True),
+)
+# The classes and volumes the prod overlay's claims bind to (no provisioner can run here):
+# dae-root (ReadWriteMany, class dae-rwx, written by uid 10001) and PostgreSQL's data (the
+# StatefulSet's claim names no class, so the default one; uid 999).
+STORAGE_CLASSES = (("dae-rwx", False), ("dae-local", True))
+VOLUMES = (
+    ("dae-root", "dae-rwx", "ReadWriteMany", "50Gi", 10001),
+    ("dae-postgres-data", "dae-local", "ReadWriteOnce", "10Gi", 999),
+)
+
+
+def install(cluster, bin_dir: Path, start) -> None:
+    cluster.import_images(binary_images(bin_dir))
+    apply(cluster, storage(cluster.run / "volumes"))
+    apply(cluster, coredns())
+    apply(cluster, network_policies())
+    apply(cluster, argo(cluster, bin_dir), server_side=True)
+    for namespace, kind, name in (
+        ("kube-system", "deployment", "coredns"),
+        ("kube-system", "daemonset", "kube-network-policies"),
+        ("argo", "deployment", "workflow-controller"),
+    ):
+        cluster.kubectl(
+            "-n", namespace, "rollout", "status", f"{kind}/{name}", "--timeout=180s", timeout=190
+        )
+
+
+def apply(cluster, documents: list[dict], server_side: bool = False) -> None:
+    text = yaml.safe_dump_all(documents)
+    flags = ["--server-side", "--force-conflicts"] if server_side else []
+    cluster.kubectl("apply", *flags, "-f", "-", input=text)
+
+
+def binary_images(bin_dir: Path) -> dict[str, Path]:
+    """An OCI archive per binary, cached by the binary's hash (buildah, as H2's images)."""
+    archives = {}
+    for binary, image, user, path, entrypoint in BINARY_IMAGES:
+        source = bin_dir / binary
+        key = hashlib.sha256(source.read_bytes() + f"{image}{user}{path}{entrypoint}".encode())
+        folder = node_cache() / "addon-images" / f"{binary}-{key.hexdigest()[:16]}"
+        archive = folder / "image.tar"
+        if not archive.exists():
+            _build_image(source, image, user, path if entrypoint else "", folder, path)
+        archives[image] = archive
+    return archives
+
+
+def node_cache() -> Path:
+    from cluster import cache_root
+
+    return cache_root()
+
+
+def _build_image(
+    source: Path, image: str, user: str, entrypoint: str, folder: Path, path: str
+) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
+    container = _buildah("from", "scratch")
+    try:
+        _buildah("copy", "--chmod", "0755", container, str(source), path)
+        config = ["--user", user, "--env", "PATH=/usr/local/bin:/usr/bin:/bin"]
+        if entrypoint:
+            config += ["--entrypoint", f'["{entrypoint}"]']
+        _buildah("config", *config, container)
+        _buildah("commit", "--quiet", container, image)
+        _buildah("push", "--quiet", image, f"docker-archive:{tmp / 'image.tar'}:{image}")
+    finally:
+        _buildah("rm", container)
+    tmp.rename(folder)
+
+
+def _buildah(*args: str) -> str:
+    proc = subprocess.run(["buildah", *args], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"buildah {' '.join(args)}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def storage(folder: Path) -> list[dict]:
+    docs = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": name,
+                "annotations": {
+                    "storageclass.kubernetes.io/is-default-class": str(default).lower()
+                },
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+            "reclaimPolicy": "Retain",
+        }
+        for name, default in STORAGE_CLASSES
+    ]
+    for name, klass, mode, size, uid in VOLUMES:
+        path = folder / name
+        path.mkdir(parents=True, exist_ok=True)
+        shutil.chown(path, uid, uid)
+        path.chmod(0o770)
+        docs.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "storageClassName": klass,
+                    "accessModes": [mode],
+                    "capacity": {"storage": size},
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": str(path), "type": "Directory"},
+                },
+            }
+        )
+    return docs
+
+
+COREFILE = """.:53 {
+    errors
+    health :8080
+    ready :8181
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 30
+    }
+    forward . /etc/resolv.conf
+    cache 30
+    loop
+    reload
+    loadbalance
+}
+"""
+
+
+def coredns() -> list[dict]:
+    """CoreDNS as kubeadm deploys it, one replica, non-root (port 53 through the Pod's
+    ip_unprivileged_port_start, a safe sysctl, rather than a capability)."""
+    labels = {"k8s-app": "kube-dns"}
+    meta = {"name": "coredns", "namespace": "kube-system"}
+    rules = [
+        {
+            "apiGroups": [""],
+            "resources": ["endpoints", "services", "pods", "namespaces"],
+            "verbs": ["list", "watch"],
+        },
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["list", "watch"],
+        },
+    ]
+    container = {
+        "name": "coredns",
+        "image": COREDNS_IMAGE,
+        "imagePullPolicy": "Never",
+        "args": ["-conf", "/etc/coredns/Corefile"],
+        "ports": [
+            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+        ],
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/coredns", "readOnly": True}],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": 8080}},
+        "securityContext": {
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    pod = {
+        "serviceAccountName": "coredns",
+        "priorityClassName": "system-cluster-critical",
+        "dnsPolicy": "Default",
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 65532,
+            "sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "53"}],
+        },
+        "containers": [container],
+        "volumes": [{"name": "config", "configMap": {"name": "coredns"}}],
+    }
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "system:coredns"},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:coredns"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:coredns",
+            },
+            "subjects": [{"kind": "ServiceAccount", **meta}],
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": {"Corefile": COREFILE}},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {**meta, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": pod},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": labels},
+            "spec": {
+                "selector": labels,
+                "clusterIP": node.DNS_IP,
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                ],
+            },
+        },
+    ]
+
+
+def network_policies() -> list[dict]:
+    """kube-network-policies' own install.yaml (from its module), at our image."""
+    docs = list(
+        yaml.safe_load_all(_module_file("sigs.k8s.io/kube-network-policies@v0.8.0", "install.yaml"))
+    )
+    for doc in docs:
+        if doc and doc["kind"] == "DaemonSet":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["image"] = POLICIES_IMAGE
+            container["imagePullPolicy"] = "Never"
+            # NRI is off in containerd 1.6's CRI (the Pod IPs come from the API), and its
+            # hostPath folders would be made on the host: dropped with the flag.
+            container["args"].append("--disable-nri")
+            container.pop("volumeMounts", None)
+            doc["spec"]["template"]["spec"].pop("volumes", None)
+    return [d for d in docs if d]
+
+
+def argo(cluster, bin_dir: Path) -> list[dict]:
+    """Argo's manifests/cluster-install minus argo-server (the install's CRDs, `argo`
+    namespace objects, RBAC, the empty workflow-controller-configmap), the controller's image
+    pinned as the release's install.yaml pins it; one replica, so no leader election."""
+    out = cluster.kubectl("kustomize", str(_argo_manifests() / "cluster-install"))
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "argo"}}]
+    for doc in yaml.safe_load_all(out):
+        if not doc or "argo-server" in doc["metadata"]["name"]:
+            continue
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "workflow-controller":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["image"] = CONTROLLER_IMAGE
+            container["env"].append({"name": "LEADER_ELECTION_DISABLE", "value": "true"})
+        docs.append(doc)
+    return docs
+
+
+def _argo_manifests() -> Path:
+    return _module_dir(f"github.com/argoproj/argo-workflows/v3@{ARGO_VERSION}") / "manifests"
+
+
+def _module_dir(module: str) -> Path:
+    gomodcache = subprocess.run(
+        ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    path = Path(gomodcache) / module
+    if not path.is_dir():
+        subprocess.run(["go", "mod", "download", module], capture_output=True, check=True)
+    return path
+
+
+def _module_file(module: str, name: str) -> str:
+    return (_module_dir(module) / name).read_text()
