@@ -81,6 +81,17 @@ test: lint imports docs data checkov postgres browser
 cluster-bin:
 	$(PY) -m tests.cluster.build
 
+# The cluster's images (the Dockerfile's bases as stand-ins, the dae image built from the
+# Dockerfile, Argo's executor, pause, PostgreSQL) as docker archives cached per input key by
+# tests/cluster/images.py; Debian's mmdebstrap, buildah and skopeo build them.
+IMAGE_DEBS := mmdebstrap buildah skopeo
+.PHONY: cluster-images
+cluster-images:
+	@dpkg -s $(IMAGE_DEBS) > /dev/null 2>&1 || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends $(IMAGE_DEBS); }
+	$(PY) tests/cluster/images.py
+
 # A single-node Kubernetes cluster from those binaries and images (tests/cluster/cluster.py),
 # for a person to kubectl into: needs root, Go and Debian's container tools (apt-get here).
 CLUSTER_DEBS := containerd runc containernetworking-plugins iptables conntrack nftables buildah
