@@ -33,12 +33,15 @@ from dae.pipeline.argo_layout import (
     volumes,
 )
 from dae.pipeline.argo_steps import (
+    API_CHECK,
     CHECKOV,
     RUN,
     RUNS,
     WORKERS,
     Dumper,
+    api_check,
     cache_probe,
+    executor_patch,
     first_step,
     keras_tuner_steps,
     multi_worker_step,
@@ -72,10 +75,10 @@ def _direct(stage: str, ancestors: dict[str, set[str]]) -> list[str]:
 def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
     """The DAG's tasks and their templates, stage by stage in the DAG's order."""
     ancestors, ends = _ancestors(), {}
-    tasks, templates = [], []
+    tasks, templates = [_task(API_CHECK, API_CHECK, [])], []
     for i, n in enumerate(DAG):
         name, kind = n.name, layout.stage(n.name).scale_out
-        deps = [task for s in _direct(name, ancestors) for task in ends[s]]
+        deps = [task for s in _direct(name, ancestors) for task in ends[s]] or [API_CHECK]
         if kind is None:
             templates.append(first_step(layout, name) if i == 0 else _single(layout, name))
             tasks.append(_task(name, name, deps))
@@ -106,7 +109,8 @@ def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
             ends[name] = [name]
     sinks = [n.name for n in DAG if not any(n.name in ancestors[o.name] for o in DAG)]
     tasks.append(_task("finish", "finish", [t for s in sinks for t in ends[s]]))
-    return tasks, templates
+    # Its template last: the overlays' JSON patches find the stages' templates by index.
+    return tasks, [*templates, api_check(layout)]
 
 
 def _task(name: str, template: str, deps: list[str], **extra) -> dict:
@@ -137,6 +141,10 @@ def _bookkeeping(layout: Layout) -> list[dict]:
     ]
 
 
+TTL_SUCCEEDED = 24 * 3600  # a finished workflow (its record is dae's: `dae runs list`)
+TTL_FAILED = 7 * 24 * 3600  # a failed one, Pods and logs, long enough to debug
+
+
 def workflow_template(layout: Layout) -> dict:
     tasks, templates = _tasks(layout)
     scaled = [(n.name, layout.stage(n.name)) for n in DAG if layout.stage(n.name).scale_out]
@@ -162,8 +170,12 @@ def workflow_template(layout: Layout) -> dict:
             "labels": {"app.kubernetes.io/name": "dae", "app.kubernetes.io/part-of": "dae"},
             "annotations": CHECKOV,
         },
-        # `dae` turns SIGTERM into a clean "failed" record; give it time to write it.
-        "podSpecPatch": '{"terminationGracePeriodSeconds": 60}',
+        # `dae` turns SIGTERM into a clean "failed" record: give it time to write it. Argo's
+        # `init` container, in every Pod, meets Pod Security "restricted" (steps.executor_patch).
+        "podSpecPatch": executor_patch("initContainers", "init", terminationGracePeriodSeconds=60),
+        # Succeeded Pods go at once; a failed workflow's stay with it for a week to be read.
+        "podGC": {"strategy": "OnPodSuccess"},
+        "ttlStrategy": {"secondsAfterSuccess": TTL_SUCCEEDED, "secondsAfterFailure": TTL_FAILED},
         "securityContext": pod_security(),
         "volumes": volumes(config=True),
         "templates": [

@@ -147,6 +147,29 @@ def hardened() -> dict:
     }
 
 
+def executor_security() -> dict:
+    """Argo's own `init` and `wait` containers, through the podSpecPatch (pipeline/argo.py):
+    v3.7.18 gives them the controller ConfigMap's executor securityContext, none by default,
+    which Pod Security "restricted" refuses. Not readOnlyRootFilesystem: Argo leaves it off for
+    them too (argoproj/argo-workflows#10787)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def api_token() -> dict:
+    """The workflow account's token and the cluster's CA for the containers that ask the API
+    server themselves (pipeline/kube_api.py): a bound token the kubelet requests and renews."""
+    sources = [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+    ]
+    return {"name": "api-token", "projected": {"sources": sources}}
+
+
 def pod_security() -> dict:
     return {
         "runAsNonRoot": True,
@@ -175,7 +198,8 @@ def _meta(name: str, **extra) -> dict:
 def _rbac(layout: Layout) -> list[dict]:
     """The executor's account (Argo's own containers report through it; the dae containers
     get no token) and what it may do: report results, and create and watch the Jobs of
-    multi-worker stages (owned by their workflow)."""
+    multi-worker stages (owned by their workflow), whose watcher reads the workflow and
+    deletes its own Job once the workflow is over (pipeline/kube_api.py)."""
     rules = [
         {
             "apiGroups": ["argoproj.io"],
@@ -185,12 +209,13 @@ def _rbac(layout: Layout) -> list[dict]:
     ]
     if any(s.scale_out == "multi-worker" for s in layout.stages.values()):
         rules += [
-            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get"]},
+            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "delete"]},
             {
                 "apiGroups": ["argoproj.io"],
                 "resources": ["workflows/finalizers"],
                 "verbs": ["update"],
             },
+            {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["get"]},
         ]
     token = {"kubernetes.io/service-account.name": ACCOUNT}
     return [
@@ -274,11 +299,14 @@ def cluster_objects(config: Config, layout: Layout, template: dict) -> list[dict
             "workflowSpec": ref,
         },
     }
-    # Applying the component starts one run, so that serving gets a first model.
+    # Applying the component starts one run, so that serving gets a first model. Its spec is
+    # the template's own, inline: applied in one go, the Workflow may reach Argo's controller
+    # before the WorkflowTemplate reaches its informer, and a reference it cannot resolve
+    # then fails the run for good (workflow/controller/operator.go, setExecWorkflow).
     first = {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Workflow",
         "metadata": _meta(FIRST_RUN),
-        "spec": ref,
+        "spec": template["spec"],
     }
     return [config_map, *_rbac(layout), *_services(layout), template, cron, first]

@@ -5,12 +5,27 @@ workers created by a resource step. Names no stage: the layout says which stage 
 
 from __future__ import annotations
 
+import json
+
 import yaml
 
 from dae.components.distributed import TUNER_WORKERS
-from dae.pipeline.argo_layout import IMAGE, ROOT, Layout, hardened, pod_security, volumes
+from dae.pipeline.argo_layout import (
+    ACCOUNT,
+    IMAGE,
+    ROOT,
+    Layout,
+    api_token,
+    executor_security,
+    hardened,
+    pod_security,
+    volumes,
+)
+from dae.pipeline.kube_api import TOKEN_DIR
 
 RUN = "{{workflow.name}}"
+API_CHECK = "api-check"
+WORKFLOW_LABEL = "workflows.argoproj.io/workflow"  # Argo's own label of a workflow's Pods
 CONFIG_DIR = "/etc/dae"
 RESULT = "/tmp/result"  # what a cache probe found: cached | missed
 # dae's exit codes that no retry can fix: a stage's own failure (failed validation, refused
@@ -28,7 +43,11 @@ WORKERS = {
 }
 # `dae runs finish|fail` load no stage (no TensorFlow): a tenth of a stage's memory does.
 RUNS = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "250m", "memory": "512Mi"}}
-BACKOFF = {"duration": "30s", "factor": "2", "maxDuration": "10m"}  # IntOrString: a string
+TINY = {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"cpu": "100m", "memory": "128Mi"}}
+# No maxDuration: Argo counts it from a step's first attempt and makes it the retry Pod's
+# deadline, so a step failing after it was never retried. Each step has its own deadline
+# (activeDeadlineSeconds, from the layout) instead; `cap` bounds the wait between attempts.
+BACKOFF = {"duration": "30s", "factor": "2", "cap": "5m"}  # IntOrString: a string
 # Pod loss (status Error), OOM kills, evictions, SIGTERM: anything but dae's own verdicts.
 TRANSIENT = "lastRetry.status == 'Error' || !(lastRetry.exitCode in [{}])".format(
     ", ".join(f"'{code}'" for code in PERMANENT)
@@ -112,17 +131,29 @@ def retry_strategy(layout: Layout, expression: str | None = TRANSIENT) -> dict:
 
 
 def step_template(
-    name: str, component: str, container: dict, deadline: int, retry: dict, **extra
+    name: str, component: str, container: dict, deadline: int, retry: dict | None, **extra
 ) -> dict:
+    """A container step: its own deadline, its retries, and Argo's `wait` container made to
+    meet Pod Security "restricted" (the workflow's podSpecPatch does `init`, which every
+    Pod has; `wait` is only in container steps' Pods, and a patch naming a container a Pod
+    lacks would add one)."""
     labels = {"app.kubernetes.io/component": component}
     return {
         "name": name,
         "metadata": {"labels": labels},
         "activeDeadlineSeconds": str(deadline),
-        "retryStrategy": retry,
+        **({"retryStrategy": retry} if retry else {}),
         **extra,
+        "podSpecPatch": executor_patch("containers", "wait"),
         "container": container,
     }
+
+
+def executor_patch(field: str, name: str, **pod) -> str:
+    """A podSpecPatch (JSON, merged by Argo into the Pod it builds) giving Argo's container
+    `name` the securityContext Pod Security "restricted" asks for."""
+    patch = pod | {field: [{"name": name, "securityContext": executor_security()}]}
+    return json.dumps(patch)
 
 
 def stage_args(name: str, *extra: str) -> list[str]:
@@ -139,10 +170,7 @@ def first_step(layout: Layout, name: str) -> dict:
         "imagePullPolicy": "Always",
         "command": ["python", "-c", WAIT_FOR_METADATA],
         "env": _env()[:1],
-        "resources": {
-            "requests": {"cpu": "10m", "memory": "32Mi"},
-            "limits": {"cpu": "100m", "memory": "128Mi"},
-        },
+        "resources": TINY,
         "securityContext": hardened(),
     }
     container = pod_container(args, spec.resources, config=True)
@@ -203,16 +231,18 @@ def keras_tuner_steps(layout: Layout, name: str) -> list[dict]:
 def multi_worker_step(layout: Layout, name: str) -> dict:
     """An Indexed Job: stable names (<job>-<index>.<Service>) for TF_CONFIG, all members
     started together, and failed together (backoffLimit 0; exit codes in PERMANENT fail it
-    through its podFailurePolicy, which the step's retry tells apart)."""
-    spec, workers = layout.stage(name), f"{{{{workflow.parameters.{name}-workers}}}}"
+    through its podFailurePolicy, which the step's retry tells apart). It carries its
+    workflow's name, is owned by the workflow, and each worker has a watcher beside it that
+    deletes the Job once the workflow is stopped, terminated or past its deadline."""
+    spec, workers = layout.stage(name), Parameter(f"workflow.parameters.{name}-workers")
     script = TF_CONFIG.format(service=f"dae-{name}", stage=name, root=ROOT)
     index = "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    job_name = "metadata.labels['batch.kubernetes.io/job-name']"
+    job_name = _field("JOB_NAME", "metadata.labels['batch.kubernetes.io/job-name']")
     env = [
         _value("RUN_ID", RUN),
         _field("WORKER_INDEX", index),
-        _field("JOB_NAME", job_name),
-        _value("NUM_WORKERS", workers),
+        job_name,
+        _value("NUM_WORKERS", f"{{{{{workers}}}}}"),
         _value("TF_PORT", spec.port),
     ]
     container = pod_container(
@@ -222,11 +252,8 @@ def multi_worker_step(layout: Layout, name: str) -> dict:
         ports=[{"name": "collective", "containerPort": spec.port, "protocol": "TCP"}],
     )
     del container["args"]
-    container = (
-        {"name": "dae"}
-        | container
-        | {"image": "{{inputs.parameters.image}}", "command": ["sh", "-c", script]}
-    )
+    image = "{{inputs.parameters.image}}"
+    container = {"name": "dae"} | container | {"image": image, "command": ["sh", "-c", script]}
     labels = {
         "app.kubernetes.io/name": "dae",
         "app.kubernetes.io/part-of": "dae",
@@ -239,11 +266,16 @@ def multi_worker_step(layout: Layout, name: str) -> dict:
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"generateName": f"dae-{name}-", "labels": labels, "annotations": CHECKOV},
+        "metadata": {
+            "generateName": f"dae-{name}-",
+            # Not on its Pods: Argo's controller takes Pods with this label for its own.
+            "labels": labels | {WORKFLOW_LABEL: RUN},
+            "annotations": CHECKOV,
+        },
         "spec": {
             "completionMode": "Indexed",
-            "completions": 1 << 30,
-            "parallelism": 1 << 31,
+            "completions": workers,
+            "parallelism": workers,
             "backoffLimit": 0,
             "activeDeadlineSeconds": spec.deadline,
             "podFailurePolicy": {"rules": [failure]},
@@ -253,23 +285,22 @@ def multi_worker_step(layout: Layout, name: str) -> dict:
                     "subdomain": f"dae-{name}",
                     "restartPolicy": "Never",
                     "terminationGracePeriodSeconds": 60,
+                    "serviceAccountName": ACCOUNT,
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security(),
+                    "initContainers": [_watcher(image, job_name)],
                     "containers": [container],
-                    "volumes": volumes(config=False),
+                    "volumes": [*volumes(config=False), api_token()],
                 },
             },
         },
     }
-    manifest = yaml.dump(job, Dumper=Dumper, sort_keys=False, width=200)
-    for number in (str(1 << 30), str(1 << 31)):  # integers Argo fills in before kubectl reads
-        manifest = manifest.replace(number, workers)
     resource = {
         "action": "create",
         "setOwnerReference": True,
         "successCondition": "status.completionTime",
         "failureCondition": JOB_FAILED,
-        "manifest": manifest,
+        "manifest": yaml.dump(job, Dumper=Dumper, sort_keys=False, width=200),
     }
     return {
         "name": name,
@@ -281,9 +312,56 @@ def multi_worker_step(layout: Layout, name: str) -> dict:
     }
 
 
+def _watcher(image: str, job_name: dict) -> dict:
+    """A native sidecar (an init container that keeps running, Kubernetes 1.29+): it ends
+    with the worker, and deletes the Job if the workflow ends first (pipeline/kube_api.py)."""
+    env = [_field("NAMESPACE", "metadata.namespace"), _value("WORKFLOW", RUN), job_name]
+    return {
+        "name": "workflow-watch",
+        "image": image,
+        "imagePullPolicy": "Always",
+        "restartPolicy": "Always",
+        "command": ["python", "-m", "dae.pipeline.kube_api", "watch", "$(JOB_NAME)"],
+        "env": env,
+        "resources": TINY,
+        "securityContext": hardened(),
+        "volumeMounts": [{"name": "api-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+    }
+
+
+def api_check(layout: Layout) -> dict:
+    """The workflow's first step: can the Pods reach the API server (Argo's executor must)?
+    One line and exit 1 if not, never retried (pipeline/kube_api.py)."""
+    container = {
+        "image": IMAGE,
+        "imagePullPolicy": "Always",
+        "command": ["python", "-m", "dae.pipeline.kube_api", "check"],
+        "resources": TINY,
+        "securityContext": hardened(),
+        "volumeMounts": [{"name": "api-token", "mountPath": TOKEN_DIR, "readOnly": True}],
+    }
+    template = step_template(API_CHECK, API_CHECK, container, 120, None)
+    return template | {"volumes": [api_token()]}
+
+
+class Parameter(str):
+    """An Argo parameter where the Kubernetes schema wants a number (a Job's completions):
+    written bare, `{{workflow.parameters.x}}`, so that the manifest Argo fills in holds the
+    number itself."""
+
+
 class Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data) -> bool:
         return True  # a manifest spells every value out (no &anchors)
+
+    def choose_scalar_style(self):
+        return "" if self.event.tag == _PARAMETER else super().choose_scalar_style()
+
+    def process_tag(self):
+        if isinstance(self.event, yaml.ScalarEvent) and self.event.tag == _PARAMETER:
+            self.prepared_tag = None
+            return
+        super().process_tag()
 
 
 def _text(dumper, data: str):
@@ -291,4 +369,8 @@ def _text(dumper, data: str):
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
+_PARAMETER = "!argo-parameter"
 Dumper.add_representer(str, _text)
+Dumper.add_representer(
+    Parameter, lambda dumper, data: dumper.represent_scalar(_PARAMETER, f"{{{{{data}}}}}")
+)

@@ -623,8 +623,7 @@ def test_serving_rollout_deadline_outlasts_the_first_training(rendered, overlay)
     if overlay == "dev":
         first_run = find(objects, "Job", "dae-run-once")["spec"]["activeDeadlineSeconds"]
     else:
-        ref = find(objects, "Workflow", "dae-first-run")["spec"]["workflowTemplateRef"]["name"]
-        first_run = find(objects, "WorkflowTemplate", ref)["spec"]["activeDeadlineSeconds"]
+        first_run = find(objects, "Workflow", "dae-first-run")["spec"]["activeDeadlineSeconds"]
     assert deployment["spec"]["progressDeadlineSeconds"] > first_run + startup
 
 
