@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import ipaddress
 import json
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -71,6 +72,28 @@ def render(path: Path) -> list[dict]:
     if proc.returncode != 0:
         pytest.fail(f"kubectl kustomize {path} failed:\n{proc.stderr}", pytrace=False)
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def guide() -> str:
+    """docs/kubernetes.md, the cluster guide the README links to."""
+    return (REPO / "docs" / "kubernetes.md").read_text()
+
+
+def guide_manifests() -> list[dict]:
+    """The objects the guide's `kubectl apply -f - <<'YAML'` commands create."""
+    blocks = re.findall(r"<<'YAML'\n(.*?)\nYAML\n", guide(), flags=re.S)
+    assert blocks, "no `kubectl apply -f - <<'YAML'` command in docs/kubernetes.md"
+    return [yaml.safe_load(b) for b in blocks]
+
+
+def guide_commands() -> list[str]:
+    """Each shell line of the guide's code blocks (a `\\`-continued line joined, heredoc
+    bodies left out)."""
+    lines = []
+    for block in re.findall(r"^[ \t]*```[^\n]*\n(.*?)^[ \t]*```", guide(), flags=re.S | re.M):
+        block = re.sub(r"<<'YAML'\n.*?\nYAML\n", "<<'YAML'\n", block, flags=re.S)
+        lines += [ln.strip() for ln in block.replace("\\\n", " ").splitlines() if ln.strip()]
+    return lines
 
 
 def copy_tree(tmp: Path) -> Path:
@@ -149,6 +172,7 @@ def pod_templates(objects: list[dict]):
             labels = {
                 **predictor.get("labels", {}),
                 "serving.kserve.io/inferenceservice": o["metadata"]["name"],
+                "component": "predictor",  # KServe's constants.KServiceComponentLabel
             }
             metadata = {"labels": labels, "annotations": predictor.get("annotations", {})}
             yield (
@@ -286,9 +310,12 @@ def _strict(schema):
 @cache
 def crd_schemas() -> dict[tuple[str, str], dict]:
     """{(apiVersion, kind): strict JSON schema} of the CRDs in tests/k8s/crds (see its
-    README: the operators' released CRDs, their served version's openAPIV3Schema)."""
+    README: the operators' and Cilium's released CRDs, their served version's
+    openAPIV3Schema)."""
     out = {}
-    for path in sorted(CRDS.glob("*-v1beta1.json.gz")):
+    for path in sorted(CRDS.glob("*-v*.json.gz")):
+        if path.name.endswith(".schema.json.gz"):
+            continue  # Argo's own JSON schema (argo_expr.argo_errors), not a CRD's
         crd = json.loads(gzip.decompress(path.read_bytes()))
         root = crd["openAPIV3Schema"]
         props = root.setdefault("properties", {})

@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 from k8s_support import (
+    ARGO_LABEL,
     K8S,
     OVERLAYS,
-    REPO,
     VARIANTS,
     add_component,
     allows,
@@ -28,6 +28,7 @@ from k8s_support import (
     embedded_jobs,
     find,
     flink_pod_labels,
+    guide,
     is_dae,
     labels_match,
     pod_template,
@@ -47,28 +48,11 @@ PIPELINE_COMMANDS = {"run", "stage", "runs", "lineage"}  # what reads the metada
 WRITERS = {"dev": 2, "prod": 14}
 STORE_USERS = {"dev": 4, "prod": 15}
 METADATA_ENDPOINT = "169.254.169.254"
+API_PORTS = {(443, "TCP"), (6443, "TCP")}
 KUBE_DNS = {
     "labels": {"k8s-app": "kube-dns"},
     "namespace": {"kubernetes.io/metadata.name": "kube-system"},
 }
-RWX_PROVISIONERS = {
-    "efs.csi.aws.com",
-    "filestore.csi.storage.gke.io",
-    "file.csi.azure.com",
-    "nfs.csi.k8s.io",
-}
-
-
-def _cluster_guide() -> str:
-    """docs/kubernetes.md, the cluster guide the README links to."""
-    return (REPO / "docs" / "kubernetes.md").read_text()
-
-
-def _readme_manifests() -> list[dict]:
-    """The objects the README's `kubectl apply -f - <<'YAML'` commands create."""
-    blocks = re.findall(r"<<'YAML'\n(.*?)\nYAML\n", _cluster_guide(), flags=re.S)
-    assert blocks, "no `kubectl apply -f - <<'YAML'` command in docs/kubernetes.md"
-    return [yaml.safe_load(b) for b in blocks]
 
 
 def _env(container: dict) -> dict[str, dict]:
@@ -103,80 +87,6 @@ def _effective(pod: dict, container: dict, key: str):
 
 
 # ---- the shared volume -------------------------------------------------------------------------
-
-
-def shared_volume_problems(objects: list[dict]) -> list[str]:
-    """A claim that Pods mount, ReadWriteMany, with no storage class: the cluster's default
-    class would get it, and no big cloud's default class is ReadWriteMany (Pending forever)."""
-    mounted = {}
-    for name, pod in pod_templates(objects):
-        for v in pod["spec"].get("volumes", []):
-            if "persistentVolumeClaim" in v:
-                mounted.setdefault(v["persistentVolumeClaim"]["claimName"], name)
-    for isvc in by_kind(objects, "InferenceService").values():
-        uri = isvc["spec"]["predictor"]["model"]["storageUri"]
-        if uri.startswith("pvc://"):
-            mounted.setdefault(uri[len("pvc://") :].split("/")[0], "InferenceService")
-    claims = by_kind(objects, "PersistentVolumeClaim")
-    return [
-        f"{user} mounts PersistentVolumeClaim/{claim} (ReadWriteMany), which names no storage class"
-        for claim, user in mounted.items()
-        if "ReadWriteMany" in claims[claim]["spec"]["accessModes"]
-        and not claims[claim]["spec"].get("storageClassName")
-    ]
-
-
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_a_shared_volume_names_its_storage_class(rendered, variant):
-    assert not shared_volume_problems(rendered[variant])
-
-
-def test_the_check_fails_when_the_overlay_loses_its_storage_class(tmp_path):
-    """The marked patch is the prod overlay's only way to set the class: without it, the
-    check above fails (and the claim would wait for a ReadWriteMany default that is not)."""
-    k8s = copy_tree(tmp_path)
-    path = k8s / "overlays" / "prod" / "kustomization.yaml"
-    text = path.read_text()
-    assert "STORAGE CLASS" in text, "the overlay marks where the storage class is set"
-    kustomization = yaml.safe_load(text)
-
-    def body(patch: dict) -> str:
-        return patch.get("patch") or (path.parent / patch["path"]).read_text()
-
-    sets_class = [p for p in kustomization["patches"] if "storageClassName" in body(p)]
-    assert len(sets_class) == 1, sets_class
-    assert sets_class[0]["target"] == {"kind": "PersistentVolumeClaim", "name": CLAIM}
-    kustomization["patches"].remove(sets_class[0])
-    path.write_text(yaml.safe_dump(kustomization, sort_keys=False))
-    problems = shared_volume_problems(render(path.parent))
-    assert problems and all(f"PersistentVolumeClaim/{CLAIM}" in p for p in problems)
-
-
-def test_the_base_leaves_the_storage_class_to_the_overlays():
-    (claim,) = by_kind(render(K8S / "base"), "PersistentVolumeClaim").values()
-    assert "storageClassName" not in claim["spec"]
-
-
-def test_the_readme_creates_the_class_the_overlay_names(rendered):
-    name = find(rendered["prod"], "PersistentVolumeClaim", CLAIM)["spec"]["storageClassName"]
-    classes = [m for m in _readme_manifests() if m["kind"] == "StorageClass"]
-    assert {c["metadata"]["name"] for c in classes} == {name}
-    by_provisioner = {c["provisioner"]: c for c in classes}
-    assert set(by_provisioner) == RWX_PROVISIONERS
-    # Where the driver ignores fsGroup, the class itself hands the root to the pipeline's uid.
-    efs = by_provisioner["efs.csi.aws.com"]["parameters"]
-    assert efs["provisioningMode"] == "efs-ap"
-    assert (efs["uid"], efs["gid"]) == (str(UID), str(UID))
-    azure = by_provisioner["file.csi.azure.com"]["mountOptions"]
-    assert f"uid={UID}" in azure and f"gid={UID}" in azure
-    for cls in classes:  # nothing world-writable: the last octal digit of every mode is 0
-        modes = [o.split("=")[1] for o in cls.get("mountOptions", []) if "mode=" in o]
-        modes += [
-            v
-            for k, v in cls.get("parameters", {}).items()
-            if k in ("mountPermissions", "directoryPerms")
-        ]
-        assert all(int(m, 8) & 0o007 == 0 for m in modes), cls
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -245,7 +155,7 @@ def test_no_configmap_holds_the_url_or_a_password(rendered, variant):
 
 
 def _secret_command() -> dict[str, str]:
-    lines = [ln for ln in _cluster_guide().splitlines() if "create secret generic" in ln]
+    lines = [ln for ln in guide().splitlines() if "create secret generic" in ln]
     assert len(lines) == 1, "one command creates the database Secret"
     words = shlex.split(lines[0].split("&&", 1)[1])
     assert words[words.index("generic") + 1] == SECRET
@@ -270,7 +180,7 @@ def test_the_readme_secret_matches_the_database(rendered, overlay):
     )
     assert (url.username, url.path) == (env["POSTGRES_USER"], "/" + env["POSTGRES_DB"])
     assert url.password == keys["password"] == "$PW", "one generated password for both keys"
-    assert "openssl rand" in _cluster_guide()
+    assert "openssl rand" in guide()
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -298,7 +208,8 @@ def test_postgres_is_hardened_and_keeps_its_data(rendered, overlay):
     data = mounts[str(pgdata.parent)]
     assert data["name"] == template["metadata"]["name"] and pgdata.name
     assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
-    assert "storageClassName" not in template["spec"], "the default (block) class"
+    # dev: the cluster's default class; prod: the class its marked patch names (test_k8s_storage).
+    assert ("storageClassName" in template["spec"]) == (overlay == "prod")
     for path in ("/var/run/postgresql", "/tmp"):
         assert "emptyDir" in volumes[mounts[path]["name"]], path
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -383,16 +294,18 @@ def test_pipeline_pods_reach_dns_and_their_peers_but_not_the_outside(rendered, v
         assert selecting(policies, labels, "Egress"), f"{name}: egress unrestricted"
         for protocol in ("UDP", "TCP"):
             assert allows(policies, "Egress", labels, KUBE_DNS, 53, protocol), name
-        for ip, port in (
-            (METADATA_ENDPOINT, 80),
-            ("8.8.8.8", 443),
-            ("8.8.8.8", 53),
-            ("10.0.0.1", 443),
-        ):
+        outside = [(METADATA_ENDPOINT, 80), ("8.8.8.8", 80), ("8.8.8.8", 53), ("10.0.0.1", 8080)]
+        if ARGO_LABEL not in labels:  # Argo's executor: the API server (test_k8s_network)
+            outside += [("8.8.8.8", 443), ("10.0.0.1", 443)]
+        for ip, port in outside:
             assert not allows(policies, "Egress", labels, {"ip": ip}, port), (name, ip, port)
-        # No rule opens a network: addresses only, none of them the metadata endpoint.
+        # No rule opens a network: addresses only, none of them the metadata endpoint; but
+        # the API server's, which names its ports only.
         for policy in selecting(policies, labels, "Egress"):
             for rule in policy["spec"]["egress"]:
+                if policy["metadata"]["name"] == "dae-workflow-egress-apiserver":
+                    assert {(p["port"], p["protocol"]) for p in rule["ports"]} == API_PORTS
+                    continue
                 assert rule.get("to"), f"{policy['metadata']['name']}: a rule without `to`"
                 for peer in rule["to"]:
                     if "ipBlock" in peer:
@@ -690,5 +603,5 @@ def test_the_documented_kserve_form_renders_in_each_overlay(tmp_path):
         after = yaml.safe_load((k8s / "overlays" / overlay / "kustomization.yaml").read_text())
         assert after["components"] == before.get("components", []) + ["../../components/kserve"]
         assert by_kind(objects, "InferenceService") and not by_kind(objects, "Deployment")
-    readme = " ".join(_cluster_guide().split())
+    readme = " ".join(guide().split())
     assert "add `../../components/kserve` to the overlay's `components:` list" in readme

@@ -159,10 +159,12 @@ def test_probes_ports_and_service_line_up(rendered, overlay):
     rest = int(_flag(_args(container), "--rest_api_port"))
     grpc = int(_flag(_args(container), "--port"))
     assert {ports["http"], ports["grpc"]} == {rest, grpc} and ports["http"] == rest
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    for probe in ("startupProbe", "readinessProbe"):
         get = container[probe]["httpGet"]
         assert get["path"] == f"/v1/models/{model}", probe
         assert ports[get["port"]] == rest, f"{probe} must use the REST port"
+    # Liveness: the gRPC port accepts connections (test_k8s_serving says why).
+    assert ports[container["livenessProbe"]["tcpSocket"]["port"]] == grpc
     service = find(objects, "Service", "dae-serving")
     assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
     assert {ports[p["targetPort"]] for p in service["spec"]["ports"]} == {rest, grpc}

@@ -14,13 +14,16 @@ import kubernetes_validate
 import pytest
 from argo_expr import argo_errors
 from k8s_support import (
+    CRDS,
     NAMESPACES,
+    REPO,
     VARIANTS,
     argo_pods,
     by_kind,
     crd_errors,
     embedded_jobs,
     find,
+    guide,
     labels_match,
     pod_templates,
 )
@@ -76,6 +79,7 @@ FLINK = {
     ("FlinkDeployment", "dae-flink"),
     ("NetworkPolicy", "dae-flink"),
     ("NetworkPolicy", "dae-transform-egress-flink"),
+    ("NetworkPolicy", "dae-flink-taskmanager-egress"),
 }
 TF_SERVING = {
     ("Deployment", "dae-serving"),
@@ -84,7 +88,11 @@ TF_SERVING = {
     ("PodDisruptionBudget", "dae-serving"),
     ("NetworkPolicy", "dae-serving"),
 }
-KSERVE = {("InferenceService", "denoiser"), ("NetworkPolicy", "denoiser-predictor")}
+KSERVE = {
+    ("InferenceService", "denoiser"),
+    ("NetworkPolicy", "denoiser-predictor"),
+    ("PodDisruptionBudget", "denoiser-predictor"),
+}
 EXPECTED = {
     "dev": BASE | POSTGRES | CRONJOB,
     "prod": BASE | POSTGRES | ARGO | FLINK,
@@ -156,7 +164,7 @@ def test_objects_validate_against_the_kubernetes_schema(rendered, variant, versi
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_custom_resources_validate_against_their_crds(rendered, variant):
     """FlinkDeployment against the Flink Kubernetes Operator 1.15.0's CRD, InferenceService
-    against KServe 0.20.0's, Argo's kinds against Argo Workflows 4.1.2's JSON schema: an
+    against KServe 0.20.0's, Argo's kinds against Argo Workflows 3.7.18's JSON schema: an
     unknown or misplaced field fails, as `kubectl apply` would."""
     seen = set()
     for obj in rendered[variant]:
@@ -252,3 +260,16 @@ def test_inference_service_has_what_kserve_requires(rendered, variant):
     kserve_labels = {"serving.kserve.io/inferenceservice": "denoiser"}
     assert labels_match(policy["spec"]["podSelector"], kserve_labels)
     assert not by_kind(objects, "Deployment"), "KServe replaces the TF Serving Deployment"
+
+
+def test_the_guide_installs_the_argo_release_the_schema_and_the_test_cluster_are_of():
+    """One Argo release everywhere: the guide's install.yaml, the schema the manifests are
+    validated against (crds/README.md) and the controller tests/cluster builds."""
+    (installed,) = re.findall(r"argo-workflows/releases/download/(v[\d.]+)/install\.yaml", guide())
+    schema = re.search(r"argo-workflows/v3@(v[\d.]+)", (CRDS / "README.md").read_text())
+    built = re.search(
+        r"github\.com/argoproj/argo-workflows/v3 (v[\d.]+)",
+        (REPO / "tests" / "cluster" / "build" / "go.mod").read_text(),
+    )
+    assert schema and built
+    assert installed == schema.group(1) == built.group(1)
