@@ -14,16 +14,39 @@ its Pods, then:
     whole at the first lost worker (its controller stops the others) and the step's retry
     starts them all again, resuming from the chief's epoch backup.
 Which stage scales out, each Pod's size and the schedule come from a layout file (the
-cluster's business, kept in k8s/): this module names no stage.
+cluster's business, kept in k8s/): this module names no stage. Before the first stage, a step
+checks that the Pods reach the API server (Argo's executor must). Every object is built from
+typed records (pipeline/argo_model.py, argo_kinds.py) and written out as YAML once.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import yaml
 
+from dae.pipeline.argo_job import Dumper, multi_worker_step
+from dae.pipeline.argo_kinds import (
+    Arguments,
+    DAGTask,
+    DAGTemplate,
+    ExecutorConfig,
+    Metadata,
+    Mutex,
+    Parameter,
+    PodGC,
+    Sequence,
+    Synchronization,
+    Template,
+    TTLStrategy,
+    WorkflowSpec,
+    WorkflowStep,
+    WorkflowTemplate,
+)
 from dae.pipeline.argo_layout import (
     ACCOUNT,
     CLAIM,
+    LABELS,
     ROOT,
     TEMPLATE,
     Layout,
@@ -32,19 +55,19 @@ from dae.pipeline.argo_layout import (
     pod_security,
     volumes,
 )
+from dae.pipeline.argo_model import ObjectMeta
 from dae.pipeline.argo_steps import (
     API_CHECK,
     CHECKOV,
     RUN,
     RUNS,
     WORKERS,
-    Dumper,
     api_check,
     cache_probe,
+    executor,
     executor_patch,
     first_step,
     keras_tuner_steps,
-    multi_worker_step,
     pod_container,
     retry_strategy,
     stage_args,
@@ -54,6 +77,9 @@ from dae.pipeline.config import Config
 from dae.pipeline.dag import DAG
 
 __all__ = ["compile_pipeline", "load_layout", "render"]
+
+TTL_SUCCEEDED = 24 * 3600  # a finished workflow (its record is dae's: `dae runs list`)
+TTL_FAILED = 7 * 24 * 3600  # a failed one, Pods and logs, long enough to debug
 
 
 def _ancestors() -> dict[str, set[str]]:
@@ -72,8 +98,9 @@ def _direct(stage: str, ancestors: dict[str, set[str]]) -> list[str]:
     ]
 
 
-def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
-    """The DAG's tasks and their templates, stage by stage in the DAG's order."""
+def _tasks(layout: Layout) -> tuple[list[DAGTask], list[Template]]:
+    """The DAG's tasks and their templates, stage by stage in the DAG's order, after the
+    check that the API server is within reach."""
     ancestors, ends = _ancestors(), {}
     tasks, templates = [_task(API_CHECK, API_CHECK, [])], []
     for i, n in enumerate(DAG):
@@ -89,8 +116,8 @@ def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
         when = f"{{{{tasks.{name}-cache.outputs.parameters.result}}}} != cached"
         if kind == "keras-tuner":
             templates += keras_tuner_steps(layout, name)
-            count = {"count": f"{{{{workflow.parameters.{name}-workers}}}}"}
-            index = {"parameters": [{"name": "index", "value": "{{item}}"}]}
+            count = Sequence(count=f"{{{{workflow.parameters.{name}-workers}}}}")
+            index = Arguments(parameters=[Parameter(name="index", value="{{item}}")])
             tasks += [
                 _task(f"{name}-chief", f"{name}-chief", [f"{name}-cache"], when=when),
                 _task(
@@ -98,7 +125,7 @@ def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
                     f"{name}-worker",
                     [f"{name}-cache"],
                     when=when,
-                    withSequence=count,
+                    with_sequence=count,
                     arguments=index,
                 ),
             ]
@@ -113,89 +140,83 @@ def _tasks(layout: Layout) -> tuple[list[dict], list[dict]]:
     return tasks, [*templates, api_check(layout)]
 
 
-def _task(name: str, template: str, deps: list[str], **extra) -> dict:
-    return {"name": name, "template": template, **({"dependencies": deps} if deps else {}), **extra}
+def _task(name: str, template: str, deps: list[str], **extra) -> DAGTask:
+    return DAGTask(name=name, template=template, dependencies=deps or None, **extra)
 
 
-def _single(layout: Layout, name: str) -> dict:
+def _single(layout: Layout, name: str) -> Template:
     spec = layout.stage(name)
     container = pod_container(stage_args(name, "--cache"), spec.resources)
     return step_template(name, name, container, spec.deadline, retry_strategy(layout))
 
 
-def _bookkeeping(layout: Layout) -> list[dict]:
+def _bookkeeping(layout: Layout) -> list[Template]:
     """`dae runs finish` after the last stages; on failure, `dae runs fail` (retried until
     it is written: even a busy root or a store restarting must not leave the run running)."""
     finish = pod_container(["runs", "finish", RUN, "--root", ROOT], RUNS)
     reason = ["--reason", "workflow {{workflow.status}}", "--failures", "{{workflow.failures}}"]
     fail = pod_container(["runs", "fail", RUN, "--root", ROOT, *reason], RUNS)
-    record = retry_strategy(layout, None) | {"limit": "5"}
+    record = dataclasses.replace(retry_strategy(layout, None), limit="5")
     when = "{{workflow.status}} != Succeeded"
     return [
         step_template("finish", "finish", finish, layout.step_deadline, retry_strategy(layout)),
-        {
-            "name": "exit-handler",
-            "steps": [[{"name": "record-failure", "template": "record-failure", "when": when}]],
-        },
+        Template(
+            name="exit-handler",
+            steps=[[WorkflowStep(name="record-failure", template="record-failure", when=when)]],
+        ),
         step_template("record-failure", "record-failure", fail, layout.step_deadline, record),
     ]
 
 
-TTL_SUCCEEDED = 24 * 3600  # a finished workflow (its record is dae's: `dae runs list`)
-TTL_FAILED = 7 * 24 * 3600  # a failed one, Pods and logs, long enough to debug
-
-
-def workflow_template(layout: Layout) -> dict:
+def workflow_template(layout: Layout) -> WorkflowTemplate:
     tasks, templates = _tasks(layout)
     scaled = [(n.name, layout.stage(n.name)) for n in DAG if layout.stage(n.name).scale_out]
     parameters = [
-        {
-            "name": f"{name}-workers",
-            "value": str(spec.workers),
-            "description": WORKERS[spec.scale_out].format(name),
-        }
+        Parameter(
+            name=f"{name}-workers",
+            value=str(spec.workers),
+            description=WORKERS[spec.scale_out].format(name),
+        )
         for name, spec in scaled
     ]
-    spec = {
-        "entrypoint": "pipeline",
-        "onExit": "exit-handler",
-        **({"arguments": {"parameters": parameters}} if parameters else {}),
-        "serviceAccountName": ACCOUNT,
-        "automountServiceAccountToken": False,
-        "executor": {"serviceAccountName": ACCOUNT},
-        "activeDeadlineSeconds": layout.deadline,
+    spec = WorkflowSpec(
+        entrypoint="pipeline",
+        on_exit="exit-handler",
+        arguments=Arguments(parameters=parameters) if parameters else None,
+        service_account_name=ACCOUNT,
+        automount_service_account_token=False,
+        executor=ExecutorConfig(service_account_name=ACCOUNT),
+        active_deadline_seconds=layout.deadline,
         # Never two runs of one root at once (the metadata store's lock refuses them too).
-        "synchronization": {"mutexes": [{"name": CLAIM}]},
-        "podMetadata": {
-            "labels": {"app.kubernetes.io/name": "dae", "app.kubernetes.io/part-of": "dae"},
-            "annotations": CHECKOV,
-        },
+        synchronization=Synchronization(mutexes=[Mutex(name=CLAIM)]),
+        pod_metadata=Metadata(
+            labels={"app.kubernetes.io/name": "dae", "app.kubernetes.io/part-of": "dae"},
+            annotations=CHECKOV,
+        ),
         # `dae` turns SIGTERM into a clean "failed" record: give it time to write it. Argo's
-        # `init` container, in every Pod, meets Pod Security "restricted" (steps.executor_patch).
-        "podSpecPatch": executor_patch("initContainers", "init", terminationGracePeriodSeconds=60),
+        # `init` container, in every Pod, meets Pod Security "restricted" (steps.executor).
+        pod_spec_patch=executor_patch(
+            termination_grace_period_seconds=60, init_containers=[executor("init")]
+        ),
         # Succeeded Pods go at once; a failed workflow's stay with it for a week to be read.
-        "podGC": {"strategy": "OnPodSuccess"},
-        "ttlStrategy": {"secondsAfterSuccess": TTL_SUCCEEDED, "secondsAfterFailure": TTL_FAILED},
-        "securityContext": pod_security(),
-        "volumes": volumes(config=True),
-        "templates": [
-            {"name": "pipeline", "dag": {"tasks": tasks}},
+        pod_gc=PodGC(strategy="OnPodSuccess"),
+        ttl_strategy=TTLStrategy(
+            seconds_after_success=TTL_SUCCEEDED, seconds_after_failure=TTL_FAILED
+        ),
+        security_context=pod_security(),
+        volumes=volumes(config=True),
+        templates=[
+            Template(name="pipeline", dag=DAGTemplate(tasks=tasks)),
             *templates,
             *_bookkeeping(layout),
         ],
-    }
-    labels = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/component": "workflow"}
-    return {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "WorkflowTemplate",
-        "metadata": {"name": TEMPLATE, "labels": labels},
-        "spec": spec,
-    }
+    )
+    return WorkflowTemplate(metadata=ObjectMeta(name=TEMPLATE, labels=dict(LABELS)), spec=spec)
 
 
 def compile_pipeline(config: Config, layout: Layout) -> list[dict]:
     """Every object the workflow needs, in the order `kubectl apply` should create them."""
-    return cluster_objects(config, layout, workflow_template(layout))
+    return [o.to_dict() for o in cluster_objects(config, layout, workflow_template(layout))]
 
 
 HEADER = """\

@@ -13,6 +13,43 @@ from typing import Any
 
 import yaml
 
+from dae.pipeline.argo_kinds import (
+    GROUP,
+    CronWorkflow,
+    CronWorkflowSpec,
+    TemplateRef,
+    Workflow,
+    WorkflowSpec,
+    WorkflowTemplate,
+)
+from dae.pipeline.argo_model import (
+    Capabilities,
+    ClaimSource,
+    ConfigMap,
+    ConfigMapProjection,
+    ConfigMapSource,
+    EmptyDirSource,
+    KeyToPath,
+    ObjectMeta,
+    PodSecurityContext,
+    PolicyRule,
+    ProjectedSource,
+    Role,
+    RoleBinding,
+    RoleRef,
+    SeccompProfile,
+    Secret,
+    SecurityContext,
+    Service,
+    ServiceAccount,
+    ServiceAccountTokenProjection,
+    ServicePort,
+    ServiceSpec,
+    Spec,
+    Subject,
+    Volume,
+    VolumeProjection,
+)
 from dae.pipeline.config import Config, ConfigError
 from dae.pipeline.dag import STAGES
 
@@ -137,176 +174,137 @@ def load_layout(path: str | Path | None) -> Layout:
 # ---- what every Pod shares -------------------------------------------------------------
 
 
-def hardened() -> dict:
-    return {
-        "allowPrivilegeEscalation": False,
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def hardened() -> SecurityContext:
+    return SecurityContext(
+        allow_privilege_escalation=False,
+        read_only_root_filesystem=True,
+        run_as_non_root=True,
+        capabilities=Capabilities(drop=["ALL"]),
+        seccomp_profile=SeccompProfile(type="RuntimeDefault"),
+    )
 
 
-def executor_security() -> dict:
+def executor_security() -> SecurityContext:
     """Argo's own `init` and `wait` containers, through the podSpecPatch (pipeline/argo.py):
     v3.7.18 gives them the controller ConfigMap's executor securityContext, none by default,
     which Pod Security "restricted" refuses. Not readOnlyRootFilesystem: Argo leaves it off for
     them too (argoproj/argo-workflows#10787)."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "runAsNonRoot": True,
-        "capabilities": {"drop": ["ALL"]},
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+    return SecurityContext(
+        allow_privilege_escalation=False,
+        run_as_non_root=True,
+        capabilities=Capabilities(drop=["ALL"]),
+        seccomp_profile=SeccompProfile(type="RuntimeDefault"),
+    )
 
 
-def api_token() -> dict:
+def api_token() -> Volume:
     """The workflow account's token and the cluster's CA for the containers that ask the API
     server themselves (pipeline/kube_api.py): a bound token the kubelet requests and renews."""
-    sources = [
-        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-    ]
-    return {"name": "api-token", "projected": {"sources": sources}}
+    ca = ConfigMapProjection(
+        name="kube-root-ca.crt", items=[KeyToPath(key="ca.crt", path="ca.crt")]
+    )
+    token = ServiceAccountTokenProjection(path="token", expiration_seconds=3600)
+    sources = [VolumeProjection(service_account_token=token), VolumeProjection(config_map=ca)]
+    return Volume(name="api-token", projected=ProjectedSource(sources=sources))
 
 
-def pod_security() -> dict:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": UID,
-        "runAsGroup": UID,
-        "fsGroup": UID,
-        "fsGroupChangePolicy": "OnRootMismatch",
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
+def pod_security() -> PodSecurityContext:
+    return PodSecurityContext(
+        run_as_non_root=True,
+        run_as_user=UID,
+        run_as_group=UID,
+        fs_group=UID,
+        fs_group_change_policy="OnRootMismatch",
+        seccomp_profile=SeccompProfile(type="RuntimeDefault"),
+    )
 
 
-def volumes(config: bool) -> list[dict]:
-    out = [{"name": "dae-root", "persistentVolumeClaim": {"claimName": CLAIM}}]
+def volumes(config: bool) -> list[Volume]:
+    out = [Volume(name="dae-root", persistent_volume_claim=ClaimSource(claim_name=CLAIM))]
     if config:
-        out.append({"name": "config", "configMap": {"name": CONFIG_MAP}})
-    return out + [{"name": "tmp", "emptyDir": {"sizeLimit": "2Gi"}}]
+        out.append(Volume(name="config", config_map=ConfigMapSource(name=CONFIG_MAP)))
+    return [*out, Volume(name="tmp", empty_dir=EmptyDirSource(size_limit="2Gi"))]
 
 
 # ---- the objects around the WorkflowTemplate ----------------------------------------------
 
 
-def _meta(name: str, **extra) -> dict:
-    return {"name": name, "labels": dict(LABELS), **extra}
+def _meta(name: str, **extra) -> ObjectMeta:
+    return ObjectMeta(name=name, labels=dict(LABELS), **extra)
 
 
-def _rbac(layout: Layout) -> list[dict]:
+def _rbac(layout: Layout) -> list[Spec]:
     """The executor's account (Argo's own containers report through it; the dae containers
     get no token) and what it may do: report results, and create and watch the Jobs of
     multi-worker stages (owned by their workflow), whose watcher reads the workflow and
     deletes its own Job once the workflow is over (pipeline/kube_api.py)."""
     rules = [
-        {
-            "apiGroups": ["argoproj.io"],
-            "resources": ["workflowtaskresults"],
-            "verbs": ["create", "patch"],
-        }
+        PolicyRule(api_groups=[GROUP], resources=["workflowtaskresults"], verbs=["create", "patch"])
     ]
     if any(s.scale_out == "multi-worker" for s in layout.stages.values()):
         rules += [
-            {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["create", "get", "delete"]},
-            {
-                "apiGroups": ["argoproj.io"],
-                "resources": ["workflows/finalizers"],
-                "verbs": ["update"],
-            },
-            {"apiGroups": ["argoproj.io"], "resources": ["workflows"], "verbs": ["get"]},
+            PolicyRule(api_groups=["batch"], resources=["jobs"], verbs=["create", "get", "delete"]),
+            PolicyRule(api_groups=[GROUP], resources=["workflows/finalizers"], verbs=["update"]),
+            PolicyRule(api_groups=[GROUP], resources=["workflows"], verbs=["get"]),
         ]
     token = {"kubernetes.io/service-account.name": ACCOUNT}
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": _meta(ACCOUNT),
-            "automountServiceAccountToken": False,
-        },
+        ServiceAccount(metadata=_meta(ACCOUNT), automount_service_account_token=False),
         # Argo mounts this token into its executor containers only (Kubernetes 1.24+ makes
         # none by itself); found by its name, <account>.service-account-token.
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "kubernetes.io/service-account-token",
-            "metadata": _meta(f"{ACCOUNT}.service-account-token", annotations=token),
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": _meta(ACCOUNT),
-            "rules": rules,
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": _meta(ACCOUNT),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ACCOUNT},
-            "subjects": [{"kind": "ServiceAccount", "name": ACCOUNT}],
-        },
+        Secret(
+            type="kubernetes.io/service-account-token",
+            metadata=_meta(f"{ACCOUNT}.service-account-token", annotations=token),
+        ),
+        Role(metadata=_meta(ACCOUNT), rules=rules),
+        RoleBinding(
+            metadata=_meta(ACCOUNT),
+            role_ref=RoleRef(api_group="rbac.authorization.k8s.io", kind="Role", name=ACCOUNT),
+            subjects=[Subject(kind="ServiceAccount", name=ACCOUNT)],
+        ),
     ]
 
 
-def _services(layout: Layout) -> list[dict]:
+def _services(layout: Layout) -> list[Service]:
     """How scaled-out Pods find each other: the tuner chief's oracle behind a Service, the
     training workers by name (<job>-<index>.<Service>, a headless Service)."""
     out = []
     for name, spec in layout.stages.items():
         if spec.scale_out == "keras-tuner":
-            component, port = f"{name}-chief", {"name": "oracle", "appProtocol": "grpc"}
-            service = {"type": "ClusterIP"}
+            component, port = f"{name}-chief", "oracle"
+            kind = {"type": "ClusterIP"}
         elif spec.scale_out == "multi-worker":
-            component, port = f"{name}-worker", {"name": "collective"}
-            service = {"clusterIP": "None", "publishNotReadyAddresses": True}
+            component, port = f"{name}-worker", "collective"
+            kind = {"cluster_ip": "None", "publish_not_ready_addresses": True}
         else:
             continue
         selector = {"app.kubernetes.io/name": "dae", "app.kubernetes.io/component": component}
-        port |= {"port": spec.port, "targetPort": port["name"], "protocol": "TCP"}
-        metadata = {"name": f"dae-{component.removesuffix('-worker')}", "labels": selector}
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Service",
-                "metadata": metadata,
-                "spec": service | {"selector": selector, "ports": [port]},
-            }
-        )
+        grpc = "grpc" if spec.scale_out == "keras-tuner" else None
+        ports = [ServicePort(name=port, app_protocol=grpc, port=spec.port, target_port=port)]
+        metadata = ObjectMeta(name=f"dae-{component.removesuffix('-worker')}", labels=selector)
+        service_spec = ServiceSpec(**kind, selector=selector, ports=ports)
+        out.append(Service(metadata=metadata, spec=service_spec))
     return out
 
 
-def cluster_objects(config: Config, layout: Layout, template: dict) -> list[dict]:
+def cluster_objects(config: Config, layout: Layout, template: WorkflowTemplate) -> list[Spec]:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    config_map = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": _meta(CONFIG_MAP),
-        "data": {"config.yaml": text},
-    }
-    ref = {"workflowTemplateRef": {"name": TEMPLATE}}
-    cron = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "CronWorkflow",
-        "metadata": _meta(CRON),
-        "spec": {
-            "schedules": [layout.schedule],
-            "timezone": layout.timezone,
-            "concurrencyPolicy": "Forbid",
-            "startingDeadlineSeconds": layout.starting_deadline,
-            "successfulJobsHistoryLimit": layout.history,
-            "failedJobsHistoryLimit": layout.history,
-            "workflowSpec": ref,
-        },
-    }
+    config_map = ConfigMap(metadata=_meta(CONFIG_MAP), data={"config.yaml": text})
+    cron = CronWorkflow(
+        metadata=_meta(CRON),
+        spec=CronWorkflowSpec(
+            schedules=[layout.schedule],
+            timezone=layout.timezone,
+            concurrency_policy="Forbid",
+            starting_deadline_seconds=layout.starting_deadline,
+            successful_jobs_history_limit=layout.history,
+            failed_jobs_history_limit=layout.history,
+            workflow_spec=WorkflowSpec(workflow_template_ref=TemplateRef(name=TEMPLATE)),
+        ),
+    )
     # Applying the component starts one run, so that serving gets a first model. Its spec is
     # the template's own, inline: applied in one go, the Workflow may reach Argo's controller
     # before the WorkflowTemplate reaches its informer, and a reference it cannot resolve
     # then fails the run for good (workflow/controller/operator.go, setExecWorkflow).
-    first = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": _meta(FIRST_RUN),
-        "spec": template["spec"],
-    }
+    first = Workflow(metadata=_meta(FIRST_RUN), spec=template.spec)
     return [config_map, *_rbac(layout), *_services(layout), template, cron, first]
