@@ -232,6 +232,8 @@ def argo_pods(wft: dict):
                 )
                 if k in spec
             }
+            if t.get("volumes"):  # Argo adds a template's own volumes to the workflow's
+                pod["volumes"] = pod.get("volumes", []) + t["volumes"]
             pod["containers"] = [{"name": "main", **t["container"]}]
             if t.get("initContainers"):
                 pod["initContainers"] = t["initContainers"]
@@ -241,6 +243,27 @@ def argo_pods(wft: dict):
             job = embedded_job(wft, t)
             if job["kind"] == "Job":
                 yield f"WorkflowTemplate/{name} {t['name']} Job", job["spec"]["template"]
+
+
+def workflow_pods(objects) -> dict[str, dict]:
+    """{name: labels} of the Pods a workflow's steps make (Argo labels them)."""
+    return {
+        name: pod["metadata"]["labels"]
+        for name, pod in pod_templates(objects)
+        if ARGO_LABEL in pod["metadata"]["labels"]
+    }
+
+
+def api_clients(objects) -> dict[str, dict]:
+    """The Pods that call the API server: a workflow's (Argo's executor) and any that mounts
+    a service account token of its own (a projected serviceAccountToken volume)."""
+    out = workflow_pods(objects)
+    for name, pod in pod_templates(objects):
+        for volume in pod["spec"].get("volumes", []):
+            sources = volume.get("projected", {}).get("sources", [])
+            if any("serviceAccountToken" in source for source in sources):
+                out[name] = pod["metadata"]["labels"]
+    return out
 
 
 def embedded_jobs(objects: list[dict]) -> list[dict]:

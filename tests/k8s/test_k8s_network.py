@@ -10,11 +10,11 @@ import ipaddress
 
 import pytest
 from k8s_support import (
-    ARGO_LABEL,
     K8S,
     VARIANTS,
     add_component,
     allows,
+    api_clients,
     by_kind,
     copy_tree,
     crd_errors,
@@ -24,6 +24,7 @@ from k8s_support import (
     labels_match,
     pod_templates,
     render,
+    workflow_pods,
 )
 
 CILIUM = "components/cilium-apiserver"
@@ -47,20 +48,13 @@ API_SERVERS = {
 DOCUMENTATION_NETS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")  # RFC 5737
 
 
-def _workflow_pods(objects) -> dict[str, dict]:
-    return {
-        name: pod["metadata"]["labels"]
-        for name, pod in pod_templates(objects)
-        if ARGO_LABEL in pod["metadata"]["labels"]
-    }
-
-
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v.startswith("prod")])
 def test_the_executor_reaches_the_api_server_as_shipped(rendered, variant):
-    """Defect 2: a placeholder address reached nothing until a user replaced it by hand."""
+    """Defect 2: a placeholder address reached nothing until a user replaced it by hand. The
+    training Job's Pods are no workflow's, but its watcher sidecar calls the API server too."""
     objects = rendered[variant]
     policies = by_kind(objects, "NetworkPolicy").values()
-    pods = _workflow_pods(objects)
+    pods = api_clients(objects)
     assert len(pods) >= 12
     for cluster, addresses in API_SERVERS.items():
         for name, labels in pods.items():
@@ -74,7 +68,7 @@ def test_the_api_server_rule_opens_its_ports_only_and_no_placeholder_is_shipped(
     metadata endpoint (port 80) stays closed."""
     objects = rendered[variant]
     policies = by_kind(objects, "NetworkPolicy").values()
-    for labels in _workflow_pods(objects).values():
+    for labels in api_clients(objects).values():
         for ip, port, protocol in (
             ("169.254.169.254", 80, "TCP"),
             ("8.8.8.8", 80, "TCP"),
@@ -107,7 +101,7 @@ def test_the_cilium_variant_names_the_api_server_entity(tmp_path):
     assert not errors, "\n".join(errors)
     assert policy["metadata"]["namespace"] == "dae"
     selector = policy["spec"]["endpointSelector"]
-    pods = _workflow_pods(objects)
+    pods = workflow_pods(objects)
     assert pods and all(labels_match(selector, labels) for labels in pods.values())
     serving = dict(pod_templates(objects))["Deployment/dae-serving"]["metadata"]["labels"]
     assert not labels_match(selector, serving)
