@@ -24,7 +24,6 @@ from k8s_support import (
     labels_match,
     pod_templates,
     render,
-    workflow_pods,
 )
 
 CILIUM = "components/cilium-apiserver"
@@ -94,27 +93,37 @@ def _with_cilium(tmp_path) -> list[dict]:
 
 
 def test_the_cilium_variant_names_the_api_server_entity(tmp_path):
+    """Every API client is selected by a CiliumNetworkPolicy allowing the kube-apiserver
+    entity on 443 and 6443, and no NetworkPolicy still opens those ports to any address."""
     objects = _with_cilium(tmp_path)
     assert "dae-workflow-egress-apiserver" not in by_kind(objects, "NetworkPolicy")
-    (policy,) = by_kind(objects, "CiliumNetworkPolicy").values()
-    errors = crd_errors(policy)
-    assert not errors, "\n".join(errors)
-    assert policy["metadata"]["namespace"] == "dae"
-    selector = policy["spec"]["endpointSelector"]
-    pods = workflow_pods(objects)
-    assert pods and all(labels_match(selector, labels) for labels in pods.values())
+    for policy in by_kind(objects, "NetworkPolicy").values():
+        assert all(rule.get("to") for rule in policy["spec"].get("egress", [])), policy
+    policies = by_kind(objects, "CiliumNetworkPolicy").values()
+    assert policies
+    for policy in policies:
+        errors = crd_errors(policy)
+        assert not errors, "\n".join(errors)
+        assert policy["metadata"]["namespace"] == "dae"
+        (rule,) = policy["spec"]["egress"]
+        assert rule["toEntities"] == ["kube-apiserver"]
+        (ports,) = rule["toPorts"]
+        assert {(p["port"], p["protocol"]) for p in ports["ports"]} == {
+            ("443", "TCP"),
+            ("6443", "TCP"),
+        }
+    clients = api_clients(objects)
+    assert len(clients) >= 13
+    for name, labels in clients.items():
+        assert any(labels_match(p["spec"]["endpointSelector"], labels) for p in policies), name
     serving = dict(pod_templates(objects))["Deployment/dae-serving"]["metadata"]["labels"]
-    assert not labels_match(selector, serving)
-    (rule,) = policy["spec"]["egress"]
-    assert rule["toEntities"] == ["kube-apiserver"]
-    (ports,) = rule["toPorts"]
-    assert {(p["port"], p["protocol"]) for p in ports["ports"]} == {("443", "TCP"), ("6443", "TCP")}
+    assert not any(labels_match(p["spec"]["endpointSelector"], serving) for p in policies)
     assert CILIUM in guide()
 
 
 def test_cilium_schema_rejects_a_misspelt_entity(tmp_path):
     """The schema check above can fail: Cilium's CRD enumerates its entities."""
-    (policy,) = by_kind(_with_cilium(tmp_path), "CiliumNetworkPolicy").values()
+    policy, *_ = by_kind(_with_cilium(tmp_path), "CiliumNetworkPolicy").values()
     bad = {**policy, "spec": {**policy["spec"], "egress": [{"toEntities": ["kube-api-server"]}]}}
     assert crd_errors(bad)
 
