@@ -27,12 +27,12 @@ BINARY_IMAGES = (
     ("workflow-controller", CONTROLLER_IMAGE, "8737", "/bin/workflow-controller", True),
 )
 # The classes and volumes the prod overlay's claims bind to (no provisioner can run here):
-# dae-root (ReadWriteMany, class dae-rwx, written by uid 10001) and PostgreSQL's data (the
-# StatefulSet's claim names no class, so the default one; uid 999).
-STORAGE_CLASSES = (("dae-rwx", False), ("dae-local", True))
+# dae-root (ReadWriteMany, class dae-rwx, written by uid 10001) and PostgreSQL's data (class
+# dae-rwo, the overlay's second STORAGE CLASS patch; also the default class; uid 999).
+STORAGE_CLASSES = (("dae-rwx", False), ("dae-rwo", True))
 VOLUMES = (
     ("dae-root", "dae-rwx", "ReadWriteMany", "50Gi", 10001),
-    ("dae-postgres-data", "dae-local", "ReadWriteOnce", "10Gi", 999),
+    ("dae-postgres-data", "dae-rwo", "ReadWriteOnce", "10Gi", 999),
 )
 
 
