@@ -48,7 +48,7 @@ from dae.pipeline.argo_steps import (
     PERMANENT,
     RUN,
     TINY,
-    api_mount,
+    api_mounts,
     field_env,
     pod_container,
     retry_strategy,
@@ -168,7 +168,7 @@ def _watcher(image: str, job_name: EnvVar) -> Container:
         env=[field_env("NAMESPACE", "metadata.namespace"), value("WORKFLOW", RUN), job_name],
         resources=TINY,
         security_context=hardened(),
-        volume_mounts=[api_mount()],
+        volume_mounts=api_mounts(),
     )
 
 

@@ -227,8 +227,10 @@ def keras_tuner_steps(layout: Layout, name: str) -> list[Template]:
     ]
 
 
-def api_mount() -> VolumeMount:
-    return VolumeMount(name="api-token", mount_path=TOKEN_DIR, read_only=True)
+def api_mounts() -> list[VolumeMount]:
+    """The token for pipeline/kube_api.py, and the writable /tmp every container has."""
+    token = VolumeMount(name="api-token", mount_path=TOKEN_DIR, read_only=True)
+    return [token, VolumeMount(name="tmp", mount_path="/tmp")]
 
 
 def api_check(layout: Layout) -> Template:
@@ -240,6 +242,6 @@ def api_check(layout: Layout) -> Template:
         command=["python", "-m", "dae.pipeline.kube_api", "check"],
         resources=TINY,
         security_context=hardened(),
-        volume_mounts=[api_mount()],
+        volume_mounts=api_mounts(),
     )
     return step_template(API_CHECK, API_CHECK, container, 120, None, volumes=[api_token()])

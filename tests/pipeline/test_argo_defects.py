@@ -151,7 +151,7 @@ def test_the_training_job_belongs_to_its_workflow_and_is_watched():
     assert watch["restartPolicy"] == "Always"  # a native sidecar: ends with the worker
     assert watch["command"][-2:] == ["watch", "$(JOB_NAME)"]
     assert pod["automountServiceAccountToken"] is False
-    assert [m["name"] for m in watch["volumeMounts"]] == ["api-token"]
+    assert [m["name"] for m in watch["volumeMounts"]] == ["api-token", "tmp"]
     assert all(m["name"] != "api-token" for m in pod["containers"][0]["volumeMounts"])
     (template,) = [o for o in compiled() if o["kind"] == "WorkflowTemplate"]
     spec = template["spec"]
