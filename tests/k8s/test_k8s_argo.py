@@ -1,7 +1,7 @@
 """The prod overlay orchestrates the pipeline through Argo Workflows (components/argo) and dev
 keeps the plain CronJob: the compiled workflow arrives in the overlay as compiled (but for the
-overlay's own settings: the registry's image, 4 workers each, transform on Flink, the API
-server's address), its Pods reach the API server and nothing else outside, and the steps
+overlay's own settings: the registry's image, 4 workers each, transform on Flink), its Pods
+reach the API server and nothing else outside, and the steps
 never retry dae's own verdicts."""
 
 from __future__ import annotations
@@ -10,15 +10,14 @@ import pytest
 import yaml
 from argo_expr import retry
 from k8s_support import (
-    ARGO_LABEL,
     K8S,
     allows,
+    api_clients,
     by_kind,
     embedded_jobs,
     find,
     labels_match,
     pod_templates,
-    render,
     selecting,
 )
 
@@ -108,50 +107,23 @@ def test_the_schedule_uses_the_template(rendered):
     assert all("*" not in r["verbs"] + r["resources"] for r in rules)
 
 
-def _api_server(objects) -> list[str]:
-    policy = find(objects, "NetworkPolicy", "dae-workflow-egress-apiserver")
-    (rule,) = policy["spec"]["egress"]
-    assert sorted(p["port"] for p in rule["ports"]) == list(API_PORTS)
-    return [peer["ipBlock"]["cidr"].split("/")[0] for peer in rule["to"]]
-
-
-def test_workflow_pods_reach_the_api_server_and_nothing_else_does(rendered):
-    """Argo's executor runs in every Pod of a workflow (not in the Pods of the Job a step
-    creates) and reports to the API server; no other Pod whose egress is locked down (the
-    pipeline's) gets there."""
+def test_only_the_api_servers_callers_reach_it(rendered):
+    """Argo's executor runs in every Pod of a workflow, the training Job's watcher in the Job's
+    Pods; no other Pod whose egress is locked down (the pipeline's, Flink's TaskManagers, the
+    database) gets to the API server's ports (test_k8s_network: at any cluster's addresses)."""
     objects = rendered["prod"]
     policies = by_kind(objects, "NetworkPolicy").values()
-    (address,) = _api_server(objects)
+    clients = api_clients(objects)
     seen = 0
     for name, pod in pod_templates(objects):
         labels = pod["metadata"]["labels"]
         if not selecting(policies, labels, "Egress"):
-            continue  # serving and Flink: their egress is not the pipeline's
-        reaches = all(allows(policies, "Egress", labels, {"ip": address}, p) for p in API_PORTS)
-        assert reaches == (ARGO_LABEL in labels), name
+            continue  # serving and Flink's JobManager: their egress is not the pipeline's
+        api = {"ip": "10.96.0.1"}  # the `kubernetes` Service of a kubeadm cluster
+        reaches = all(allows(policies, "Egress", labels, api, p) for p in API_PORTS)
+        assert reaches == (name in clients), name
         seen += reaches
-    assert seen >= 12
-
-
-def test_the_overlay_marks_where_the_api_server_is_set(tmp_path):
-    """The marked patch is the one place the address is set: without it the component's
-    placeholder (TEST-NET-1, nowhere) is all the workflow's Pods may reach."""
-    path = K8S / "overlays" / "prod" / "kustomization.yaml"
-    text = path.read_text()
-    assert ">>> API SERVER <<<" in text
-    kustomization = yaml.safe_load(text)
-    (patch,) = [
-        p
-        for p in kustomization["patches"]
-        if p.get("target", {}).get("name") == "dae-workflow-egress-apiserver"
-    ]
-    assert patch["target"]["kind"] == "NetworkPolicy"
-    (op,) = yaml.safe_load(patch["patch"])
-    assert op["path"] == "/spec/egress/0/to" and all(
-        peer["ipBlock"]["cidr"].endswith("/32") for peer in op["value"]
-    )
-    component = render(K8S / "overlays" / "prod")
-    assert _api_server(component) == [p["ipBlock"]["cidr"][:-3] for p in op["value"]]
+    assert seen >= 13
 
 
 def test_every_workflow_pod_is_covered_and_only_peers_connect(rendered):
