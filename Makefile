@@ -84,7 +84,7 @@ cluster-bin:
 # The cluster's images (the Dockerfile's bases as stand-ins, the dae image built from the
 # Dockerfile, Argo's executor, pause, PostgreSQL) as docker archives cached per input key by
 # tests/cluster/images.py; Debian's mmdebstrap, buildah and skopeo build them.
-IMAGE_DEBS := mmdebstrap buildah skopeo
+IMAGE_DEBS := mmdebstrap buildah skopeo runc
 .PHONY: cluster-images
 cluster-images:
 	@dpkg -s $(IMAGE_DEBS) > /dev/null 2>&1 || { \

@@ -103,6 +103,10 @@ def flink_job_server_jar(cache: Path, beam: str, flink: str) -> Path:
     jar, stand_in = cache / name, cache / f"stand-in-{name}"
     if jar.is_file():
         return jar
+    if stand_in.is_file():  # Maven Central answered 404 before: no look-up on every call
+        print(f"images: {stand_in.name} stands in for {name} (remove it to ask again)",
+              file=sys.stderr)  # fmt: skip
+        return stand_in
     url = f"{MAVEN}/org/apache/beam/{artifact}/{beam}/{name}"
     cache.mkdir(parents=True, exist_ok=True)
     try:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 from image_inputs import context_inputs, flink_job_server_jar
@@ -33,7 +33,7 @@ from image_inputs import context_inputs, flink_job_server_jar
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().with_name("images")
 KEY_LABEL = "org.dae.cluster.key"
-RECIPE = 1  # bump when a build function changes what it makes
+RECIPE = 2  # bump when a build function changes what it makes
 TOOLS = ("mmdebstrap", "buildah", "skopeo")
 DEBIAN = (
     "deb http://deb.debian.org/debian bookworm main",
@@ -115,13 +115,14 @@ def mmdebstrap(out: Path, packages: list[str], *hooks: str) -> Path:
     return tar
 
 
-def tar_of(files: dict[str, tuple[bytes, int]], dirs: dict[str, int]) -> bytes:
-    """A small root filesystem tar: path -> (content, mode) files, path -> mode folders."""
+def tar_of(files: dict[str, tuple[bytes, int]], dirs: dict[str, tuple[int, int]]) -> bytes:
+    """A small root filesystem tar: path -> (content, mode) files, path -> (mode, owner
+    uid = gid) folders."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for path, mode in dirs.items():
+        for path, (mode, owner) in dirs.items():
             info = tarfile.TarInfo(path)
-            info.type, info.mode = tarfile.DIRTYPE, mode
+            info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, mode, owner, owner
             tar.addfile(info)
         for path, (data, mode) in files.items():
             info = tarfile.TarInfo(path)
@@ -198,7 +199,8 @@ def static_image(files: Callable[[], dict[str, Path]], config: list[str]):
 
     def build(img: Image, key: str, tmp: Path) -> None:
         bins = {path: (src.read_bytes(), 0o755) for path, src in files().items()}
-        dirs = {"etc": 0o755, "tmp": 0o1777, "bin": 0o755, "home/nonroot": 0o700}
+        dirs = {"etc": (0o755, 0), "tmp": (0o1777, 0), "bin": (0o755, 0)}
+        dirs["home/nonroot"] = (0o700, 65532)
         root = tmp / "rootfs.tar"
         root.write_bytes(tar_of({**{k: (v, 0o644) for k, v in etc.items()}, **bins}, dirs))
         commit(img.name, key, "scratch", [(root, "/")], [f"--env=PATH={PATH}", *config])
@@ -214,41 +216,33 @@ def postgres(img: Image, key: str, tmp: Path) -> None:
         "echo 'postgres:x:999:999:PostgreSQL administrator:/var/lib/postgresql:/bin/bash'"
         " >> $1/etc/passwd && echo 'postgres:x:999:' >> $1/etc/group"
     )
-    layout = (
-        "rm -rf $1/etc/postgresql/15 $1/var/lib/postgresql/15"
-        " && sed -ri \"s!^#?(listen_addresses)\\s*=\\s*\\S+.*!\\1 = '*'!\""
-        " $1/usr/share/postgresql/15/postgresql.conf.sample"
-        " && grep -qF \"listen_addresses = '*'\" $1/usr/share/postgresql/15/postgresql.conf.sample"
-        " && install -d -o 999 -g 999 -m 3777 $1/var/run/postgresql"
-        " && install -d -o 999 -g 999 -m 1777 $1/var/lib/postgresql $1/var/lib/postgresql/data"
-        " && mkdir -p $1/docker-entrypoint-initdb.d"
-    )
-    entry = HERE / "postgres-entrypoint.sh"
     tar = mmdebstrap(
         tmp,
         ["postgresql-15"],
         f"--essential-hook={user}",
-        f"--customize-hook={layout}",
-        f"--customize-hook=copy-in {entry} /usr/local/bin",
-        "--customize-hook=chmod 755 $1/usr/local/bin/postgres-entrypoint.sh",
+        f"--customize-hook=copy-in {HERE}/postgres-entrypoint.sh {HERE}/postgres-layout.sh"
+        " /usr/local/bin",
+        '--customize-hook=chroot "$1" /usr/local/bin/postgres-layout.sh',
     )
+    run_dir = tmp / "run.tar"  # mmdebstrap keeps /run empty (a tmpfs while it builds)
+    run_dir.write_bytes(tar_of({}, {"run": (0o755, 0), "run/postgresql": (0o3777, 999)}))
     env = [f"--env=PATH={PATH}:/usr/lib/postgresql/15/bin", "--env=LANG=C.UTF-8",
            "--env=PG_MAJOR=15", "--env=PGDATA=/var/lib/postgresql/data"]  # fmt: skip
     config = ['--entrypoint=["postgres-entrypoint.sh"]', '--cmd=["postgres"]', "--port=5432"]
-    commit(img.name, key, "scratch", [(tar, "/")], [*env, *config, "--stop-signal=SIGINT"])
+    adds = [(tar, "/"), (run_dir, "/")]
+    commit(img.name, key, "scratch", adds, [*env, *config, "--stop-signal=SIGINT"])
 
 
 def dae(img: Image, key: str, tmp: Path) -> None:
     """The repository's Dockerfile, as is, with its ARG defaults; the layer cache kept.
-    The build's RUN steps see this machine's trust store (the network's proxy may re-sign
-    TLS) and a pip.conf using it, mounted, never in a layer."""
-    pip_conf = tmp / "pip.conf"
-    pip_conf.write_text("[global]\ncert = /etc/ssl/certs/ca-certificates.crt\ntimeout = 180\n")
+    The RUN steps see this machine's CA bundle (the network's proxy may re-sign TLS; Debian's
+    pip reads that bundle), mounted over the image's own: never in a layer."""
     dockerfile = REPO / "Dockerfile"
     args = [f"{k}={v}" for k, v in dockerfile_args(dockerfile).items()]
     cmd = [
         "buildah",
         "bud",
+        "--runtime=runc",  # crun refuses this VM's hybrid cgroups
         "--layers",
         "--pull-never",
         "--format=docker",
@@ -257,7 +251,6 @@ def dae(img: Image, key: str, tmp: Path) -> None:
         f"--file={dockerfile}",
         f"--tag={img.name}",
         "--volume=/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
-        f"--volume={pip_conf}:/etc/pip.conf:ro",
         *[f"--build-arg={a}" for a in args],
     ]
     log = cache_root() / "dae-build.log"
@@ -320,12 +313,13 @@ def catalogue() -> list[Image]:
         Image(
             manifest_image(k8s / "components/postgres/postgres.yaml", "postgres:"),
             (),
-            lambda: [DEBIAN, SLIM, HERE / "postgres-entrypoint.sh"],
+            lambda: [DEBIAN, SLIM, HERE / "postgres-entrypoint.sh", HERE / "postgres-layout.sh"],
             postgres,
         ),
     ]
 
 
+@cache
 def jar_path(beam: str, flink: str) -> Path:
     return flink_job_server_jar(cache_root().parent / "downloads", beam, flink)
 
@@ -333,9 +327,7 @@ def jar_path(beam: str, flink: str) -> Path:
 def key(img: Image, keys: dict[str, str]) -> str:
     """`<name>-<tag>-<hash>`: the hash covers the recipe, the inputs (files by content) and
     the keys of the images it is built from."""
-    digest = hashlib.sha256(
-        json.dumps([RECIPE, img.name, img.tags, img.build.__qualname__]).encode()
-    )
+    digest = hashlib.sha256(json.dumps([RECIPE, img.name, img.tags]).encode())
     for value in [*img.inputs(), *(keys[b] for b in img.bases)]:
         for part in value if isinstance(value, list) else [value]:
             digest.update(
@@ -434,6 +426,10 @@ def build_into(img: Image, keys: dict[str, str], done: Path) -> None:
         (partial / "build.json").write_text(json.dumps(took) + "\n")
         print(f"images: {img.name}: {took}", file=sys.stderr)
         partial.rename(done)
+        slug = done.name.rsplit("-", 1)[0]
+        for old in done.parent.glob(f"{slug}-*"):  # earlier keys of this image
+            if old != done and re.fullmatch(rf"{re.escape(slug)}-[0-9a-f]{{12}}", old.name):
+                shutil.rmtree(old)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 

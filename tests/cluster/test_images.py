@@ -1,0 +1,191 @@
+"""The cluster's images (tests/cluster/images.py): the build context and cache keys as Docker
+reads them, then the built images themselves, run with buildah as the manifests run them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import images
+import pytest
+from image_inputs import context_files
+
+REPO = images.REPO
+needs_root_tools = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in images.TOOLS), reason="mmdebstrap/buildah/skopeo missing"
+)
+
+
+def test_context_is_what_dockerignore_admits(tmp_path):
+    """The files a `docker build` would send: the re-included folders minus caches."""
+    shutil.copyfile(REPO / ".dockerignore", tmp_path / ".dockerignore")
+    for rel in ("dae/cli.py", "dae/__pycache__/cli.cpython-311.pyc", "dae/x.pyc",
+                "requirements.lock", "requirements-dev.lock", "tests/test_x.py",
+                "Dockerfile", "serving/a/b.py", "daemon/x.py"):  # fmt: skip
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(rel)
+    assert context_files(tmp_path) == ["dae/cli.py", "requirements.lock", "serving/a/b.py"]
+
+
+@pytest.fixture
+def repo_copy(tmp_path, monkeypatch):
+    """images.py pointed at a copy of what its catalogue reads, the binaries and the jar
+    stubbed (their content is an input like any other)."""
+    paths = ["Dockerfile", ".dockerignore", "k8s/base/kustomization.yaml",
+             "k8s/overlays/prod/kustomization.yaml", "k8s/components/postgres/postgres.yaml",
+             *context_files(REPO)]  # fmt: skip
+    for rel in paths:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / rel, tmp_path / rel)
+    (tmp_path / "bin").mkdir()
+    for name in ("boot", "argoexec", "pause"):
+        (tmp_path / "bin" / name).write_text(name)
+    monkeypatch.setattr(images, "REPO", tmp_path)
+    monkeypatch.setattr(images, "binary", lambda name: tmp_path / "bin" / name)
+    monkeypatch.setattr(images, "jar_path", lambda beam, flink: tmp_path / "bin" / "boot")
+    return tmp_path
+
+
+def all_keys() -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for img in images.catalogue():
+        keys[img.name] = images.key(img, keys)
+    return keys
+
+
+def test_a_changed_source_rebuilds_dae_not_the_bases(repo_copy):
+    before = all_keys()
+    (repo_copy / "dae/cli.py").write_text((repo_copy / "dae/cli.py").read_text() + "\n# edit\n")
+    after = all_keys()
+    changed = {name for name in before if before[name] != after[name]}
+    assert changed == {"docker.io/library/dae:0.1.0"}
+    (repo_copy / "bin/boot").write_text("another boot")
+    changed = {name for name, k in all_keys().items() if after[name] != k}
+    assert changed == {"docker.io/apache/beam_python3.11_sdk:2.77.0", "docker.io/library/dae:0.1.0"}
+
+
+def test_names_follow_the_dockerfile_and_manifests(repo_copy):
+    """A changed ARG or manifest tag renames the image (and so rebuilds it)."""
+    dockerfile = repo_copy / "Dockerfile"
+    dockerfile.write_text(
+        dockerfile.read_text().replace("BEAM_VERSION=2.77.0", "BEAM_VERSION=2.99.0")
+    )
+    pg = repo_copy / "k8s/components/postgres/postgres.yaml"
+    pg.write_text(pg.read_text().replace("postgres:15.17", "postgres:15.99"))
+    names = {img.name for img in images.catalogue()}
+    assert {
+        "docker.io/apache/beam_python3.11_sdk:2.99.0",
+        "docker.io/library/postgres:15.99",
+    } <= names
+
+
+# --- the built images (slow: a cold build takes many minutes; cached afterwards) -----------
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, Path]:
+    try:
+        return images.images()
+    except images.ImageError as e:
+        pytest.skip(f"images could not be built here: {e}")
+
+
+def image_config(archive: Path) -> tuple[list[str], dict]:
+    """(names, config) of a docker archive, as `ctr images import` reads them."""
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))[0]
+        config = json.load(tar.extractfile(manifest["Config"]))["config"]
+    return manifest["RepoTags"], config
+
+
+@contextlib.contextmanager
+def container(image: str):
+    ctr = subprocess.run(["buildah", "from", "--pull-never", image], capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
+    try:
+        yield ctr
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True)
+
+
+def buildah_run(ctr: str, *cmd: str, user: str, env: dict[str, str] | None = None) -> str:
+    envs = [f"--env={k}={v}" for k, v in (env or {}).items()]
+    done = subprocess.run(["buildah", "run", "--runtime=runc", f"--user={user}", *envs, ctr, "--", *cmd],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def slow(test):
+    """Builds (or reuses) every image: minutes cold, seconds warm."""
+    return pytest.mark.slow(pytest.mark.cluster(needs_root_tools(test)))
+
+
+@slow
+@pytest.mark.parametrize(
+    ("name", "user", "entrypoint", "cmd"),
+    [
+        ("docker.io/library/dae:0.1.0", "10001:10001", ["dae"], ["--help"]),
+        ("quay.io/argoproj/argoexec:v3.7.18", "", ["argoexec"], None),
+        ("registry.k8s.io/pause:3.10.1", "65535:65535", ["/pause"], None),
+        ("docker.io/library/postgres:15.17", "", ["postgres-entrypoint.sh"], ["postgres"]),
+    ],
+)
+def test_each_image_has_the_user_and_entrypoint_its_pods_expect(built, name, user, entrypoint, cmd):
+    names, config = image_config(built[name])
+    assert name in names
+    got = (config.get("User") or "", config.get("Entrypoint"), config.get("Cmd"))
+    assert got == (user, entrypoint, cmd)
+
+
+@slow
+def test_the_prod_overlay_name_is_in_the_dae_archive(built):
+    names, _ = image_config(built["docker.io/library/dae:0.1.0"])
+    assert "registry.example.com/dae:0.1.0" in names
+
+
+@slow
+def test_dae_runs_as_10001_with_its_prepared_data(built):
+    with container("docker.io/library/dae:0.1.0") as ctr:
+        assert buildah_run(ctr, "id", "-u", user="10001:10001").strip() == "10001"
+        assert "run the whole pipeline" in buildah_run(ctr, "dae", "--help", user="10001:10001")
+        manifests = buildah_run(ctr, "dae", "argo", "compile", "--profile", "smoke",
+                                user="10001:10001")  # fmt: skip
+        assert "kind: WorkflowTemplate" in manifests
+        listing = buildah_run(ctr, "ls", "/opt/dae/tensorflow_datasets", user="10001:10001")
+        assert {"mnist", "fashion_mnist"} <= set(listing.split())
+
+
+@slow
+def test_argoexec_and_pause_run(built):
+    with container("quay.io/argoproj/argoexec:v3.7.18") as ctr:
+        assert "v3.7.18" in buildah_run(ctr, "argoexec", "version", user="8737")
+    with container("registry.k8s.io/pause:3.10.1") as ctr:
+        buildah_run(ctr, "/pause", "-v", user="65535:65535")
+
+
+@slow
+def test_postgres_initialises_and_serves_as_999(built):
+    """The manifest's way: uid 999, password from a file, PGDATA in a subfolder; the server
+    then accepts that password over TCP and refuses another."""
+    script = """
+set -e
+printf s3cret > /tmp/pw
+postgres-entrypoint.sh postgres -c listen_addresses=127.0.0.1 > /tmp/log 2>&1 &
+for i in $(seq 120); do pg_isready -q -h 127.0.0.1 -U dae -d dae && break; sleep 0.5; done
+PGPASSWORD=s3cret psql -h 127.0.0.1 -U dae -d dae -Atc 'select current_user, current_database()'
+if PGPASSWORD=wrong psql -h 127.0.0.1 -U dae -d dae -c 'select 1' 2>/dev/null; then exit 9; fi
+pg_ctl stop -D "$PGDATA" -m fast -w > /dev/null
+"""
+    env = {
+        "POSTGRES_USER": "dae",
+        "POSTGRES_DB": "dae",
+        "POSTGRES_PASSWORD_FILE": "/tmp/pw",
+        "PGDATA": "/var/lib/postgresql/data/pgdata",
+    }
+    with container("docker.io/library/postgres:15.17") as ctr:
+        assert buildah_run(ctr, "bash", "-c", script, user="999:999", env=env) == "dae|dae\n"
