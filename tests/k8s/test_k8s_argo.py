@@ -1,8 +1,8 @@
 """The prod overlay orchestrates the pipeline through Argo Workflows (components/argo) and dev
 keeps the plain CronJob: the compiled workflow arrives in the overlay as compiled (but for the
-overlay's own settings: the registry's image, 4 workers each, transform on Flink), its Pods
-reach the API server and nothing else outside, and the steps
-never retry dae's own verdicts."""
+overlay's own settings: the registry's image, 4 workers each, transform on Flink), the first
+run needs no other object, its Pods reach the API server and nothing else outside, and the
+steps never retry dae's own verdicts."""
 
 from __future__ import annotations
 
