@@ -49,8 +49,9 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
 	pg_ctl -D "$PGDATA" -o "-c listen_addresses='' -p ${PGPORT:-5432}" -w start
 	export PGPASSWORD="$POSTGRES_PASSWORD"
 	if [ "$POSTGRES_DB" != postgres ]; then
+		# From standard input: psql interpolates :"db" there, not in -c.
 		psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname postgres \
-			--set db="$POSTGRES_DB" -c 'CREATE DATABASE :"db"'
+			--set db="$POSTGRES_DB" <<< 'CREATE DATABASE :"db";'
 	fi
 	for f in /docker-entrypoint-initdb.d/*; do
 		case "$f" in
