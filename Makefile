@@ -94,7 +94,7 @@ cluster-images:
 
 # A single-node Kubernetes cluster from those binaries and images (tests/cluster/cluster.py),
 # for a person to kubectl into: needs root, Go and Debian's container tools (apt-get here).
-CLUSTER_DEBS := containerd runc containernetworking-plugins iptables conntrack nftables buildah
+CLUSTER_DEBS := containerd runc containernetworking-plugins iptables ipset conntrack nftables buildah
 .PHONY: cluster cluster-down
 cluster: install
 	@dpkg -s $(CLUSTER_DEBS) > /dev/null 2>&1 || { \

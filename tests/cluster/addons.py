@@ -1,30 +1,26 @@
 """What the cluster runs on top of the node: the storage the prod overlay's claims bind to,
 CoreDNS (`kube-dns` at 10.96.0.10, k8s-app=kube-dns as the manifests' policies select it),
-the NetworkPolicy enforcer (kube-network-policies' DaemonSet) and Argo Workflows' controller
-from its own cluster-install manifests. The three run as Pods from images made here out of
-the binaries built here (one static binary on an empty base, with the user its upstream image
-sets)."""
+the NetworkPolicy enforcer (policies.py) and Argo Workflows' controller from its own
+cluster-install manifests. They run as Pods from images made here out of the binaries built
+here (one static binary on an empty base, with the user its upstream image sets)."""
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import node
+import policies
 import yaml
+from binary_image import BinaryImage
 
 ARGO_VERSION = "v3.7.18"
 COREDNS_IMAGE = "registry.k8s.io/coredns/coredns:dae-local"
-POLICIES_IMAGE = "registry.k8s.io/networking/kube-network-policies:v0.8.0"
 CONTROLLER_IMAGE = f"quay.io/argoproj/workflow-controller:{ARGO_VERSION}"
-# (binary, image name, user, path, is it the entrypoint) - as upstream's images have them.
-BINARY_IMAGES = (
-    ("coredns", COREDNS_IMAGE, "65532", "/coredns", True),
-    ("kube-network-policies", POLICIES_IMAGE, "0", "/bin/netpol", False),
-    ("workflow-controller", CONTROLLER_IMAGE, "8737", "/bin/workflow-controller", True),
+IMAGES = (
+    BinaryImage("coredns", COREDNS_IMAGE, "65532", "/coredns"),
+    BinaryImage("workflow-controller", CONTROLLER_IMAGE, "8737", "/bin/workflow-controller"),
 )
 # The classes and volumes the prod overlay's claims bind to (no provisioner can run here):
 # dae-root (ReadWriteMany, class dae-rwx, written by uid 10001) and PostgreSQL's data (class
@@ -36,72 +32,28 @@ VOLUMES = (
 )
 
 
-def install(cluster, bin_dir: Path, start) -> None:
-    cluster.import_images(binary_images(bin_dir))
+def install(cluster, bin_dir: Path, start) -> dict:
+    """Everything above; returns what policies.install says of the NetworkPolicy enforcer."""
+    cluster.import_images({i.name: i.archive(bin_dir, cluster.cache) for i in IMAGES})
     apply(cluster, storage(cluster.run / "volumes"))
     apply(cluster, coredns())
-    apply(cluster, network_policies())
     apply(cluster, argo(cluster, bin_dir), server_side=True)
+    enforcer = policies.install(cluster, bin_dir, start)
     for namespace, kind, name in (
         ("kube-system", "deployment", "coredns"),
-        ("kube-system", "daemonset", "kube-network-policies"),
         ("argo", "deployment", "workflow-controller"),
+        *enforcer.get("rollouts", ()),
     ):
         cluster.kubectl(
             "-n", namespace, "rollout", "status", f"{kind}/{name}", "--timeout=180s", timeout=190
         )
+    return {k: v for k, v in enforcer.items() if k != "rollouts"}
 
 
 def apply(cluster, documents: list[dict], server_side: bool = False) -> None:
     text = yaml.safe_dump_all(documents)
     flags = ["--server-side", "--force-conflicts"] if server_side else []
     cluster.kubectl("apply", *flags, "-f", "-", input=text)
-
-
-def binary_images(bin_dir: Path) -> dict[str, Path]:
-    """An OCI archive per binary, cached by the binary's hash (buildah, as H2's images)."""
-    archives = {}
-    for binary, image, user, path, entrypoint in BINARY_IMAGES:
-        source = bin_dir / binary
-        key = hashlib.sha256(source.read_bytes() + f"{image}{user}{path}{entrypoint}".encode())
-        folder = node_cache() / "addon-images" / f"{binary}-{key.hexdigest()[:16]}"
-        archive = folder / "image.tar"
-        if not archive.exists():
-            _build_image(source, image, user, path if entrypoint else "", folder, path)
-        archives[image] = archive
-    return archives
-
-
-def node_cache() -> Path:
-    from cluster import cache_root
-
-    return cache_root()
-
-
-def _build_image(
-    source: Path, image: str, user: str, entrypoint: str, folder: Path, path: str
-) -> None:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    container = _buildah("from", "scratch")
-    try:
-        _buildah("copy", "--chmod", "0755", container, str(source), path)
-        config = ["--user", user, "--env", "PATH=/usr/local/bin:/usr/bin:/bin"]
-        if entrypoint:
-            config += ["--entrypoint", f'["{entrypoint}"]']
-        _buildah("config", *config, container)
-        _buildah("commit", "--quiet", container, image)
-        _buildah("push", "--quiet", image, f"docker-archive:{tmp / 'image.tar'}:{image}")
-    finally:
-        _buildah("rm", container)
-    tmp.rename(folder)
-
-
-def _buildah(*args: str) -> str:
-    proc = subprocess.run(["buildah", *args], capture_output=True, text=True, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"buildah {' '.join(args)}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
 
 
 def storage(folder: Path) -> list[dict]:
@@ -254,24 +206,6 @@ def coredns() -> list[dict]:
     ]
 
 
-def network_policies() -> list[dict]:
-    """kube-network-policies' own install.yaml (from its module), at our image."""
-    docs = list(
-        yaml.safe_load_all(_module_file("sigs.k8s.io/kube-network-policies@v0.8.0", "install.yaml"))
-    )
-    for doc in docs:
-        if doc and doc["kind"] == "DaemonSet":
-            container = doc["spec"]["template"]["spec"]["containers"][0]
-            container["image"] = POLICIES_IMAGE
-            container["imagePullPolicy"] = "Never"
-            # NRI is off in containerd 1.6's CRI (the Pod IPs come from the API), and its
-            # hostPath folders would be made on the host: dropped with the flag.
-            container["args"].append("--disable-nri")
-            container.pop("volumeMounts", None)
-            doc["spec"]["template"]["spec"].pop("volumes", None)
-    return [d for d in docs if d]
-
-
 def argo(cluster, bin_dir: Path) -> list[dict]:
     """Argo's manifests/cluster-install minus argo-server (the install's CRDs, `argo`
     namespace objects, RBAC, the empty workflow-controller-configmap), the controller's image
@@ -303,5 +237,5 @@ def _module_dir(module: str) -> Path:
     return path
 
 
-def _module_file(module: str, name: str) -> str:
+def module_file(module: str, name: str) -> str:
     return (_module_dir(module) / name).read_text()

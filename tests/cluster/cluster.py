@@ -22,6 +22,7 @@ from pathlib import Path
 
 import daemons
 import node
+import policies
 from daemons import DaemonError
 from pki import PKI
 
@@ -54,7 +55,7 @@ def missing_prerequisites() -> str:
         return "the test cluster needs root (it runs containerd, the kubelet and iptables)"
     if not shutil.which("go"):
         return "the test cluster needs Go (Kubernetes is built from source): `go` not on PATH"
-    for tool in ("containerd", "runc", "ctr", "iptables", "buildah", "conntrack", "nft"):
+    for tool in ("containerd", "runc", "ctr", "iptables", "ipset", "buildah", "conntrack", "nft"):
         if not shutil.which(tool):
             return f"the test cluster needs `{tool}` (`make cluster` apt-gets it)"
     if not Path(node.CNI_BIN, "bridge").exists():
@@ -70,6 +71,8 @@ class Cluster:
         self.logs = self.run / "logs"
         self.state_file = self.run / "state.json"
         self.kubeconfig = self.run / "pki" / "admin.kubeconfig"
+        self.cache = cache_root()
+        self.node = NODE
 
     # -- state -------------------------------------------------------------------------------
     def state(self) -> dict:
@@ -213,7 +216,7 @@ class Cluster:
         self.kubectl("wait", "--for=condition=Ready", f"node/{NODE}", "--timeout=120s", timeout=130)
         import addons
 
-        addons.install(self, bin_dir, start)
+        state.update(addons.install(self, bin_dir, start))
         state["ready"] = True
         self._save(state)
 
@@ -348,6 +351,7 @@ class Cluster:
         if self.run.exists():
             node.unmount_under(self.run)
         node.remove_network()
+        policies.remove_ipsets()
         node.remove_cgroups()
         if state.get("sysctls"):
             node.write_sysctls(state["sysctls"])

@@ -36,3 +36,13 @@ def cluster():
         yield running
     finally:
         running.down()
+
+
+@pytest.fixture
+def enforcer(cluster) -> str:
+    """The NetworkPolicy enforcer the cluster runs (policies.py); none is reported as the
+    cluster's absence is."""
+    state = cluster.state()
+    if not state.get("enforcer"):
+        _unavailable(state.get("problem", "no NetworkPolicy enforcer"))
+    return state["enforcer"]

@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import yaml
@@ -17,6 +19,7 @@ CLUSTER_CIDR = "10.244.0.0/16"
 SERVICE_CIDR = "10.96.0.0/16"
 DNS_IP = "10.96.0.10"
 BRIDGE = "dae0"
+NETWORK = "dae-test"
 CNI_BIN = "/usr/lib/cni"
 # Set by up, put back by down. The kubelet sets the vm./kernel. ones itself
 # (protectKernelDefaults false: kubelet's "setupKernelTunables").
@@ -33,8 +36,6 @@ KUBELET_SYSCTLS = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
-# Chains added by kube-proxy, the kubelet and the CNI plugins (bridge's masquerade, portmap).
-CHAIN_PREFIXES = ("KUBE-", "CNI-")
 NFT_TABLES = (("inet", "kube-network-policies"),)
 
 
@@ -117,7 +118,7 @@ def cni_config(run: Path) -> Path:
     """bridge + host-local (its leases in our folder) + portmap; loopback is containerd's."""
     conf = {
         "cniVersion": "1.0.0",
-        "name": "dae-test",
+        "name": NETWORK,
         "plugins": [
             {
                 "type": "bridge",
@@ -241,8 +242,8 @@ def unmount_under(folder: Path) -> None:
 
 
 def remove_network() -> None:
-    """The bridge, and the rules kube-proxy, the kubelet, the CNI plugins and the policy
-    enforcer added: chains named KUBE-*/CNI-* and every rule that jumps to one."""
+    """The bridge, and the rules kube-proxy, the kubelet, the bridge plugin and the policy
+    enforcer added."""
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         _run("ip", "link", "delete", BRIDGE)
     for family, table in NFT_TABLES:
@@ -258,35 +259,45 @@ def remove_network() -> None:
 
 
 def _without_chains(dump: str) -> str:
-    """An iptables-save dump without our chains and the rules that mention them."""
-
-    def ours(word: str) -> bool:
-        return word.startswith(CHAIN_PREFIXES)
-
+    """An iptables-save dump without our rules: the KUBE-* chains (kube-proxy's, the
+    kubelet's), the rules the bridge plugin tagged with our network's name and the CNI-*
+    chains those jump to; other CNI users' rules (buildah's, podman's) stay."""
+    tag = f'\\"{NETWORK}\\"'
+    ours = set()
+    for line in dump.splitlines():
+        words = line.split()
+        if line.startswith(":") and words[0][1:].startswith("KUBE-"):
+            ours.add(words[0][1:])
+        if line.startswith("-A") and tag in line and "-j" in words:
+            ours.add(words[words.index("-j") + 1])
     out = []
     for line in dump.splitlines():
-        if line.startswith(":") and ours(line[1:].split()[0]):
+        words = line.split()
+        if line.startswith(":") and words[0][1:] in ours:
             continue
-        if line.startswith("-A") and any(ours(w) for w in line.split()[1:]):
+        if line.startswith("-A") and (tag in line or ours.intersection(words)):
             continue
         out.append(line)
     return "\n".join(out) + "\n"
 
 
 def remove_cgroups() -> None:
-    """The kubelet's /kubepods hierarchy, in every cgroup v1 controller and the unified one."""
-    root = Path("/sys/fs/cgroup")
-    for controller in root.iterdir():
-        top = controller / "kubepods"
-        if not top.is_dir():
-            continue
-        for folder in sorted(
-            (p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)
-        ):
-            _rmdir(folder)
-        _rmdir(top)
-
-
-def _rmdir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        os.rmdir(folder)
+    """The kubelet's /kubepods hierarchy, in every cgroup v1 controller and the unified one;
+    a process still in it (containerd gone before its containers) is killed first."""
+    tops = [c / "kubepods" for c in Path("/sys/fs/cgroup").iterdir() if (c / "kubepods").is_dir()]
+    for top in tops:
+        for procs in top.rglob("cgroup.procs"):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    for top in tops:
+        folders = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        for folder in [*folders, top]:
+            for _ in range(50):  # a killed process leaves its cgroup a moment later
+                try:
+                    os.rmdir(folder)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)
