@@ -16,24 +16,37 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 MODULE = Path(__file__).with_name("build")
 
-# Output name -> Go package (`./x`: a main of ours in MODULE).
+# Go module (a folder under MODULE) -> output name -> Go package (`./x`: a main of ours).
 COMMANDS = {
-    "etcd": "go.etcd.io/etcd/server/v3",
-    "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
-    "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
-    "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
-    "kubelet": "k8s.io/kubernetes/cmd/kubelet",
-    "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
-    "kubectl": "k8s.io/kubernetes/cmd/kubectl",
-    "coredns": "./coredns",
-    "kube-network-policies": "sigs.k8s.io/kube-network-policies/cmd",
-    "workflow-controller": "github.com/argoproj/argo-workflows/v3/cmd/workflow-controller",
-    "argoexec": "github.com/argoproj/argo-workflows/v3/cmd/argoexec",
-    "boot": "github.com/apache/beam/sdks/v2/python/container",
+    ".": {
+        "etcd": "go.etcd.io/etcd/server/v3",
+        "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+        "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+        "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+        "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+        "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+        "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        "coredns": "./coredns",
+        "kube-network-policies": "sigs.k8s.io/kube-network-policies/cmd",
+        "boot": "github.com/apache/beam/sdks/v2/python/container",
+    },
+    "argo": {  # its own module: argo/go.mod says why, FROM_ZIP how it builds
+        "workflow-controller": "github.com/argoproj/argo-workflows/v3/cmd/workflow-controller",
+        "argoexec": "github.com/argoproj/argo-workflows/v3/cmd/argoexec",
+    },
+}
+# Argo builds as its own main module (its go.mod, go.sum and replace), from its module zip:
+# zips drop symlinks, and its executor's signal_linux.go is one, put back here.
+FROM_ZIP = {
+    "argo": (
+        "github.com/argoproj/argo-workflows/v3",
+        {"workflow/executor/osspecific/signal_linux.go": "signal_darwin.go"},
+    ),
 }
 # Without gcc, pause is our Go port of Kubernetes' build/pause/linux/pause.c.
 PAUSE_C = "build/pause/linux/pause.c"
@@ -94,18 +107,26 @@ def recipe_files(module: Path) -> list[Path]:
     )
 
 
+def versions(module: Path = MODULE) -> dict[str, str]:
+    """The pins of every module folder in COMMANDS (the main module's last: they win)."""
+    found = {}
+    for folder in sorted(COMMANDS, key=lambda f: f == "."):
+        found |= pinned((module / folder / "go.mod").read_text())
+    return found
+
+
 def key(module: Path = MODULE) -> str:
     """`k8s-v1.34.4-etcd-v3.6.16-...-<hash>`: the versions, and a hash of the whole recipe."""
-    versions = pinned((module / "go.mod").read_text())
-    missing = [m for m in KEY_MODULES.values() if m not in versions]
+    pins = versions(module)
+    missing = [m for m in KEY_MODULES.values() if m not in pins]
     if missing:
-        raise BuildError(f"{module / 'go.mod'} pins no version of {', '.join(missing)}")
+        raise BuildError(f"{module}'s go.mod files pin no version of {', '.join(missing)}")
     digest = hashlib.sha256()
     for path in recipe_files(module):
         digest.update(f"{path.relative_to(module)}\0".encode() + path.read_bytes() + b"\0")
-    recipe = [COMMANDS, PAUSE_C, PAUSE_GO, ARGO_CRDS, GO_BUILD, GO_ENV, ldflags(versions)]
+    recipe = [COMMANDS, FROM_ZIP, PAUSE_C, PAUSE_GO, ARGO_CRDS, GO_BUILD, GO_ENV, ldflags(pins)]
     digest.update(json.dumps(recipe).encode())
-    names = "-".join(f"{short}-{versions[mod]}" for short, mod in KEY_MODULES.items())
+    names = "-".join(f"{short}-{pins[mod]}" for short, mod in KEY_MODULES.items())
     return f"{names}-{digest.hexdigest()[:12]}"
 
 
@@ -159,41 +180,60 @@ def go(module: Path, *args: str, log: Path | None = None) -> str:
     return run.stdout
 
 
-def compile_into(out: Path, module: Path) -> None:
-    """Every command in one `go build` (one action graph: compiles and links overlap),
-    then pause and Argo's CRDs."""
-    versions = pinned((module / "go.mod").read_text())
-    dirs = dict(
-        line.split(" ", 1)
-        for line in go(
-            module, "list", "-m", "-f", "{{.Path}} {{.Dir}}", *KEY_MODULES.values()
-        ).splitlines()
-    )
-    pause_c = Path(dirs["k8s.io/kubernetes"]) / PAUSE_C
-    gcc = shutil.which("gcc") if pause_c.is_file() else None
-    packages = {**COMMANDS, **({} if gcc else {"pause": PAUSE_GO})}
-    print(f"building {', '.join(packages)} into {out.parent} (cold: ~25 min)", file=sys.stderr)
-    log = out.parent / "last-build.log"
-    go(
-        module,
-        *GO_BUILD,
-        f"-ldflags={ldflags(versions)}",
-        f"-o={out}/",
-        *packages.values(),
-        log=log,
-    )
+def module_dirs(folder: Path) -> dict[str, Path]:
+    """Where Go unpacked the KEY_MODULES this module pins (pause.c, CRDs, overlays)."""
+    pins = [m for m in KEY_MODULES.values() if m in pinned((folder / "go.mod").read_text())]
+    listed = go(folder, "list", "-m", "-f", "{{.Path}} {{.Dir}}", *pins)
+    return {path: Path(d) for path, d in (line.split(" ", 1) for line in listed.splitlines())}
+
+
+def compile_module(folder: Path, out: Path, packages: dict[str, str], ldflags: str) -> None:
+    """One `go build` of a module's commands (one action graph: compiles and links
+    overlap), renamed from go's default names."""
+    build = [*GO_BUILD, f"-ldflags={ldflags}", f"-o={out}/", *packages.values()]
+    go(folder, *build, log=out.parent / "last-build.log")
     for name, package in packages.items():
         if default_name(package) != name:
             (out / default_name(package)).rename(out / name)
+
+
+def unzip_module(folder: Path, into: Path) -> Path:
+    """The source tree of FROM_ZIP[folder]'s module as its zip has it (verified against
+    folder's go.sum by go), with its symlinks back."""
+    path, symlinks = FROM_ZIP[folder.name]
+    info = json.loads(go(folder, "mod", "download", "-json", path))
+    with zipfile.ZipFile(info["Zip"]) as z:
+        z.extractall(into)
+    root = into / f"{path}@{info['Version']}"
+    for name, target in symlinks.items():
+        (root / name).symlink_to(target)
+    return root
+
+
+def compile_into(out: Path, module: Path) -> None:
+    """Each module's commands, then pause and Argo's CRDs."""
+    pins = versions(module)
+    dirs = {m: d for folder in COMMANDS for m, d in module_dirs(module / folder).items()}
+    pause_c = dirs["k8s.io/kubernetes"] / PAUSE_C
+    gcc = shutil.which("gcc") if pause_c.is_file() else None
+    names = [n for commands in COMMANDS.values() for n in commands] + ["pause"]
+    print(f"building {', '.join(names)} into {out.parent} (cold: ~25 min)", file=sys.stderr)
+    for folder, commands in COMMANDS.items():
+        where = module / folder
+        if folder in FROM_ZIP:
+            where = unzip_module(where, out / f".src-{folder}")
+        pause = {} if gcc or folder != "." else {"pause": PAUSE_GO}
+        compile_module(where, out, {**commands, **pause}, ldflags(pins))
+        shutil.rmtree(out / f".src-{folder}", ignore_errors=True)
     if gcc:
-        version = f"-DVERSION={versions['k8s.io/kubernetes']}"
+        version = f"-DVERSION={pins['k8s.io/kubernetes']}"
         cmd = [gcc, "-Os", "-static", "-Wall", "-Werror", version, "-o", out / "pause", pause_c]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:
             raise BuildError(f"gcc could not build {pause_c}: {run.stderr.strip()[-200:]}")
     crds = out / "argo-crds"
     crds.mkdir()
-    for crd in sorted((Path(dirs[KEY_MODULES["argo"]]) / ARGO_CRDS).glob("*.yaml")):
+    for crd in sorted((dirs[KEY_MODULES["argo"]] / ARGO_CRDS).glob("*.yaml")):
         shutil.copyfile(crd, crds / crd.name)  # a writable copy of the read-only module file
 
 
