@@ -118,9 +118,10 @@ class Cluster:
         return Path(self.state()["bin"])
 
     # -- up ----------------------------------------------------------------------------------
-    def up(self) -> float | None:
+    def up(self, owner: str = "make") -> float | None:
         """Bring the cluster up (taking down a leftover one first); the seconds it took, None
-        if it was up already (then it is someone else's to take down)."""
+        if it was up already. `owner` says who takes it down: a person (`make cluster-down`)
+        or the test sessions (see `session`)."""
         problem = missing_prerequisites()
         if problem:
             raise ClusterError(problem)
@@ -130,20 +131,41 @@ class Cluster:
             self._down()
             started = time.monotonic()
             try:
-                self._up()
+                self._up(owner)
             except BaseException:
                 self._down()
                 raise
             return time.monotonic() - started
 
-    def _up(self) -> None:
+    @contextlib.contextmanager
+    def session(self):
+        """Hold the cluster for a test session: brought up if it is down; taken down at the end
+        by the last session out, unless a person brought it up (`make cluster`). Sessions
+        hold a shared lock while they use it; the one that gets it exclusively is the last."""
+        self.run.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.run.parent / "users.lock", "w") as users:
+            fcntl.flock(users, fcntl.LOCK_SH)
+            try:
+                self.up(owner="session")
+                yield self
+            finally:
+                fcntl.flock(users, fcntl.LOCK_UN)
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    pass  # another session still uses it: the last one out takes it down
+                else:
+                    if self.state().get("owner") == "session":
+                        self.down()
+
+    def _up(self, owner: str) -> None:
         from build import binaries
         from images import images
 
         bin_dir = binaries()
         archives = images()
         self.logs.mkdir(parents=True)
-        state = {"bin": str(bin_dir), "pids": {}, "sysctls": node.read_sysctls(), "ready": False}
+        state = {"bin": str(bin_dir), "pids": {}, "sysctls": node.read_sysctls(), "owner": owner}
         self._save(state)
         node.write_sysctls(node.SYSCTLS)
         ip = node_ip()

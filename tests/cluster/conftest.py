@@ -1,5 +1,6 @@
-"""The test cluster for the session: started once (or reused when `make cluster` started it,
-which its state file tells), torn down at the end if this session started it. Where the
+"""The test cluster for the session: started once (or reused when `make cluster` or another
+session started it, which its state file tells), torn down at the end by the last session out
+unless `make cluster` started it. Where the
 machine cannot run it (no root, no Go: a laptop) the cluster tests skip with one line;
 `DAE_REQUIRE_CLUSTER=1` (.ci/run) turns that skip into a failure."""
 
@@ -28,14 +29,8 @@ def cluster():
     problem = missing_prerequisites()
     if problem:
         _unavailable(problem)
-    running = Cluster()
-    if running.ready() or running.up() is None:
+    with Cluster().session() as running:
         yield running
-        return
-    try:
-        yield running
-    finally:
-        running.down()
 
 
 @pytest.fixture
