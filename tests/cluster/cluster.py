@@ -1,8 +1,9 @@
 """A real single-node Kubernetes cluster on this machine, from the binaries built here:
 etcd, kube-apiserver, kube-controller-manager, kube-scheduler, containerd, the kubelet and
-kube-proxy as plain processes; CoreDNS, the NetworkPolicy enforcer and Argo's controller as
-Pods (addons.py). `python tests/cluster/cluster.py up|down|status` (`make cluster`,
-`make cluster-down`); the test session's fixture uses `Cluster`.
+kube-proxy as plain processes; CoreDNS and Argo's controller as Pods, the NetworkPolicy
+enforcer as the kernel allows (addons.py, policies.py).
+`python tests/cluster/cluster.py up|down|status` (`make cluster`, `make cluster-down`); the
+test session's fixture uses `Cluster`.
 
 Everything lives in the state folder (`<cache>/dae/cluster/run/`); `state.json` there names
 the processes and what down must put back, and is written after each step, so a start that
@@ -24,7 +25,7 @@ import daemons
 import node
 import policies
 from daemons import DaemonError
-from pki import PKI
+from pki import PKI, Pair
 
 NODE = "dae-node"
 SERVICE_IP = "10.96.0.1"
@@ -217,11 +218,12 @@ class Cluster:
             daemons.socket_ready(node.containerd_socket(self.run)),
         )
         self.import_images(archives)
+        serving = Pair(*self._pair("kubelet-serving"))
         start(
             "kubelet",
             [
                 b("kubelet"),
-                f"--config={node.kubelet_config(self.run, pki, self._pair_of('kubelet-serving'))}",
+                f"--config={node.kubelet_config(self.run, pki, serving)}",
                 f"--kubeconfig={self.run / 'pki' / 'kubelet.kubeconfig'}",
                 f"--hostname-override={NODE}",
                 f"--node-ip={ip}",
@@ -284,11 +286,6 @@ class Cluster:
     def _pair(self, name: str) -> tuple[Path, Path]:
         pki = self.run / "pki"
         return pki / f"{name}.crt", pki / f"{name}.key"
-
-    def _pair_of(self, name: str):
-        from pki import Pair
-
-        return Pair(*self._pair(name))
 
     def _etcd_flags(self) -> list[str]:
         return [
