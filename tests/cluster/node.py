@@ -263,15 +263,18 @@ def _without_chains(dump: str) -> str:
     kubelet's), the rules the bridge plugin tagged with our network's name and the CNI-*
     chains those jump to; other CNI users' rules (buildah's, podman's) stay."""
     tag = f'\\"{NETWORK}\\"'
-    ours = set()
-    for line in dump.splitlines():
+    lines = dump.splitlines()
+    # User chains (":NAME - [..]"); built-in ones carry a policy, and targets such as
+    # ACCEPT are no chains of anyone's.
+    chains = {line.split()[0][1:] for line in lines if line.startswith(":") and " - " in line}
+    ours = {name for name in chains if name.startswith("KUBE-")}
+    for line in lines:
         words = line.split()
-        if line.startswith(":") and words[0][1:].startswith("KUBE-"):
-            ours.add(words[0][1:])
         if line.startswith("-A") and tag in line and "-j" in words:
             ours.add(words[words.index("-j") + 1])
+    ours &= chains
     out = []
-    for line in dump.splitlines():
+    for line in lines:
         words = line.split()
         if line.startswith(":") and words[0][1:] in ours:
             continue
