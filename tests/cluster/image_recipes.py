@@ -192,7 +192,6 @@ def dockerfile_build(repo: Path, log: Path, img: Image, key: str, tmp: Path) -> 
         "--pull-never",
         "--format=docker",
         "--network=host",
-        f"--label={KEY_LABEL}={key}",
         f"--file={file}",
         f"--tag={img.name}",
         "--volume=/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
@@ -203,3 +202,5 @@ def dockerfile_build(repo: Path, log: Path, img: Image, key: str, tmp: Path) -> 
     if done.returncode != 0:
         tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["no output"]
         raise ImageError(f"buildah bud of {file} failed: {tail[0]} (all of it in {log})")
+    # The key labelled afterwards: a --label would enter every layer's cache key.
+    commit(img.name, key, img.name, [], [])
