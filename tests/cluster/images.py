@@ -46,7 +46,7 @@ from image_recipes import (
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = 2  # bump when a build function changes what it makes
-TOOLS = ("mmdebstrap", "buildah", "skopeo")
+TOOLS = ("mmdebstrap", "buildah", "skopeo", "runc")
 ARGO_VERSION = "v3.7.18"  # the controller's default executor image is argoexec:<its version>
 # containerd 1.6's default sandbox_image, and kubelet 1.34's (kubeadm's) pause: both names.
 PAUSE_NAMES = ("registry.k8s.io/pause:3.10.1", "registry.k8s.io/pause:3.6")
