@@ -211,7 +211,7 @@ class Cluster:
         )
         node.cni_config(self.run)
         sandbox = next((n for n in archives if "/pause:" in n), "registry.k8s.io/pause:3.10")
-        config = node.containerd_config(self.run, sandbox)
+        config = node.containerd_config(self.run, sandbox, self.cache / "containerd")
         start(
             "containerd",
             ["containerd", "--config", str(config)],
@@ -350,9 +350,19 @@ class Cluster:
         return proc
 
     def import_images(self, archives: dict[str, Path]) -> None:
-        """Load each docker archive into the CRI's namespace; each names its own images."""
+        """Load each docker archive into the CRI's namespace (each names its own images),
+        unless an earlier start imported that very archive and its images are still there."""
+        present = set(self.ctr("images", "ls", "-q").stdout.split())
+        marks = self.cache / "containerd" / "imported"
+        marks.mkdir(parents=True, exist_ok=True)
         for archive in sorted(set(archives.values())):
+            names = {name for name, a in archives.items() if a == archive}
+            stat = archive.stat()
+            mark = marks / f"{archive.parent.name}-{stat.st_size}-{stat.st_mtime_ns}"
+            if mark.exists() and names <= present:
+                continue
             self.ctr("images", "import", str(archive))
+            mark.touch()
 
     # -- down --------------------------------------------------------------------------------
     def down(self) -> None:
@@ -367,8 +377,9 @@ class Cluster:
             if name == "containerd" and daemons.alive(pids[name]):
                 node.kill_containers(self.run)
             daemons.stop(pids[name])
-        if self.run.exists():
-            node.unmount_under(self.run)
+        for folder in (self.run, self.cache / "containerd"):
+            if folder.exists():
+                node.unmount_under(folder)
         node.remove_network()
         policies.remove_ipsets()
         node.remove_cgroups()

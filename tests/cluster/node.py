@@ -54,11 +54,12 @@ def write_sysctls(values: dict[str, str]) -> None:
             (Path("/proc/sys") / key).write_text(value)
 
 
-def containerd_config(run: Path, sandbox_image: str) -> Path:
+def containerd_config(run: Path, sandbox_image: str, store: Path) -> Path:
     """containerd 1.6's config: its own root, state and socket; the CRI with cgroupfs, overlayfs,
     our CNI folder; OOM scores clamped to its own (CAP_SYS_RESOURCE is missing here, so a
     negative oom_score_adj, which the kubelet asks for Guaranteed Pods and the sandbox, fails);
-    network namespaces under its state folder, so down finds every one."""
+    network namespaces under its state folder, so down finds every one. Its root (`store`:
+    images, snapshots) outlives the cluster, so the next start imports no image again."""
     cri = {
         "sandbox_image": sandbox_image,
         "restrict_oom_score_adj": True,
@@ -78,7 +79,7 @@ def containerd_config(run: Path, sandbox_image: str) -> Path:
     }
     lines = [
         "version = 2",
-        f'root = "{run / "containerd" / "root"}"',
+        f'root = "{store}"',
         f'state = "{run / "containerd" / "state"}"',
         "oom_score = 0",
         'disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", '
@@ -145,7 +146,7 @@ def cni_config(run: Path) -> Path:
 def kubelet_config(run: Path, pki, serving) -> Path:
     """What this VM needs: cgroupfs (no systemd), swap tolerated, cgroup v1 accepted
     (hybrid here), no negative OOM score for itself (CAP_SYS_RESOURCE), image GC off (every
-    image is imported here; none could be pulled back), eviction only near a full disk."""
+    image is imported here; none could be pulled back)."""
     config = {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
@@ -172,12 +173,10 @@ def kubelet_config(run: Path, pki, serving) -> Path:
         "serializeImagePulls": False,
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
-        "evictionHard": {
-            "memory.available": "100Mi",
-            "nodefs.available": "2%",
-            "imagefs.available": "2%",
-            "nodefs.inodesFree": "2%",
-        },
+        # No disk signals: under disk pressure the kubelet evicts Pods and deletes every image
+        # not in use (seen here when the shared disk dipped below 2%), and none can be pulled
+        # back. Signals left out are off (mergeDefaultEvictionSettings is false).
+        "evictionHard": {"memory.available": "100Mi"},
         "protectKernelDefaults": False,
         "rotateCertificates": False,
         "maxPods": 110,
@@ -218,7 +217,8 @@ def _run(*argv: str) -> subprocess.CompletedProcess:
 
 
 def kill_containers(run: Path) -> None:
-    """Every task containerd runs for the CRI, killed and deleted (their shims exit with them).
+    """Every task containerd runs for the CRI killed and deleted (their shims exit with them),
+    then the containers and their snapshots: the image store stays, the Pods do not.
     containerd must still be running."""
     ctr = ("ctr", "--address", str(containerd_socket(run)), "-n", "k8s.io")
     tasks = _run(*ctr, "tasks", "ls", "-q").stdout.split()
@@ -226,6 +226,9 @@ def kill_containers(run: Path) -> None:
         _run(*ctr, "tasks", "kill", "-s", "SIGKILL", "--all", task)
     for task in tasks:
         _run(*ctr, "tasks", "delete", "-f", task)
+    containers = _run(*ctr, "containers", "ls", "-q").stdout.split()
+    if containers:
+        _run(*ctr, "containers", "delete", *containers)
 
 
 def unmount_under(folder: Path) -> None:
