@@ -42,6 +42,7 @@ class BinaryImage:
             _buildah("commit", "--quiet", container, self.name)
             archive = f"docker-archive:{tmp / 'image.tar'}:{self.name}"
             _buildah("push", "--quiet", self.name, archive)
+            _buildah("rmi", self.name)  # the archive is the cache; buildah's copy is not needed
         finally:
             _buildah("rm", container)
         tmp.rename(folder)
