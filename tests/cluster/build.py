@@ -32,7 +32,7 @@ COMMANDS = {
         "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
         "kubectl": "k8s.io/kubernetes/cmd/kubectl",
         "coredns": "./coredns",
-        "kube-network-policies": "sigs.k8s.io/kube-network-policies/cmd",
+        "kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
         "boot": "github.com/apache/beam/sdks/v2/python/container",
     },
     "argo": {  # its own module: argo/go.mod says why, FROM_ZIP how it builds
@@ -58,7 +58,7 @@ KEY_MODULES = {
     "etcd": "go.etcd.io/etcd/server/v3",
     "argo": "github.com/argoproj/argo-workflows/v3",
     "coredns": "github.com/coredns/coredns",
-    "knp": "sigs.k8s.io/kube-network-policies",
+    "kube-router": "github.com/cloudnativelabs/kube-router/v2",
     "beam": "github.com/apache/beam/sdks/v2",
 }
 ARGO_CRDS = "manifests/base/crds/minimal"  # in Argo's module zip: the CRDs of its install
@@ -88,7 +88,7 @@ def pinned(go_mod: str) -> dict[str, str]:
 
 
 def ldflags(versions: dict[str, str]) -> str:
-    """Kubernetes and Argo read their version from the linker (else /version says
+    """Kubernetes, Argo and kube-router read their version from the linker (else /version says
     v0.0.0-master); Kubernetes stamps both its component-base and client-go copies."""
     k8s = versions["k8s.io/kubernetes"]
     major, minor = k8s.lstrip("v").split(".")[:2]
@@ -98,6 +98,8 @@ def ldflags(versions: dict[str, str]) -> str:
         flags += [f"-X {pkg}.gitMinor={minor}", f"-X {pkg}.gitTreeState=clean"]
     argo = "github.com/argoproj/argo-workflows/v3"
     flags.append(f"-X {argo}.version={versions[argo]}")  # also the executor image's tag
+    router = "github.com/cloudnativelabs/kube-router/v2"
+    flags.append(f"-X {router}/pkg/version.Version={versions[router]}")
     return " ".join(flags)
 
 

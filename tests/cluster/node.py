@@ -36,7 +36,6 @@ KUBELET_SYSCTLS = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
-NFT_TABLES = (("inet", "kube-network-policies"),)
 
 
 def read_sysctls() -> dict[str, str]:
@@ -249,8 +248,6 @@ def remove_network() -> None:
     enforcer added."""
     if Path(f"/sys/class/net/{BRIDGE}").exists():
         _run("ip", "link", "delete", BRIDGE)
-    for family, table in NFT_TABLES:
-        _run("nft", "delete", "table", family, table)
     for save, restore in (
         ("iptables-save", "iptables-restore"),
         ("ip6tables-save", "ip6tables-restore"),

@@ -22,7 +22,7 @@ def test_key_names_the_pinned_versions(module):
     assert versions["k8s.io/kubernetes"] == "v1.34.4"
     assert versions["k8s.io/client-go"] == "v0.34.4"  # a replace line is no pin
     assert build.key(module).startswith(
-        "k8s-v1.34.4-etcd-v3.6.16-argo-v3.7.18-coredns-v1.14.1-knp-v0.8.0-beam-v2.77.0-"
+        "k8s-v1.34.4-etcd-v3.6.16-argo-v3.7.18-coredns-v1.14.1-kube-router-v2.1.0-beam-v2.77.0-"
     )
 
 
