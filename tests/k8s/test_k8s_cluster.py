@@ -434,13 +434,19 @@ def _quantity(q: str) -> float:
 
 
 def _resolve(container: dict, arg: str) -> str:
-    """Kubernetes' $(VAR) expansion for resourceFieldRef env: ceil(limit / divisor)."""
+    """Kubernetes' $(VAR) expansion: a literal value, or a resourceFieldRef's ceil(limit /
+    divisor), whose divisor for cpu the API server accepts only as 1 or 1m."""
 
     def value(m):
-        ref = _env(container)[m.group(1)]["valueFrom"]["resourceFieldRef"]
+        env = _env(container)[m.group(1)]
+        if "value" in env:
+            return env["value"]
+        ref = env["valueFrom"]["resourceFieldRef"]
         assert ref["containerName"] == container["name"] and ref["resource"] == "limits.cpu"
+        divisor = ref.get("divisor", "1")
+        assert divisor in ("1", "1m"), f"{m.group(1)}: the API server refuses cpu divisor {divisor}"
         limit = _quantity(container["resources"]["limits"]["cpu"])
-        return str(math.ceil(limit / _quantity(ref.get("divisor", "1"))))
+        return str(math.ceil(limit / _quantity(divisor)))
 
     return re.sub(r"\$\((\w+)\)", value, arg)
 
