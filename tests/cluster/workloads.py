@@ -9,6 +9,7 @@ are capped (limits, which decide OOM kills and throttling, stay as shipped)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from cluster import ClusterError
 
 NAMESPACE = "dae"
 OVERLAY = Path(__file__).resolve().parent / "overlay"
+CRDS = Path(__file__).resolve().parents[1] / "k8s" / "crds"
 PULL_POLICY = "IfNotPresent"
 REQUEST_CAPS = {"cpu": 0.05, "memory": 256 * 2**20}  # cores, bytes
 FINAL_PHASES = ("Succeeded", "Failed", "Error")
@@ -103,6 +105,45 @@ def adapt_to_node(node):
     return out
 
 
+def operator_crds() -> list[dict]:
+    """The Flink operator's and KServe's CRDs (their released served version, whose schemas
+    tests/k8s/crds keeps): the API server then validates the overlay's FlinkDeployment and
+    InferenceService as on a cluster with those operators installed."""
+    docs = []
+    for path in sorted(CRDS.glob("*.json.gz")):
+        crd = json.loads(gzip.decompress(path.read_bytes()))
+        if crd.get("group") not in ("flink.apache.org", "serving.kserve.io"):
+            continue
+        plural = path.name.split(".", 1)[0]
+        docs.append(
+            {
+                "apiVersion": "apiextensions.k8s.io/v1",
+                "kind": "CustomResourceDefinition",
+                "metadata": {"name": f"{plural}.{crd['group']}"},
+                "spec": {
+                    "group": crd["group"],
+                    "names": {
+                        "kind": crd["kind"],
+                        "plural": plural,
+                        "singular": crd["kind"].lower(),
+                        "listKind": f"{crd['kind']}List",
+                    },
+                    "scope": "Namespaced",
+                    "versions": [
+                        {
+                            "name": crd["version"],
+                            "served": True,
+                            "storage": True,
+                            "schema": {"openAPIV3Schema": crd["openAPIV3Schema"]},
+                            "subresources": {"status": {}},
+                        }
+                    ],
+                },
+            }
+        )
+    return docs
+
+
 # -- applying ----------------------------------------------------------------------------------
 def apply(cluster, docs: list[dict], dry_run: bool = False) -> str:
     """Server-side apply (as a user's `kubectl apply --server-side`); `dry_run`: the API
@@ -178,6 +219,27 @@ def deploy(cluster, namespace: str = NAMESPACE, variant: str = "running") -> lis
     volumes = claim_volumes(cluster, namespace, docs)
     apply(cluster, volumes + [d for d in docs if d["kind"] != "Namespace"])
     return docs
+
+
+_DEPLOYED: dict[str, list[dict]] = {}
+
+
+def deployed(cluster, namespace: str = NAMESPACE) -> list[dict]:
+    """`deploy` once per test session and namespace (the scenario modules share it: a first
+    apply makes one first run, which scenarios a-d and g all look at)."""
+    if namespace not in _DEPLOYED:
+        _DEPLOYED[namespace] = deploy(cluster, namespace)
+    return _DEPLOYED[namespace]
+
+
+FIRST_RUN = "dae-first-run"
+FIRST_RUN_TIMEOUT = 1800  # s: the smoke config's whole DAG on 2 cores, Pod starts included
+
+
+def first_run(cluster, namespace: str = NAMESPACE) -> dict:
+    """The first apply's Workflow once it has succeeded (the first model pushed)."""
+    deployed(cluster, namespace)
+    return wait_for_phase(cluster, FIRST_RUN, namespace, timeout=FIRST_RUN_TIMEOUT)
 
 
 def delete_namespace(cluster, namespace: str) -> None:
