@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import ssl
 import sys
 import time
@@ -85,6 +86,9 @@ def workflow_over(namespace: str, workflow: str) -> str | None:
 
 def watch(job: str, interval: float = 10) -> int:
     namespace, workflow = os.environ["NAMESPACE"], os.environ["WORKFLOW"]
+    # The kubelet stops this sidecar with SIGTERM once the worker is done; as PID 1 of its
+    # container, Python would ignore it and hold the Pod (and the Job) for the grace period.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while (why := workflow_over(namespace, workflow)) is None:
         time.sleep(interval)
     print(f"workflow {workflow} {why}: deleting Job {job} and its Pods", flush=True)
