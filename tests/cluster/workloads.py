@@ -246,13 +246,35 @@ def delete_namespace(cluster, namespace: str) -> None:
     cluster.kubectl("delete", "namespace", namespace, "--ignore-not-found", "--wait=false")
 
 
+def reset(cluster, namespace: str = NAMESPACE, timeout: int = 300) -> None:
+    """The namespace gone (waited for) and the volumes its claims held emptied and released
+    (hostPath data stays on a Retain volume), so the next `deploy` is a first apply again."""
+    cluster.kubectl(
+        "delete", "namespace", namespace, "--ignore-not-found", f"--timeout={timeout}s",
+        timeout=timeout + 10,
+    )  # fmt: skip
+    for pv in items(cluster, "", "persistentvolumes"):
+        ref = pv["spec"].get("claimRef") or {}
+        if ref.get("namespace") != namespace:
+            continue
+        path = Path(pv["spec"]["hostPath"]["path"])
+        for child in path.iterdir():
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+        patch = json.dumps({"spec": {"claimRef": None}})
+        cluster.kubectl("patch", "pv", pv["metadata"]["name"], "--type=merge", "-p", patch)
+    _DEPLOYED.pop(namespace, None)
+
+
 # -- workflows ---------------------------------------------------------------------------------
 def get(cluster, namespace: str, kind: str, name: str) -> dict:
     return json.loads(cluster.kubectl("-n", namespace, "get", kind, name, "-o", "json"))
 
 
 def items(cluster, namespace: str, kind: str, selector: str = "") -> list[dict]:
-    args = ["-n", namespace, "get", kind, "-o", "json"]
+    args = (["-n", namespace] if namespace else []) + ["get", kind, "-o", "json"]
     if selector:
         args += ["-l", selector]
     return json.loads(cluster.kubectl(*args))["items"]
