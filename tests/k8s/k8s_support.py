@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from argo_expr import fill
+from argo_rules import fill
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
@@ -338,7 +338,7 @@ def crd_schemas() -> dict[tuple[str, str], dict]:
     out = {}
     for path in sorted(CRDS.glob("*-v*.json.gz")):
         if path.name.endswith(".schema.json.gz"):
-            continue  # Argo's own JSON schema (argo_expr.argo_errors), not a CRD's
+            continue  # Argo's own JSON schema (argo_rules.argo_errors), not a CRD's
         crd = json.loads(gzip.decompress(path.read_bytes()))
         root = crd["openAPIV3Schema"]
         props = root.setdefault("properties", {})

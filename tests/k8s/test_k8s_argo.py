@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from argo_expr import retry
+from argo_rules import retry
 from k8s_support import (
     K8S,
     allows,

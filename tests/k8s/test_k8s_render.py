@@ -12,7 +12,7 @@ import re
 
 import kubernetes_validate
 import pytest
-from argo_expr import argo_errors
+from argo_rules import argo_errors
 from k8s_support import (
     CRDS,
     NAMESPACES,
@@ -269,7 +269,7 @@ def test_the_guide_installs_the_argo_release_the_schema_and_the_test_cluster_are
     schema = re.search(r"argo-workflows/v3@(v[\d.]+)", (CRDS / "README.md").read_text())
     built = re.search(
         r"github\.com/argoproj/argo-workflows/v3 (v[\d.]+)",
-        (REPO / "tests" / "cluster" / "build" / "go.mod").read_text(),
+        (REPO / "tests" / "cluster" / "build" / "argo" / "go.mod").read_text(),
     )
     assert schema and built
     assert installed == schema.group(1) == built.group(1)

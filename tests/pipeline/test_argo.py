@@ -1,19 +1,16 @@
 """`dae argo compile`: the DAG of pipeline/dag.py as Argo Workflows manifests, checked in as
 k8s/components/argo/workflow.yaml; the run lifecycle its steps use (`dae stage --create |
---cache | --cache-only`, `dae runs finish | fail`); and the proof on one machine: the compiled
-WorkflowTemplate run step by step as the Pods Argo would start (argo_local), with the result
-`dae run --profile smoke` gets."""
+--cache | --cache-only`, `dae runs finish | fail`). The compiled workflow runs on the real Argo
+controller in tests/cluster (test_retraining.py, test_failures.py)."""
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 import yaml
-from argo_expr import argo_errors, resource_state, retry
-from argo_local import LocalArgo
+from argo_rules import argo_errors, resource_state, retry
 from stand_ins import stand_in
 
 from dae.cli import EXIT_BUSY, EXIT_FAILED, EXIT_USAGE, main
@@ -27,7 +24,6 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "k8s" / "base" / "config.yaml"
 LAYOUT = REPO / "k8s" / "components" / "argo" / "layout.yaml"
 CHECKED_IN = REPO / "k8s" / "components" / "argo" / "workflow.yaml"
-WORKFLOW = "dae-retrain-1767236400"  # what Argo names a CronWorkflow's run
 
 
 def compiled(config: Config | None = None, layout=LAYOUT) -> list[dict]:
@@ -342,125 +338,3 @@ def test_stage_flags_are_checked(tmp_path, capsys):
     argv = ["stage", "ingest", "--run", "r1", "--root", str(tmp_path), "--profile", "smoke"]
     assert main(argv) == EXIT_USAGE
     assert "go with --create" in capsys.readouterr().err
-
-
-# ---- the proof on one machine ------------------------------------------------------------------
-
-
-def _local_config(*sets: str) -> Config:
-    data = Path.home() / "tensorflow_datasets"
-    paths = [f"data.data_dir={data}", f"data.manual_dir={data}/downloads/manual"]
-    return load_config(None, "smoke", [*paths, *sets])
-
-
-def record(runs) -> str:
-    """What the local run did, Pod by Pod: its step, exit, times, memory, command."""
-    t0 = min(r.started for r in runs)
-    lines = [f"{'node':<30} {'exit':>4} {'start':>6} {'secs':>6} {'MiB':>6}  command"]
-    for r in sorted(runs, key=lambda r: r.started):
-        command = " ".join(r.argv)
-        if r.argv[:2] == ["sh", "-c"]:
-            last = r.argv[2].strip().splitlines()[-1]
-            command = f"sh -c '<TF_CONFIG from the completion index>; {last}'"
-        if r.argv[:2] == ["python", "-c"]:
-            command = "python -c '<wait for the metadata store>'"
-        lines.append(
-            f"{r.node:<30} {r.exit_code:>4} {r.started - t0:>6.1f} {r.seconds:>6.1f} "
-            f"{r.max_rss_mb:>6.0f}  {command[:150]}"
-        )
-    return "\n".join(lines)
-
-
-def _overlap(a, b) -> bool:
-    return a.started < b.finished and b.started < a.finished
-
-
-def _memory(limit: str) -> float:
-    return float(limit[:-2]) * (1024 if limit.endswith("Gi") else 1)
-
-
-@pytest.mark.slow
-def test_the_workflow_runs_on_one_machine_as_dae_run_does(smoke_root, postgres_url, tmp_path):
-    """Every step as its Pod would run it, the Pods sharing one PostgreSQL store, the tuner
-    chief with 2 workers and 2 training workers at once; validate's first Pod is lost and
-    retried. The result: what `dae run --profile smoke` got on the same data."""
-    objects = compiled(_local_config())
-    root = tmp_path / "root"
-    local = LocalArgo(
-        objects,
-        root,
-        tmp_path / "work",
-        {("dae-metadata", "url"): postgres_url},
-        lose_first={"validate": 2.0},
-    )
-    result = local.submit(WORKFLOW)
-    print(f"\n{listing(objects)}\n\n{record(local.pods)}\nworkflow: {result}")
-    assert result["phase"] == "Succeeded", result
-    pods = {}
-    for r in local.pods:
-        pods.setdefault(r.task, []).append(r)
-    assert [r.exit_code for r in pods["validate"]] == [137, 0], "a lost Pod is retried"
-    assert "record-failure" not in pods
-    chief, *workers = pods["tune-chief"] + pods["tune-workers"]
-    assert len(workers) == 2 and all(_overlap(chief, w) for w in workers)
-    assert {w.env["KERASTUNER_TUNER_ID"] for w in workers} == {"tuner0", "tuner1"}
-    trainers = [r for r in pods["train"]]
-    assert len(trainers) == 2 and _overlap(*trainers)
-    assert all(r.env["RUN_ID"] == WORKFLOW for r in trainers)
-    steps = _steps(objects)
-    for r in local.pods:  # exactly what the template says, with Argo's values in it
-        if r.task in steps and r.argv[0] == "dae":
-            expected = [*steps[r.task]["container"]["command"], *steps[r.task]["container"]["args"]]
-            assert r.argv == [a.replace("{{workflow.name}}", WORKFLOW) for a in expected]
-        limit = r.limits.get("memory")
-        assert limit is None or r.max_rss_mb < _memory(limit), (r.node, r.max_rss_mb, limit)
-
-    for r in [*pods["tune-chief"], *pods["tune-workers"], *trainers]:  # the password aside
-        env = {k: v for k, v in r.env.items() if k not in ("DAE_METADATA_URL", "HOME")}
-        print(f"{r.node}: {env}")
-    mine = json.loads((root / "runs" / WORKFLOW / "metrics.json").read_text())
-    smoke = json.loads((smoke_root[1] / "metrics.json").read_text())
-    keys = ("blessed", "pushed_version", "psnr_noisy", "psnr_denoised", "ssim_denoised")
-    print(f"workflow: {[mine[k] for k in keys]}\ndae run:  {[smoke[k] for k in keys]}")
-    assert mine["status"] == "succeeded" and mine["train_workers"] == 2
-    assert mine["blessed"] is smoke["blessed"] is True
-    assert mine["pushed_version"] == smoke["pushed_version"] == 1
-    # Two workers train on transform's noise (fresh noise needs one process), search on two
-    # tuners: the same pipeline, a different draw of the same noise.
-    assert mine["psnr_denoised"] == pytest.approx(smoke["psnr_denoised"], abs=0.5)
-    assert mine["ssim_denoised"] == pytest.approx(smoke["ssim_denoised"], abs=0.02)
-    assert mine["psnr_noisy"] == pytest.approx(smoke["psnr_noisy"], abs=1e-6)
-    store = MetadataStore(postgres_url)
-    (run,) = [r for r in store.runs() if r["name"] == WORKFLOW]
-    assert run["properties"]["status"] == "succeeded"
-    done = {e["component"] for e in store.executions_of_run(WORKFLOW) if e["status"] == "succeeded"}
-    assert done == set(STAGES)
-
-    # Resubmitted: dae's cache skips what a second `dae run` skips (all but the resolver,
-    # and the evaluator, whose baseline is now the served version); no tuner or trainer Pod.
-    again = "dae-retrain-1767322800"
-    start = time.time()
-    assert local.submit(again)["phase"] == "Succeeded"
-    second = [r for r in local.pods if r.started >= start]
-    print(f"\nresubmitted:\n{record(second)}")
-    assert not {r.task for r in second} & {"tune-chief", "tune-workers", "train"}
-    metrics = json.loads((root / "runs" / again / "metrics.json").read_text())
-    assert set(metrics["cached_stages"]) >= set(STAGES) - {"resolver", "evaluate"}
-    assert metrics["status"] == "succeeded" and metrics["pushed_version"] == 1
-
-
-@pytest.mark.slow
-def test_a_failed_validation_is_not_retried_and_the_run_is_recorded_failed(tmp_path):
-    objects = compiled(_local_config("validate.expected_mean=0.9"))
-    root = tmp_path / "root"
-    url = f"sqlite:///{root}/metadata.sqlite"
-    local = LocalArgo(objects, root, tmp_path / "work", {("dae-metadata", "url"): url})
-    result = local.submit(WORKFLOW)
-    print(f"\n{record(local.pods)}\nworkflow: {result}")
-    assert result["phase"] == "Failed"
-    ran = [(r.task, r.exit_code) for r in local.pods if r.argv[0] == "dae"]
-    assert ran == [("ingest", 0), ("validate", 1), ("record-failure", 0)]
-    metrics = json.loads((root / "runs" / WORKFLOW / "metrics.json").read_text())
-    assert metrics["status"] == "failed" and "validate" in metrics["error"]
-    (run,) = MetadataStore(url).runs()
-    assert run["properties"]["status"] == "failed"
