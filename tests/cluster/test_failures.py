@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import secrets
 import time
 
 import pytest
@@ -92,7 +93,14 @@ def attempts(wf: dict, template_name: str) -> list[dict]:
 
 
 def running_pod(cluster, workflow: str, component: str):
-    """The workflow's Pod of `component` whose main container runs, or None."""
+    """The workflow's Pod of `component` once its main container runs and the controller
+    has seen it run (a Pod deleted while its node is still Pending is only created again,
+    operator.go: no attempt failed), or None."""
+    wf = workloads.get(cluster, NAMESPACE, "workflow", workflow)
+    if wf.get("status", {}).get("phase") in workloads.FINAL_PHASES:
+        raise workloads.WorkloadError(f"{workflow} ended before its {component} step was seen")
+    if not any(n["phase"] == "Running" for n in attempts(wf, component)):
+        return None
     selector = f"workflows.argoproj.io/workflow={workflow},app.kubernetes.io/component={component}"
     for pod in workloads.pods(cluster, NAMESPACE, selector):
         for status in pod["status"].get("containerStatuses", []):
@@ -109,11 +117,14 @@ def final(cluster, name: str, phase: str, timeout: float = 600) -> dict:
 @pytest.fixture(scope="module")
 def invalid_run(cluster, namespace):
     """A run whose data fails validation (an expected mean no MNIST has), its ingest Pod
-    deleted while ingest runs: the workflow once it has ended, and the deleted Pod's name."""
+    deleted while ingest runs (not a cache hit): the workflow once it has ended, and the
+    deleted Pod's name."""
     config = yaml.safe_load(
         workloads.get(cluster, NAMESPACE, "configmap", "dae-workflow-config")["data"]["config.yaml"]
     )
     config["validate"].update(expected_mean=0.9, mean_tolerance=0.01)
+    # A data size no earlier run ingested: ingest's cache key is new, so it really runs.
+    config["data"]["max_train_examples"] = 700 + secrets.randbelow(100)
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -161,13 +172,16 @@ def test_validation_exit_1_is_not_retried_and_the_run_is_recorded_failed(
     lister = copy.deepcopy(template(spec, "record-failure"))
     lister["container"]["args"] = ["runs", "list", "--root", "/data/dae-root"]
     lister.pop("retryStrategy")
-    spec.update(templates=spec["templates"] + [{**lister, "name": "runs-list"}])
-    spec.update(entrypoint="runs-list", podGC={"strategy": "OnWorkflowCompletion"})
+    spec.update(templates=[{**lister, "name": "runs-list"}], entrypoint="runs-list")
     spec.pop("onExit")
-    listed = final(cluster, submit(cluster, spec, "dae-runs-list-"), "Succeeded", 300)
-    (node,) = attempts(listed, "runs-list")
-    rows = {line.split()[0]: line.split() for line in node["outputs"]["result"].splitlines()}
-    assert rows[wf["metadata"]["name"]][3] == "failed", node["outputs"]["result"]
+    spec.pop("podGC")  # its Pod stays to be read; deleted with the workflow
+    lister_run = submit(cluster, spec, "dae-runs-list-")
+    final(cluster, lister_run, "Succeeded", 300)
+    (pod,) = workloads.pods(cluster, NAMESPACE, f"workflows.argoproj.io/workflow={lister_run}")
+    listing = workloads.logs(cluster, NAMESPACE, pod["metadata"]["name"], "main", tail=1000)
+    cluster.kubectl("-n", NAMESPACE, "delete", "workflow", lister_run, "--wait=false")
+    rows = {line.split()[0]: line.split() for line in listing.splitlines() if line.strip()}
+    assert rows[wf["metadata"]["name"]][2] == "failed", listing  # run, started, status
 
 
 FLAKY = """
