@@ -24,8 +24,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 NAMESPACE = "dae-failures"
 # What these scenarios run: no first run, CronWorkflow or serving (they would take the cores).
-SKIPPED_KINDS = {"Workflow", "CronWorkflow", "Deployment", "HorizontalPodAutoscaler"}
-SKIPPED_KINDS |= {"PodDisruptionBudget"}
+SKIPPED_KINDS = {
+    *("Namespace", "Workflow", "CronWorkflow"),
+    *("Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget"),
+}
 BACKOFF = "1s"  # every retry's first backoff, shortened from 30 s
 STOP_BOUND = 60  # s: the training Job and its Pods are gone this long after the stop
 TRAINER = 'exec dae stage train --run "$RUN_ID" --root /data/dae-root'
@@ -39,14 +41,15 @@ STAND_IN = (
 
 @pytest.fixture(scope="module")
 def namespace(cluster):
-    """The overlay's namespace objects (workflow, database, policies), applied once."""
+    """The overlay's objects these scenarios need (workflow, database, policies), applied
+    once; yields the WorkflowTemplate's spec, which every scenario submits a copy of."""
     docs = workloads.render(cluster, NAMESPACE)
     workloads.apply(cluster, [d for d in docs if d["kind"] == "Namespace"])
     try:
         cluster.kubectl("-n", NAMESPACE, "get", "secret", "dae-metadata")
     except ClusterError:  # absent: created once (the database keeps its first password)
         workloads.apply(cluster, [workloads.metadata_secret(NAMESPACE)])
-    kept = [d for d in docs if d["kind"] not in SKIPPED_KINDS | {"Namespace"}]
+    kept = [d for d in docs if d["kind"] not in SKIPPED_KINDS]
     workloads.apply(cluster, workloads.claim_volumes(cluster, NAMESPACE, docs) + kept)
     template = next(d for d in docs if d["kind"] == "WorkflowTemplate")
     workloads.rollout(cluster, NAMESPACE, "statefulset/dae-postgres")
