@@ -8,6 +8,9 @@ CHECKOV_VENV := .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CONFIG ?= configs/default.yaml
 ROOT ?= ./dae-root
+# Go's own installer puts it in /usr/local/go/bin, which not every shell's PATH names (the
+# cluster suite's build and tests look it up on PATH).
+export PATH := $(PATH):/usr/local/go/bin
 
 .PHONY: install data run smoke test lint imports docs format clean checkov postgres browser
 
