@@ -75,14 +75,7 @@ def template(spec: dict, name: str) -> dict:
 
 
 def submit(cluster, spec: dict, prefix: str) -> str:
-    doc = {
-        "apiVersion": "argoproj.io/v1alpha1",
-        "kind": "Workflow",
-        "metadata": {"generateName": prefix, "namespace": NAMESPACE},
-        "spec": spec,
-    }
-    out = cluster.kubectl("create", "-f", "-", "-o", "name", input=yaml.safe_dump(doc))
-    return out.strip().split("/")[-1]
+    return workloads.create_workflow(cluster, spec, NAMESPACE, prefix)
 
 
 def attempts(wf: dict, template_name: str) -> list[dict]:

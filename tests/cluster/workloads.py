@@ -294,6 +294,11 @@ def submit(
         spec["arguments"] = {
             "parameters": [{"name": k, "value": str(v)} for k, v in parameters.items()]
         }
+    return create_workflow(cluster, spec, namespace, prefix)
+
+
+def create_workflow(cluster, spec: dict, namespace: str, prefix: str) -> str:
+    """A Workflow of this spec, named by the API server after `prefix`; returns its name."""
     doc = {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Workflow",
