@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dae.components.models import BASELINES, FAMILIES
 
@@ -47,11 +47,61 @@ class ValidateConfig(_Section):
     mean_tolerance: float = Field(0.05, ge=0.0)
 
 
+class LevelRange(_Section):
+    """A noise level drawn uniformly from [min, max] for each example: training a denoiser
+    blind to the level, as its users are."""
+
+    min: float = Field(ge=0.0)
+    max: float = Field(ge=0.0)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        return self
+
+
+# One level for every example, a list to draw one of for each example, or a range.
+Level = float | list[float] | LevelRange
+
+
 class NoiseConfig(_Section):
     kind: Literal["gaussian", "salt_pepper", "mask"] = "gaussian"
-    stddev: float = Field(0.5, ge=0.0)
-    salt_pepper: float = Field(0.2, ge=0.0, le=1.0)
-    mask_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    stddev: Level = 0.5
+    salt_pepper: Level = 0.2  # a fraction of pixels
+    mask_fraction: Level = 0.3  # a fraction of pixels
+
+    @field_validator("stddev", "salt_pepper", "mask_fraction", mode="before")
+    @classmethod
+    def _range(cls, level):
+        """One clear error, not one per member of the union."""
+        if isinstance(level, dict):
+            try:
+                return LevelRange(**level)
+            except ValidationError as e:
+                first = e.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                msg = first["msg"].removeprefix("Value error, ")
+                raise ValueError(f"{where + ': ' if where else ''}{msg}") from None
+        values = level if isinstance(level, list) else [level]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            raise ValueError("expected a number, a list of numbers or {min: a, max: b}")
+        return level
+
+    @field_validator("stddev", "salt_pepper", "mask_fraction")
+    @classmethod
+    def _in_bounds(cls, level, info):
+        top = None if info.field_name == "stddev" else 1.0
+        values = [level.min, level.max] if isinstance(level, LevelRange) else level
+        values = values if isinstance(values, list) else [values]
+        if not values:
+            raise ValueError("an empty list of levels")
+        for v in values:
+            if v < 0.0 or (top is not None and v > top):
+                raise ValueError(
+                    f"level {v:g} is outside [0, {top:g}]" if top else f"level {v:g} is negative"
+                )
+        return level
 
 
 class BeamConfig(_Section):
@@ -102,6 +152,27 @@ class NoiseSpec(_Section):
     level: float = Field(ge=0.0, le=1.0)  # stddev; fraction of pixels hit; fraction masked
 
 
+class SweepSpec(_Section):
+    kind: Literal["gaussian", "salt_pepper", "mask"]
+    levels: list[float] = Field(min_length=1)
+
+    @field_validator("levels")
+    @classmethod
+    def _fractions(cls, levels: list[float]) -> list[float]:
+        bad = [v for v in levels if not 0.0 <= v <= 1.0]
+        if bad:
+            raise ValueError(f"level {bad[0]:g} is outside [0, 1]")
+        return levels
+
+
+def _default_sweep() -> list[SweepSpec]:
+    return [
+        SweepSpec(kind="gaussian", levels=[0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9]),
+        SweepSpec(kind="salt_pepper", levels=[0.05, 0.1, 0.2, 0.4]),
+        SweepSpec(kind="mask", levels=[0.1, 0.3, 0.5]),
+    ]
+
+
 class EvaluateConfig(_Section):
     # Blessed only if denoising gains at least this much PSNR over the noisy input ...
     min_psnr_gain_db: float = 3.0
@@ -118,6 +189,15 @@ class EvaluateConfig(_Section):
             NoiseSpec(kind="mask", level=0.3),
         ]
     )
+    # The sweep: each corruption at each level, made from (the first sweep_examples of) the
+    # clean test images, scored for the noisy input, the model and a 3x3 median filter.
+    sweep: list[SweepSpec] = Field(default_factory=_default_sweep)
+    sweep_examples: int | None = Field(2000, ge=1)
+    # Blessed only if, at every level of the sweep, the model's PSNR is at least this far
+    # above the noisy input's (null: no such rule; negative: a tolerated loss) ...
+    min_sweep_gain_db: float | None = None
+    # ... and its SSIM is not below the noisy input's.
+    sweep_ssim_floor: bool = False
 
 
 class PushConfig(_Section):
