@@ -140,7 +140,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name in UNSUPPORTED:
         _flag(p, name, default=None, help=argparse.SUPPRESS)
     p.add_argument("--version", action="store_true", help="print versions and exit")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to bind (default 0.0.0.0: every address, as TF Serving; 127.0.0.1 keeps "
+        "it to this machine)",
+    )
     p.add_argument(
         "--num-versions",
         type=int,

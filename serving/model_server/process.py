@@ -24,10 +24,13 @@ def free_port() -> int:
 
 
 class ModelServerProcess:
-    """`dae serve` in a subprocess on free gRPC and REST ports; `stop()` sends SIGTERM."""
+    """`dae serve` in a subprocess on free gRPC and REST ports; `stop()` sends SIGTERM.
+    Bound to `host` (default loopback; None: dae serve's own default, every address)."""
 
-    def __init__(self, base: Path, *extra: str, name: str = "denoiser"):
-        self.base, self.name = base, name
+    def __init__(
+        self, base: Path, *extra: str, name: str = "denoiser", host: str | None = "127.0.0.1"
+    ):
+        self.base, self.name, self.host = base, name, host
         for _attempt in range(3):  # a free port can be taken by another process before we bind
             if self._start(extra):
                 return
@@ -51,6 +54,7 @@ class ModelServerProcess:
             str(self.rest_port),
             "--file-system-poll-wait-seconds",
             "0.2",
+            *(["--host", self.host] if self.host else []),
             *extra,
         ]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -62,7 +66,7 @@ class ModelServerProcess:
     def _wait_ready(self, seconds: float = 60) -> bool:
         """Ready when our own process says it serves on our ports (not when something on
         the port answers: that could be another server)."""
-        ready = f"REST 127.0.0.1:{self.rest_port}"
+        ready = f"REST {self.host or '0.0.0.0'}:{self.rest_port}"
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             text = self.log.read_text()

@@ -146,3 +146,38 @@ def test_busy_connections_are_never_shed(make_server):
     assert status == 503 and "connections" in orjson.loads(body)["error"]
     finish(four)
     still_serving(server)
+
+
+def _outward_address() -> str | None:
+    """This machine's address toward other hosts (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        address = s.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
+def test_like_tf_serving_it_listens_on_every_address(tmp_path, model_dir):
+    """TF Serving's gRPC and REST ports answer on every address of the host (a Pod's own
+    address, not only loopback): so does `dae serve` unless --host says otherwise."""
+    import pytest
+    from support import Server
+
+    from dae.serving.model_server.process import copy_version
+
+    address = _outward_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    base = tmp_path / "denoiser"
+    base.mkdir()
+    copy_version(model_dir, base, 1)
+    server = Server(base, host=None)
+    try:
+        for port in (server.grpc_port, server.rest_port):
+            socket.create_connection((address, port), timeout=10).close()
+        answer = httpx.get(f"http://{address}:{server.rest_port}/v1/models/denoiser", timeout=30)
+        assert answer.json()["model_version_status"][0]["state"] == "AVAILABLE"
+    finally:
+        server.stop()
