@@ -23,6 +23,7 @@ BASELINES = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
 VAES = ("vae", "conv_vae", "seed_vae", "seed_vae_128")
 OBJECTIVE = "val_mse"  # what every family reports alike, so one search can span families
 REFINE_FILTERS = 16  # the conv family's full-resolution layer
+INPUT_EPS = 1e-3  # a residual output's 0 and 1 pass through as 0.001 and 0.999 (60 dB)
 
 
 def _layers():
@@ -59,10 +60,10 @@ def _mlp(x, units, activation="relu"):
     return x
 
 
-# ---- autoencoders: (hp, standardized input, shape) -> output in [0, 1] ---------------------
+# ---- autoencoders: (hp, standardized input, shape, raw input) -> output in [0, 1] ----------
 
 
-def _dense(hp, x, shape):
+def _dense(hp, x, shape, images):
     L = _layers()
     units = [hp.Choice(f"units_{i}", [128, 256, 512]) for i in range(hp.Int("dense_layers", 1, 3))]
     x = _mlp(L.Flatten()(x), units)
@@ -88,7 +89,16 @@ def _depth_to_space(x, c: int):
     return L.Reshape((2 * h, 2 * w, c))(x)
 
 
-def _conv_ae(hp, x, shape):
+def _conv_ae(hp, x, shape, images):
+    """`_conv_features` then the output: residual (`_residual_output`, `residual` True) or
+    the sigmoid of a convolution of the features."""
+    features = _conv_features(hp, x, shape)
+    if hp.Fixed("residual", False):
+        return _residual_output(features, images)
+    return _float32_output(_layers().Conv2D(shape[2], 3, padding="same", dtype="float32")(features))
+
+
+def _conv_features(hp, x, shape):
     """A small U-Net working at half and quarter resolution: space-to-depth in, `depth` 3x3
     convolutions per level (plus `bottleneck` more at the lowest, a wider view of the
     noise), the half-resolution features concatenated into the decoder so strokes survive,
@@ -102,14 +112,32 @@ def _conv_ae(hp, x, shape):
     f1, f2 = hp.Choice("filters_1", [32, 24]), hp.Fixed("filters_2", 96)
     depth, bottleneck = hp.Int("depth", 2, 3, default=2), hp.Choice("bottleneck", [2, 3])
     c, refine, act = shape[2], REFINE_FILTERS, "swish"
-    images, (x, _, pads) = x, _pad(x, shape, 4)
+    standardized, (x, _, pads) = x, _pad(x, shape, 4)
     half = _stack(_space_to_depth(x, c), f1, depth, activation=act)
     x = _stack(_stack(half, f2, depth, strides=2, activation=act), f2, bottleneck, activation=act)
     x = L.Concatenate()([_up(x, f1, activation=act), half])
     x = _stack(x, f1, depth - 1, activation=act)
     x = _crop(_depth_to_space(_conv(x, 4 * refine // 2, activation=act), refine // 2), pads)
-    x = _conv(L.Concatenate()([x, images]), refine, activation=act)
-    return _float32_output(L.Conv2D(c, 3, padding="same", dtype="float32")(x))
+    return _conv(L.Concatenate()([x, standardized]), refine, activation=act)
+
+
+def _residual_output(features, images):
+    """Residual learning: the output's logits are the input's own plus a correction, from a
+    last convolution that starts at zero, so an untrained model returns its input and
+    training learns only what to change (a lightly noisy image needs little). In logits
+    rather than pixels, so the output stays in [0, 1] and the loss keeps its gradient."""
+    correction = _layers().Conv2D(
+        images.shape[-1], 3, padding="same", dtype="float32", kernel_initializer="zeros"
+    )(features)
+    return _float32_output(_layers().Add(dtype="float32")([correction, _logit(images)]))
+
+
+def _logit(images, eps: float = INPUT_EPS):
+    """The logit of pixels in [0, 1], clipped to [eps, 1 - eps] (0 and 1 have none)."""
+    import keras
+
+    p = keras.ops.clip(images, eps, 1.0 - eps)
+    return keras.ops.log(p / (1.0 - p))
 
 
 def _float32_output(logits):
@@ -126,14 +154,14 @@ def _stack(x, filters: int, depth: int, strides: int = 1, activation="relu"):
     return x
 
 
-def _seed_mlp(hp, x, shape):
+def _seed_mlp(hp, x, shape, images):
     """Seed 001: 784-512-64-16-64-512-784, sigmoid everywhere."""
     L = _layers()
     x = _mlp(L.Flatten()(x), [512, 64, 16, 64, 512], activation="sigmoid")
     return L.Reshape(shape)(L.Dense(math.prod(shape), activation="sigmoid")(x))
 
 
-def _seed_conv(hp, x, shape):
+def _seed_conv(hp, x, shape, images):
     """Seed 004: 4x Conv2D(8) (strides 2/1/2/1) -> Dense(z=10) -> Dense(7*7*64) -> Conv(64)
     -> UpSampling -> Conv(32) -> UpSampling -> Conv(sigmoid)."""
     L = _layers()
@@ -242,7 +270,8 @@ def _build(hp, family: str, shape, mean, std, beta):
         lr = hp.Fixed("learning_rate", 1e-3)
     optimizer = keras.optimizers.Adam(lr)
     if family in AUTOENCODERS:
-        model = keras.Model(images, AUTOENCODERS[family](hp, x, shape), name=f"{family}_denoiser")
+        output = AUTOENCODERS[family](hp, x, shape, images)
+        model = keras.Model(images, output, name=f"{family}_denoiser")
         model.compile(optimizer=optimizer, loss="binary_crossentropy", metrics=["mse"])
         return model
     from dae.components import vae

@@ -164,3 +164,22 @@ def test_the_policy_survives_keras_tuners_clear_session(tmp_path):
     with models.dtype_policy("mixed_bfloat16"):  # what does not survive
         tuner.search(x, x, validation_data=(x, x), epochs=1, verbose=0)
     assert built and set(built) == {"bfloat16"}
+
+
+def test_the_residual_conv_family_passes_an_image_through_untrained():
+    """Residual learning's claim: before any training the model is the identity (up to
+    the logit clip), so light noise need not be learned away; the direct output is not."""
+    from dae.imaging import psnr
+
+    rng = np.random.default_rng(0)
+    clean = np.clip(rng.random((4, 28, 28, 1)) * 3 - 2, 0, 1).astype(np.float32)  # 0s, 1s, grays
+    out, space = {}, {}
+    for residual in (True, None):  # None: the family's default
+        hp = models.hyperparameters()
+        if residual is not None:
+            hp.Fixed("residual", residual)
+        model = models.build_model(hp, "conv", (28, 28, 1), 0.1, 0.3)
+        out[residual], space[residual] = model.predict(clean, verbose=0), hp.values
+    assert space[None]["residual"] is False
+    assert psnr(out[True], clean).min() >= 55.0  # 0 and 1 come back as 0.001 and 0.999
+    assert psnr(out[None], clean).max() < 20.0
