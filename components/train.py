@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from dae import imaging
 from dae.artifacts import (
     Examples,
     HyperParameters,
@@ -50,7 +49,8 @@ from dae.components.models import (
 def fresh_noise(clean, corrupt, batch_size: int, seed: int):
     """(noisy, clean) batches whose noise is drawn anew every epoch, in a new order: a
     denoiser trained on one fixed draw learns that draw's noise (its validation loss turns
-    up after a few epochs) instead of the corruption. `corrupt(clean, rng=...)` -> noisy.
+    up after a few epochs) instead of the corruption. `corrupt(clean, rng=...)` -> noisy
+    draws each image's level (when the config gives a list or a range), then its noise.
     Each batch is a function of (seed, epoch, index) alone, so prefetching cannot change it."""
     import keras
     import numpy as np
@@ -197,7 +197,7 @@ def run(ctx: StageContext) -> StageResult:
     fresh = None
     if cfg.train.fresh_noise and job is None:
         kind, level = noise.configured(cfg.noise)
-        fresh = partial(imaging.corrupt, kind=kind, level=level)
+        fresh = partial(noise.corrupt_batch, kind=kind, level=level)
     elif cfg.train.fresh_noise:  # every worker must see the same batches as one process
         ctx.log("train: fresh noise is off under MultiWorkerMirroredStrategy (transform's)")
     with dirs as (out, run_dir, backup):

@@ -1,7 +1,8 @@
 """Transform (TFX's Transform, on Apache Beam): normalize, add noise, emit (noisy, clean) pairs.
 
-Noise is drawn from a generator seeded by (seed, split, example id), so the output is the
-same whichever runner, worker count or shard order produced it. The dataset's pixel mean
+Each example's noise level (drawn when the config gives a list or a range) and then its
+noise come from a generator seeded by (seed, split, example id), so the output is the same
+whichever runner, worker count or shard order produced it. The dataset's pixel mean
 and std are computed by a Beam combiner (an analyzer, in TFT's words) for the trainer to
 bake into the model, so serving normalizes exactly as training did.
 """
@@ -27,8 +28,7 @@ from dae.artifacts import (
 )
 from dae.beam import beam_options, import_beam, pipeline_runner
 from dae.component import Spec, StageContext, StageError, StageResult, pick
-from dae.components.noise import configured, parameter_paths
-from dae.imaging import corrupt
+from dae.components.noise import configured, corrupt_image, describe, parameter_paths
 
 # ---- pure core -------------------------------------------------------------------------
 
@@ -43,9 +43,10 @@ def example_rng(seed: int, split: str, example_id: int) -> np.random.Generator:
 
 
 def add_noise(clean: np.ndarray, noise, rng: np.random.Generator) -> np.ndarray:
-    """Corrupt a [0, 1] image the configured way (components.noise: the evaluator scores
-    the same corruptions); the result is clipped to [0, 1] and on the 8-bit grid."""
-    return corrupt(clean, *configured(noise), rng)
+    """Corrupt a [0, 1] image the configured way (components.noise), its level drawn from
+    `rng` first when the config gives a list or a range; the result is clipped to [0, 1]
+    and on the 8-bit grid."""
+    return corrupt_image(clean, *configured(noise), rng)
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -147,7 +148,7 @@ def run(ctx: StageContext) -> StageResult:
         {**moments, "shape": list(shape), "noise": {"kind": kind, "level": level}},
     )
     ctx.log(
-        f"transform: {cfg.noise.kind} noise, mean={moments['mean']:.4f} std={moments['std']:.4f}"
+        f"transform: {describe(kind, level)}, mean={moments['mean']:.4f} std={moments['std']:.4f}"
     )
     return StageResult({"pixel_mean": moments["mean"], "pixel_std": moments["std"]})
 

@@ -19,11 +19,17 @@ def to_8bit(x: np.ndarray) -> np.ndarray:
     return (np.round(np.clip(x, 0.0, 1.0) * 255.0) / 255.0).astype(np.float32)
 
 
-def corrupt(clean: np.ndarray, kind: str, level: float, rng: np.random.Generator) -> np.ndarray:
+def corrupt(
+    clean: np.ndarray, kind: str, level: float | np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """`clean` in [0, 1] with noise of `kind`: gaussian of stddev `level`, salt and pepper
     on a `level` fraction of pixels, or a `level` fraction of pixels masked to 0. Rounded to
     8 bits, as the transform stores noisy images and as an 8-bit source would send them.
-    The draws depend on the generator only, so a larger level grows the same noise."""
+    The draws depend on the generator only, so a larger level grows the same noise.
+
+    `level` is a float, or an array broadcastable against `clean` (a batch's [N, 1, 1, 1]:
+    one level per image): each kind compares or scales its draws of `clean`'s shape with it
+    element by element, so an image's noise is the one its own level gives."""
     if kind == "gaussian":
         noisy = clean + rng.normal(0.0, level, clean.shape)
     elif kind == "salt_pepper":
