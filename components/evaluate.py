@@ -1,8 +1,10 @@
 """Evaluate (TFX's Evaluator): reconstruction quality on the test split, and the blessing.
 
 Scored on the run's own noisy test images (the headline numbers), on clean inputs (does the
-model keep what needs no denoising?), per class, and under each configured corruption, made
-from the clean test images with a fixed seed so every run is scored on the same noise. VAEs
+model keep what needs no denoising?), per class, and on the sweep: each corruption at each
+configured level, made from the clean test images with a fixed seed so every run is scored
+on the same noise, beside the noisy input and a median filter (a model must beat doing
+nothing and doing the obvious, at every level, as its users do not know theirs). VAEs
 also get the test -ELBO. The model in service is re-scored on this run's own test examples,
 so the comparison is like for like even when the noise or the test set changed since it was
 pushed.
@@ -24,11 +26,12 @@ from dae.artifacts import (
     read_split,
     write_json,
 )
+from dae.classical import median_filter
 from dae.component import Spec, StageContext, StageError, StageResult
 from dae.imaging import corrupt, image_metrics, per_image
 from dae.serving.format.export import load_servable
 
-NOISE_SEED = 20240  # the extra corruptions: the same for every run, so runs compare
+NOISE_SEED = 20240  # the sweep's noise: the same for every run, so runs compare
 
 
 # ---- pure core -------------------------------------------------------------------------
@@ -39,16 +42,42 @@ def per_class(values: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return {str(k): float(values[labels == k].mean()) for k in np.unique(labels[labels >= 0])}
 
 
-def noise_table(predict, clean: np.ndarray, kinds, seed: int = NOISE_SEED) -> dict[str, dict]:
-    """For each corruption {kind, level}: metrics of the noisy and the denoised images."""
-    table = {}
-    for spec in kinds:
-        noisy = corrupt(clean, spec.kind, spec.level, np.random.default_rng(seed))
-        row: dict[str, Any] = {"kind": spec.kind, "level": spec.level}
-        for name, images in (("noisy", noisy), ("denoised", predict(noisy))):
-            row |= {f"{k}_{name}": v for k, v in image_metrics(images, clean).items()}
-        table[f"{spec.kind}:{spec.level:g}"] = row
-    return table
+def sweep_table(predict, clean: np.ndarray, sweep, seed: int = NOISE_SEED) -> list[dict]:
+    """One row per {kind, level} of the sweep: PSNR and SSIM of the noisy images, the
+    denoised ones and the median filter's. Each level draws from the same seed, so a larger
+    level grows the same noise and the levels compare."""
+    rows = []
+    for spec in sweep:
+        for level in spec.levels:
+            noisy = corrupt(clean, spec.kind, level, np.random.default_rng(seed))
+            row: dict[str, Any] = {"kind": spec.kind, "level": level}
+            outputs = {"noisy": noisy, "denoised": predict(noisy), "median": median_filter(noisy)}
+            for name, images in outputs.items():
+                m = image_metrics(images, clean)
+                row |= {f"psnr_{name}": m["psnr"], f"ssim_{name}": m["ssim"]}
+            rows.append(row)
+    return rows
+
+
+def sweep_refusal(rows: list[dict], min_gain_db: float | None, ssim_floor: bool) -> str | None:
+    """Why the sweep refuses the model (its first failing kind and level), or None: its PSNR
+    below the noisy input's + min_gain_db (None: no such rule), or (ssim_floor) its SSIM below
+    the noisy input's. A NaN fails both: no comparison with it holds."""
+    for r in rows:
+        where = f"{r['kind']} {r['level']:g}"
+        if min_gain_db is not None and not r["psnr_denoised"] >= r["psnr_noisy"] + min_gain_db:
+            sign = "+" if min_gain_db > 0 else "-"
+            margin = f" {sign} {abs(min_gain_db):g} dB" if min_gain_db else ""
+            return (
+                f"{where}: PSNR {r['psnr_denoised']:.2f} dB is below the noisy input's "
+                f"{r['psnr_noisy']:.2f} dB{margin}"
+            )
+        if ssim_floor and not r["ssim_denoised"] >= r["ssim_noisy"]:
+            return (
+                f"{where}: SSIM {r['ssim_denoised']:.3f} is below the noisy input's "
+                f"{r['ssim_noisy']:.3f}"
+            )
+    return None
 
 
 def bless(
@@ -57,9 +86,12 @@ def bless(
     min_gain_db: float,
     max_regression_db: float,
     min_psnr_db: float | None = None,
+    min_sweep_gain_db: float | None = None,
+    sweep_ssim_floor: bool = False,
 ) -> tuple[bool, str]:
-    """Blessed when denoising helps enough, reaches the absolute floor if one is set, and is
-    not worse than the model in service."""
+    """Blessed when denoising helps enough, reaches the absolute floor if one is set, is
+    not worse than the model in service and, where those rules are on, never makes an image
+    of the sweep (metrics["sweep"]) worse than its noisy input."""
     gain = metrics["psnr_denoised"] - metrics["psnr_noisy"]
     if not np.isfinite(gain):
         return False, "PSNR is not finite: the model's output is broken (NaN)"
@@ -74,20 +106,26 @@ def bless(
             f"PSNR {metrics['psnr_denoised']:.2f} dB is more than {max_regression_db} dB below "
             f"the served model's {baseline_psnr:.2f} dB"
         )
+    refusal = sweep_refusal(metrics.get("sweep", []), min_sweep_gain_db, sweep_ssim_floor)
+    if refusal is not None:
+        return False, refusal
     return True, f"PSNR gain {gain:.2f} dB" + (
         f", served model {baseline_psnr:.2f} dB" if baseline_psnr is not None else ""
     )
 
 
-def score(predict, test: dict[str, np.ndarray], kinds=()) -> dict[str, Any]:
-    """Every metric of a denoiser (numpy in, numpy out) on a test split {noisy, clean, label}."""
+def score(
+    predict, test: dict[str, np.ndarray], sweep=(), sweep_examples: int | None = None
+) -> dict[str, Any]:
+    """Every metric of a denoiser (numpy in, numpy out) on a test split {noisy, clean, label};
+    the sweep on its first sweep_examples clean images (None: all)."""
     clean = test["clean"]
     denoised = per_image(predict(test["noisy"]), clean)
     metrics = {f"{k}_noisy": v for k, v in image_metrics(test["noisy"], clean).items()}
     metrics |= {f"{k}_denoised": float(v.mean()) for k, v in denoised.items()}
     metrics |= {f"{k}_clean_input": v for k, v in image_metrics(predict(clean), clean).items()}
     metrics["psnr_per_class"] = per_class(denoised["psnr"], test["label"])
-    metrics["noise_kinds"] = noise_table(predict, clean, kinds)
+    metrics["sweep"] = sweep_table(predict, clean[:sweep_examples], sweep)
     metrics["test_examples"] = len(clean)
     return metrics
 
@@ -127,7 +165,7 @@ def run(ctx: StageContext) -> StageResult:
     def predict(images):
         return model.predict(images, batch_size=cfg.evaluate.batch_size, verbose=0)
 
-    metrics = score(predict, test, cfg.evaluate.noise_kinds)
+    metrics = score(predict, test, cfg.evaluate.sweep, cfg.evaluate.sweep_examples)
     if vae.parts(model) is not None:
         metrics |= vae.elbo(model, test["noisy"], test["clean"], NOISE_SEED)
         # The generative model's bound on clean images, encoded clean: what VAE papers report.
@@ -142,6 +180,8 @@ def run(ctx: StageContext) -> StageResult:
         cfg.evaluate.min_psnr_gain_db,
         cfg.evaluate.max_regression_db,
         cfg.evaluate.min_psnr_db,
+        cfg.evaluate.min_sweep_gain_db,
+        cfg.evaluate.sweep_ssim_floor,
     )
     metrics |= {"baseline_version": version, "baseline_psnr": baseline_psnr}
     metrics["baseline_metrics"] = served  # the comparison table's other column
