@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 from support import write_examples
@@ -5,9 +7,12 @@ from support import write_examples
 from dae.artifacts import read_json, read_split
 from dae.component import StageError
 from dae.components import transform
+from dae.components.noise import LEVELS
 from dae.pipeline.config import NoiseConfig
 
 CLEAN = np.full((28, 28, 1), 0.5, np.float32)
+GREY = np.full((64, 64, 1), 128 / 255, np.float32)  # an 8-bit grey: noise never leaves it as is
+RANGE = {"min": 0.02, "max": 0.2}  # gaussian noise of 0.2 is little clipped on the grey
 
 
 def _noise(kind, **kw):
@@ -22,6 +27,61 @@ def test_noise_is_clipped_and_deterministic(kind):
     c = transform.add_noise(CLEAN, noise, transform.example_rng(7, "train", 4))
     assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+def test_a_single_level_is_the_noise_it_always_was():
+    """Pinned to the bytes the transform gave before levels could be drawn (bd1682a)."""
+    image = (np.arange(28 * 28).reshape(28, 28, 1) * 7 % 256).astype(np.uint8)
+    digest = hashlib.sha256()
+    for kind in ("gaussian", "salt_pepper", "mask"):
+        for i in range(5):
+            rng = transform.example_rng(42, "train", i)
+            noisy = transform.add_noise(transform.normalize(image), _noise(kind), rng)
+            digest.update(transform.to_uint8(noisy).tobytes())
+    assert digest.hexdigest() == (
+        "2af0df6804fbde302ca2e108b45c54018df10b6ac00725e3b0e5d106729c57ad"
+    )
+
+
+def _amounts(kind, level, n=200, seed=7):
+    """Each of n examples' noise measured from noisy - clean: the gaussian stddev, or the
+    fraction of pixels hit."""
+    noise = _noise(kind, **{LEVELS[kind]: level})
+    out = []
+    for i in range(n):
+        noisy = transform.add_noise(GREY, noise, transform.example_rng(seed, "train", i))
+        out.append(np.std(noisy - GREY) if kind == "gaussian" else np.mean(noisy != GREY))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "salt_pepper", "mask"])
+def test_a_range_draws_each_examples_level_uniformly(kind):
+    amounts = _amounts(kind, RANGE)
+    # Within the range (the measure's own error aside), spread over all of it, evenly.
+    assert RANGE["min"] - 0.01 < amounts.min() < RANGE["min"] + 0.01
+    assert RANGE["max"] - 0.01 < amounts.max() < RANGE["max"] + 0.02
+    middle = (RANGE["min"] + RANGE["max"]) / 2
+    assert 0.4 < np.mean(amounts < middle) < 0.6
+    assert np.quantile(amounts, 0.25) == pytest.approx(RANGE["min"] + 0.045, abs=0.015)
+
+
+def test_a_list_draws_only_its_levels():
+    amounts = _amounts("gaussian", [0.03, 0.1, 0.2])
+    nearest = np.array([0.03, 0.1, 0.2])[np.abs(amounts[:, None] - [0.03, 0.1, 0.2]).argmin(1)]
+    assert amounts == pytest.approx(nearest, rel=0.06)
+    assert all(0.2 < np.mean(nearest == v) < 0.45 for v in (0.03, 0.1, 0.2))
+
+
+@pytest.mark.parametrize("level", [[0.1, 0.5], {"min": 0.0, "max": 0.9}])
+def test_a_drawn_level_is_a_function_of_seed_split_and_id(level):
+    noise = _noise("gaussian", stddev=level)
+
+    def noisy(seed, split, i):
+        return transform.add_noise(GREY, noise, transform.example_rng(seed, split, i))
+
+    assert np.array_equal(noisy(7, "train", 3), noisy(7, "train", 3))
+    for other in ((8, "train", 3), (7, "eval", 3), (7, "train", 4)):
+        assert not np.array_equal(noisy(7, "train", 3), noisy(*other))
 
 
 def test_noise_amounts_match_the_config():
@@ -71,7 +131,23 @@ def test_beam_transform_writes_pairs_and_moments(tiny_examples, make_ctx, config
     assert graph["shape"] == [28, 28, 1] and graph["noise"]["kind"] == "gaussian"
 
 
-def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp_path):
+def test_a_drawn_level_is_recorded_and_said(tiny_examples, make_ctx, config):
+    config.noise.stddev = {"min": 0.0, "max": 0.9}
+    ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
+    said = []
+    ctx.log = said.append
+    transform.run(ctx)
+    graph = read_json(ctx.outputs["transform_graph"] / "transform.json")
+    assert graph["noise"] == {"kind": "gaussian", "level": {"min": 0.0, "max": 0.9}}
+    assert said[-1].startswith("transform: gaussian noise, level in [0, 0.9], mean=")
+    pairs = read_split(ctx.outputs["transformed_examples"], "train", ("noisy", "clean"))
+    error = np.std(pairs["noisy"] - pairs["clean"], axis=(1, 2, 3))
+    assert error.min() < 0.1 and error.max() > 0.3  # examples' levels differ
+
+
+@pytest.mark.parametrize("level", [0.5, {"min": 0.0, "max": 0.9}])
+def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp_path, level):
+    config.noise.stddev = level
     ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
     transform.run(ctx)
     first = read_split(ctx.outputs["transformed_examples"], "test", ("noisy",))
