@@ -1,8 +1,8 @@
 """Report: one self-contained HTML page per run (`runs/<run_id>/report/index.html`, PNGs
 beside it, nothing fetched from the network) with what a person would otherwise eyeball in
-a notebook: noisy / denoised / clean test images, the evaluator's tables, the training
-curves and, for VAEs, samples from the prior, the latent space coloured by label and a
-walk across it.
+a notebook: noisy / denoised / clean test images, the evaluator's tables, PSNR against the
+noise level for each corruption of the sweep, the training curves and, for VAEs, samples
+from the prior, the latent space coloured by label and a walk across it.
 
 Image grids are pixel mosaics (each image pixel is a SCALE x SCALE block, PAD pixels of
 white between images), so their size says exactly what grid they hold; charts are
@@ -34,6 +34,8 @@ PAD, SCALE = 2, 2
 EXAMPLES = 12  # test images in the denoising grids
 LATENT_POINTS = 2000  # test images in the latent scatter
 SEED = 0
+# The evaluator's sweep columns, as the figure and the table name them.
+SWEPT = {"denoised": "model", "noisy": "noisy input", "median": "median filter 3x3"}
 
 
 # ---- pure core -------------------------------------------------------------------------
@@ -77,6 +79,25 @@ def save_curves(path: Path, history: dict[str, list[float]]) -> Path:
         if f"val_{name}" in history:
             ax.plot(epochs, history[f"val_{name}"], "o-", label="validation")
         ax.set(title=name, xlabel="epoch")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def save_sweep(path: Path, rows: list[dict[str, Any]]) -> Path:
+    """One panel per swept corruption: PSNR against its level for the model, the noisy input
+    (below it, the model makes images worse) and the median filter (the free baseline)."""
+    plt = _plt()
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3), squeeze=False)
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        mine = [r for r in rows if r["kind"] == kind]
+        levels = [r["level"] for r in mine]
+        for name, label in SWEPT.items():
+            ax.plot(levels, [r[f"psnr_{name}"] for r in mine], "o-", label=label)
+        ax.set(title=kind, xlabel="level", ylabel="PSNR (dB)")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -145,14 +166,15 @@ def metric_tables(m: dict[str, Any]) -> list[tuple[str, str]]:
             ),
         )
     ]
-    kinds = m.get("noise_kinds") or {}
-    if kinds:
+    if m.get("sweep"):
         rows = [
-            [name] + [r.get(f"{k}_{s}") for k in keys for s in ("noisy", "denoised")]
-            for name, r in kinds.items()
+            [r["kind"], r["level"]] + [r[f"{k}_{s}"] for k in ("psnr", "ssim") for s in SWEPT]
+            for r in m["sweep"]
         ]
-        header = ["corruption"] + [f"{k} {s}" for k in keys for s in ("noisy", "denoised")]
-        out.append(("Other corruptions (clean test images, fixed seed)", table(rows, header)))
+        header = ["corruption", "level"] + [
+            f"{k} {v}" for k in ("PSNR", "SSIM") for v in SWEPT.values()
+        ]
+        out.append(("The sweep (clean test images, fixed seed)", table(rows, header)))
     if m.get("psnr_per_class"):
         per = m["psnr_per_class"]
         out.append(("Denoised PSNR per class (dB)", table([list(per.values())], list(per))))
@@ -228,15 +250,20 @@ def run(ctx: StageContext) -> StageResult:
 
     noisy, clean = test["noisy"][:EXAMPLES], test["clean"][:EXAMPLES]
     save_grid(out / "denoising.png", [noisy, predict(noisy), clean])
+    # One row pair per swept corruption, at a middle level of its sweep.
+    middles = [(spec.kind, spec.levels[len(spec.levels) // 2]) for spec in cfg.evaluate.sweep]
     rows = []
-    for spec in cfg.evaluate.noise_kinds:
-        corrupted = corrupt(clean, spec.kind, spec.level, np.random.default_rng(SEED))
+    for kind, level in middles:
+        corrupted = corrupt(clean, kind, level, np.random.default_rng(SEED))
         rows += [corrupted, predict(corrupted)]
     figures = [("Test images: noisy (top), denoised, clean (bottom)", "denoising.png")]
     if rows:
         save_grid(out / "corruptions.png", rows)
-        kinds = ", ".join(f"{s.kind} {s.level:g}" for s in cfg.evaluate.noise_kinds)
+        kinds = ", ".join(f"{kind} {level:g}" for kind, level in middles)
         figures.append((f"Each corruption ({kinds}): noisy row, then denoised", "corruptions.png"))
+    if metrics.get("sweep"):
+        save_sweep(out / "sweep.png", metrics["sweep"])
+        figures.append(("The sweep: PSNR against the noise level", "sweep.png"))
     save_curves(out / "training_curves.png", history)
     figures.append(("Training curves", "training_curves.png"))
     if vae.parts(model) is not None:

@@ -44,6 +44,20 @@ def test_principal_plane_and_manifold_grid():
     assert report.manifold_points(rng.normal(0, 1, (50, 2)), n=3).shape == (9, 2)
 
 
+def _sweep_row(kind, level, psnr_noisy):
+    """A row of the evaluator's sweep: the model 2 dB above the input, the median filter 1."""
+    row = {"kind": kind, "level": level, "psnr_noisy": psnr_noisy}
+    row |= {"psnr_denoised": psnr_noisy + 2, "psnr_median": psnr_noisy + 1}
+    return row | {f"ssim_{s}": 0.5 for s in report.SWEPT}
+
+
+def test_the_sweep_figure_has_one_panel_per_corruption(tmp_path):
+    rows = [_sweep_row(k, v, 20 - 10 * v) for k in ("gaussian", "mask") for v in (0.1, 0.5, 0.9)]
+    assert png_size(report.save_sweep(tmp_path / "a.png", rows)) == (2 * 4 * 80, 3 * 80)
+    one = report.save_sweep(tmp_path / "b.png", rows[:3])
+    assert png_size(one) == (4 * 80, 3 * 80)
+
+
 def test_tables_show_every_evaluator_table():
     metrics = {
         f"{k}_{s}": 1.5
@@ -53,7 +67,7 @@ def test_tables_show_every_evaluator_table():
     metrics |= {
         "baseline_version": 3,
         "baseline_metrics": {"psnr": 20.25},
-        "noise_kinds": {"mask:0.3": {"psnr_noisy": 8.5}},
+        "sweep": [_sweep_row("mask", 0.3, 8.5)],
         "psnr_per_class": {"7": 21.0},
         "neg_elbo": 90.0,
         "reconstruction_nats": 80.0,
@@ -63,7 +77,8 @@ def test_tables_show_every_evaluator_table():
     assert len(tables) == 4
     (main,) = [t for title, t in tables.items() if "this run" in title]
     assert "served version 3" in main and "20.25" in main
-    assert any("mask:0.3" in t for t in tables.values())
+    (sweep,) = [t for title, t in tables.items() if "sweep" in title]
+    assert "<td>mask</td><td>0.3</td><td>10.5</td><td>8.5</td><td>9.5</td>" in sweep
     assert any("<th>7</th>" in t and "21" in t for t in tables.values())
     assert any("-ELBO" in t and "90" in t for t in tables.values())
 
@@ -125,6 +140,7 @@ def test_a_vae_run_report_has_every_figure(tiny_run, family):
         "latent_manifold.png",
         "latent_scatter.png",
         "prior_samples.png",
+        "sweep.png",
         "training_curves.png",
     ]
     for name in pngs:
@@ -132,7 +148,9 @@ def test_a_vae_run_report_has_every_figure(tiny_run, family):
         png_size(out / name)
     assert "http" not in page  # self-contained
     assert png_size(out / "denoising.png") == grid_size(3, report.EXAMPLES)
-    assert png_size(out / "corruptions.png") == grid_size(2 * 3, report.EXAMPLES)  # 3 kinds
+    # One noisy and one denoised row per swept corruption, at a middle level.
+    assert png_size(out / "corruptions.png") == grid_size(2 * 3, report.EXAMPLES)
+    assert "(gaussian 0.3, salt_pepper 0.2, mask 0.3)" in page
     assert png_size(out / "prior_samples.png") == grid_size(10, 10)
     assert png_size(out / "latent_manifold.png") == grid_size(10, 10)
     assert "-ELBO" in page and "blessed" in page
@@ -142,5 +160,5 @@ def test_a_vae_run_report_has_every_figure(tiny_run, family):
 def test_an_autoencoder_report_has_no_latent_figures(tiny_run, family):
     out = _report_for(family, tiny_run, family)
     pngs = sorted(p.name for p in out.glob("*.png"))
-    assert pngs == ["corruptions.png", "denoising.png", "training_curves.png"]
+    assert pngs == ["corruptions.png", "denoising.png", "sweep.png", "training_curves.png"]
     assert "-ELBO" not in (out / "index.html").read_text()
