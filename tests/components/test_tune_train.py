@@ -1,5 +1,7 @@
 """Tune and train on tiny transformed examples: real Keras Tuner, real fits."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 
@@ -218,6 +220,68 @@ def test_fresh_noise_draws_new_noise_each_epoch_and_covers_every_image():
     assert np.allclose(noisy_0 * 255, np.round(noisy_0 * 255), atol=1e-4)  # 8-bit, like transform
     again = train.fresh_noise(clean, gaussian, batch_size=4, seed=7)
     np.testing.assert_array_equal(epoch(again)[0], noisy_0)  # a function of the seed alone
+
+
+def _epochs_of_fresh_noise(level, epochs=2, n=40, kind="gaussian"):
+    """Each image's noise in each epoch, [epochs, n], measured from noisy - clean (the
+    gaussian stddev or the fraction hit); image i is a grey of its own, (100 + i) / 255.
+    One batch an epoch: the levels that differ are those of images in the same batch."""
+    from dae.components import noise
+
+    greys = ((100 + np.arange(n)) / 255).reshape(n, 1, 1, 1)
+    clean = np.broadcast_to(greys, (n, 32, 32, 1)).astype(np.float32)
+    corrupt = partial(noise.corrupt_batch, kind=kind, level=level)
+    data = train.fresh_noise(clean, corrupt, batch_size=n, seed=7)
+    out = np.zeros((epochs, n))
+    for e in range(epochs):
+        for i in range(len(data)):
+            noisy, target = data[i]
+            rows = np.round(target[:, 0, 0, 0] * 255).astype(int) - 100
+            diff = noisy - target
+            hit = diff.std(axis=(1, 2, 3)) if kind == "gaussian" else (diff != 0).mean((1, 2, 3))
+            out[e, rows] = hit
+        data.on_epoch_end()
+    return out
+
+
+def test_fresh_noise_of_a_single_level_is_what_it_always_was():
+    """Pinned to the bytes fresh noise gave before levels could be drawn (bd1682a)."""
+    import hashlib
+
+    from dae.components import noise
+
+    image = (np.arange(28 * 28).reshape(28, 28, 1) * 7 % 256).astype(np.float32) / 255.0
+    clean = np.stack([image, image[::-1], image[:, ::-1]] * 3)
+    digest = hashlib.sha256()
+    for kind, level in (("gaussian", 0.5), ("salt_pepper", 0.2), ("mask", 0.3)):
+        corrupt = partial(noise.corrupt_batch, kind=kind, level=level)
+        data = train.fresh_noise(clean, corrupt, batch_size=4, seed=42)
+        for _ in range(2):
+            for i in range(len(data)):
+                digest.update(data[i][0].tobytes())
+            data.on_epoch_end()
+    assert digest.hexdigest() == (
+        "65b93277e78cf1f32d823b714166e3bcc9014ea1c5ad73256c97d66a834717b2"
+    )
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "mask"])
+def test_fresh_noise_draws_each_images_level_anew_each_epoch(kind):
+    first, second = _epochs_of_fresh_noise({"min": 0.02, "max": 0.2}, kind=kind)
+    for amounts in (first, second):  # every image its own level, over the whole range
+        assert amounts.min() < 0.04 and amounts.max() > 0.17 and amounts.max() < 0.23
+    # An image's level in one epoch says nothing of the next one's.
+    assert np.mean(np.abs(first - second) > 0.02) > 0.6
+    np.testing.assert_array_equal(
+        _epochs_of_fresh_noise({"min": 0.02, "max": 0.2}, kind=kind), [first, second]
+    )  # a function of the seed alone
+
+
+def test_fresh_noise_of_a_list_draws_only_its_levels():
+    amounts = _epochs_of_fresh_noise([0.03, 0.15]).ravel()
+    near = np.minimum(np.abs(amounts - 0.03) / 0.03, np.abs(amounts - 0.15) / 0.15)
+    assert near.max() < 0.1
+    assert 0.3 < np.mean(amounts < 0.09) < 0.7
 
 
 def test_tuner_state_files_are_replaced_whole(tmp_path, monkeypatch, small):
