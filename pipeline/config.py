@@ -147,11 +147,6 @@ class TrainConfig(_Section):
     fresh_noise: bool = True
 
 
-class NoiseSpec(_Section):
-    kind: Literal["gaussian", "salt_pepper", "mask"]
-    level: float = Field(ge=0.0, le=1.0)  # stddev; fraction of pixels hit; fraction masked
-
-
 class SweepSpec(_Section):
     kind: Literal["gaussian", "salt_pepper", "mask"]
     levels: list[float] = Field(min_length=1)
@@ -181,14 +176,6 @@ class EvaluateConfig(_Section):
     # ... and is not worse than the served version by more than this, on the same test set.
     max_regression_db: float = Field(0.5, ge=0.0)
     batch_size: int = Field(512, ge=1)
-    # Corruptions the model is also scored under (made from the clean test images).
-    noise_kinds: list[NoiseSpec] = Field(
-        default_factory=lambda: [
-            NoiseSpec(kind="gaussian", level=0.5),
-            NoiseSpec(kind="salt_pepper", level=0.2),
-            NoiseSpec(kind="mask", level=0.3),
-        ]
-    )
     # The sweep: each corruption at each level, made from (the first sweep_examples of) the
     # clean test images, scored for the noisy input, the model and a 3x3 median filter.
     sweep: list[SweepSpec] = Field(default_factory=_default_sweep)
