@@ -203,6 +203,13 @@ def run(ctx: StageContext) -> StageResult:
         f"{metrics['ssim_denoised']:.3f}{elbo}; {'blessed' if blessed else 'not blessed'}: "
         f"{reason}"
     )
+    if metrics["sweep"]:
+        worst = min(metrics["sweep"], key=lambda r: r["psnr_denoised"] - r["psnr_noisy"])
+        ctx.log(
+            f"evaluate: the sweep's worst level, {worst['kind']} {worst['level']:g}: PSNR "
+            f"{worst['psnr_noisy']:.2f} dB -> {worst['psnr_denoised']:.2f} dB (median filter "
+            f"{worst['psnr_median']:.2f} dB)"
+        )
     return StageResult({**metrics, "blessed": blessed, "blessing_reason": reason})
 
 

@@ -325,7 +325,7 @@ SSIM_REFUSAL = r"gaussian 0\.05: SSIM [\d.]+ is below the noisy input's [\d.]+"
     ],
     ids=["psnr-blur", "psnr-identity", "ssim-blur", "ssim-identity"],
 )
-def test_a_model_that_harms_light_noise_is_refused(pairs, rule, levels, blurs, reason):
+def test_a_model_that_harms_light_noise_is_refused(pairs, rule, levels, blurs, reason, capsys):
     from dae.pipeline.config import apply_overrides
 
     tmp, cfg, examples = pairs
@@ -344,5 +344,6 @@ def test_a_model_that_harms_light_noise_is_refused(pairs, rule, levels, blurs, r
         assert at[0.05]["ssim_denoised"] < at[0.05]["ssim_noisy"]
         assert not verdict["blessed"] and re.fullmatch(reason, verdict["reason"])
         assert (outs["blessing"] / "NOT_BLESSED").exists()
+        assert "the sweep's worst level, gaussian 0.05: PSNR" in capsys.readouterr().out
     else:
         assert verdict["blessed"] and (outs["blessing"] / "BLESSED").exists()
