@@ -173,7 +173,9 @@ def test_output_does_not_depend_on_sharding(tiny_examples, make_ctx, config, tmp
 
 @pytest.mark.slow
 def test_two_beam_workers_make_the_same_examples(tiny_examples, make_ctx, config, tmp_path):
-    """The DirectRunner in multi_processing mode with 2 workers: same seeds, same output."""
+    """The DirectRunner in multi_processing mode with 2 workers: same seeds, same output,
+    levels drawn per example included."""
+    config.noise.stddev = {"min": 0.0, "max": 0.9}
     ctx = make_ctx({"examples": tiny_examples}, transform.SPEC.outputs)
     one = transform.run(ctx).metrics
     config.beam.options = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
