@@ -12,8 +12,14 @@ bound VAE papers report, `neg_elbo_clean_input`). The data are the prepared TFDS
 and every model trains as the pipeline's trainer does (with `train.fresh_noise`, new noise
 on the training images each epoch).
 
+With the model `classical` (in the default list), it then prints the classical denoisers'
+sweep (bench/classical_denoisers.py): the noisy input, a 3x3 median, total variation,
+non-local means and BM3D at each gaussian level of the config's evaluate.sweep, each
+parameter tuned for each level on held-out train images; `--models classical` alone.
+
     .venv/bin/python bench/quality.py [--quick] [--epochs 20] [--batch-size 64] [--models ...]
                                       [--datasets mnist fashion_mnist] [--json results.json]
+                                      [--sweep-images 1000] [--heldout-images 200]
 
 Targets (MNIST): tuned >= best seed baseline + 3.0 dB and >= 21 dB; a VAE at <= 95 nats.
 """
@@ -38,30 +44,32 @@ TARGET_GAIN_DB, TARGET_PSNR_DB, TARGET_ELBO = 3.0, 21.0, 95.0
 SIGMA = 0.5
 
 
+def tfds_split(dataset: str, data_dir: str, split: str, n: int | None = None):
+    """(images in [0, 1], labels) of the first `n` examples of a prepared TFDS split."""
+    import tensorflow_datasets as tfds
+
+    ds = tfds.load(
+        dataset,
+        split=split,
+        batch_size=-1,
+        data_dir=os.path.expanduser(data_dir),
+        download=False,
+    )
+    data = tfds.as_numpy(ds)
+    return data["image"][:n].astype(np.float32) / 255.0, data["label"][:n]
+
+
 def load(dataset: str, data_dir: str, limit: int | None, test_limit: int | None, sigma: float):
     """{split: (noisy, clean, labels)}: train / eval as the pipeline splits them (90 / 10),
     the official test split, each corrupted from its own fixed seed."""
-    import tensorflow_datasets as tfds
-
     from dae.imaging import corrupt
 
-    def split(name, n):
-        ds = tfds.load(
-            dataset,
-            split=name,
-            batch_size=-1,
-            data_dir=os.path.expanduser(data_dir),
-            download=False,
-        )
-        data = tfds.as_numpy(ds)
-        return data["image"][:n].astype(np.float32) / 255.0, data["label"][:n]
-
-    images, labels = split("train", limit)
+    images, labels = tfds_split(dataset, data_dir, "train", limit)
     n_eval = len(images) // 10
     parts = {
         "eval": (images[:n_eval], labels[:n_eval]),
         "train": (images[n_eval:], labels[n_eval:]),
-        "test": split("test", test_limit),
+        "test": tfds_split(dataset, data_dir, "test", test_limit),
     }
     out = {}
     for i, (name, (clean, y)) in enumerate(parts.items()):
@@ -182,6 +190,28 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
     return [r | {"dataset": dataset} for r in rows]
 
 
+def classical_sweep(dataset, args, cfg) -> list[dict]:
+    """The classical denoisers' sweep table (bench/classical_denoisers.py), one row each."""
+    import classical_denoisers as cd
+
+    sigmas = next((s.levels for s in cfg.evaluate.sweep if s.kind == "gaussian"), [SIGMA])
+    heldout, _ = tfds_split(dataset, cfg.data.data_dir, f"train[:{args.heldout_images}]")
+    test, _ = tfds_split(dataset, cfg.data.data_dir, f"test[:{args.sweep_images}]")
+    print(
+        f"\n{dataset}: gaussian sigma, {len(test)} test images, parameters tuned on the first "
+        f"{len(heldout)} train images",
+        flush=True,
+    )
+    start = time.perf_counter()
+    results = cd.sweep(heldout, test, sigmas, log=lambda line: print(line, flush=True))
+    print(f"({time.perf_counter() - start:.0f} s)\n")
+    print("\n".join(cd.table(results)), flush=True)
+    return [
+        {"dataset": dataset, "model": n, "family": "classical", "sweep": r}
+        for n, r in results.items()
+    ]
+
+
 def _fmt(v, spec: str, width: int):
     return f"{'-':>{width}}" if v is None else f"{v:>{width}{spec}}"
 
@@ -230,6 +260,12 @@ def verdicts(rows: list[dict]) -> list[str]:
     ]
 
 
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of images >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv=None) -> int:
     from dae.pipeline.config import load_config
 
@@ -242,15 +278,18 @@ def main(argv=None) -> int:
     p.add_argument(
         "--models",
         nargs="+",
-        default=[*SEEDS, "tuned", "tuned VAE", "clean VAE"],
-        help="a subset of the rows to train (default: all)",
+        default=[*SEEDS, "tuned", "tuned VAE", "clean VAE", "classical"],
+        help="a subset of the rows to train (default: all); classical: the classical sweep",
     )
+    p.add_argument("--sweep-images", type=_count, default=1000, help="test images of the sweep")
+    p.add_argument("--heldout-images", type=_count, default=200, help="train images tuned on")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
     overrides = []
     args.limit = args.test_limit = None
     if args.quick:  # every model, tiny: a check that the benchmark runs, not a measurement
         args.limit, args.test_limit = 3000, 500
+        args.sweep_images, args.heldout_images = 50, 20
         overrides = [
             "tune.tuner=random",
             "tune.max_trials=2",
@@ -261,17 +300,21 @@ def main(argv=None) -> int:
     overrides.append(f"train.batch_size={args.batch_size}")
     cfg = load_config(args.config, "default", overrides)
     args.epochs = 2 if args.quick else args.epochs
-    print(
-        f"{'dataset':<14} {'model':<13} {'family':<13} {'ep':>3} {'params':>9} {'PSNR':>7} "
-        f"{'SSIM':>6} {'-ELBO':>8} {'clean':>8} {'train s':>7}",
-        flush=True,
-    )
     rows = []
-    for dataset in args.datasets:
-        rows += bench_dataset(dataset, args, cfg)
-    print()
-    for line in verdicts(rows):
-        print(line)
+    if set(args.models) - {"classical"}:
+        print(
+            f"{'dataset':<14} {'model':<13} {'family':<13} {'ep':>3} {'params':>9} {'PSNR':>7} "
+            f"{'SSIM':>6} {'-ELBO':>8} {'clean':>8} {'train s':>7}",
+            flush=True,
+        )
+        for dataset in args.datasets:
+            rows += bench_dataset(dataset, args, cfg)
+        print()
+        for line in verdicts(rows):
+            print(line)
+    if "classical" in args.models:
+        for dataset in args.datasets:
+            rows += classical_sweep(dataset, args, cfg)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
     return 0
