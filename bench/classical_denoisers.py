@@ -43,11 +43,12 @@ def nl_means(noisy: np.ndarray, h: float) -> np.ndarray:
 def bm3d(noisy: np.ndarray, sigma_psd: float) -> np.ndarray:
     """bm3d.bm3d (profile 'np', one thread: reproducible) of each image of [N, H, W, 1].
 
-    Its first stage (hard thresholding) costs ~0.3 s of fixed overhead a call, whatever the
-    image's size: it runs as one bm4d call on the images stacked as a volume, matching
-    blocks within each image only (the same search window, none across the stack). Its
-    thresholds depend on the input's range, so images are stacked by their range. That and
-    the second stage, per image on the first's estimate, are bm3d's own to float precision."""
+    Its first stage (hard thresholding) has a fixed cost a call that dwarfs a small image's
+    work (bench/quality.py's sweep would take hours): it runs as one bm4d call on the images
+    stacked as a volume, matching blocks within each image only (the same search window,
+    none across the stack). Its block matching is capped by the input's range, so images are
+    stacked by their range. That and the second stage, per image on the first's estimate,
+    are bm3d's own to float precision."""
     import bm3d as bm3d_lib
     import bm4d
 
@@ -70,14 +71,10 @@ def bm3d(noisy: np.ndarray, sigma_psd: float) -> np.ndarray:
     return np.stack(out)[..., None].astype(np.float32)
 
 
-def median(noisy: np.ndarray, size: int) -> np.ndarray:
-    return median_filter(noisy, size)
-
-
 Denoiser = Callable[[np.ndarray, float], np.ndarray]
 # name: (denoiser, its parameter's name, the grid at a level)
 DENOISERS: dict[str, tuple[Denoiser, str, Callable[[float], Sequence[float]]]] = {
-    "median 3x3": (median, "size", lambda _: (MEDIAN_SIZE,)),
+    "median 3x3": (median_filter, "size", lambda _: (MEDIAN_SIZE,)),
     "TV": (total_variation, "weight", lambda s: [s * f for f in FACTORS]),
     "NL-means": (nl_means, "h", lambda s: [s * f for f in FACTORS]),
     "BM3D": (bm3d, "sigma", lambda s: [s * f for f in FACTORS]),
