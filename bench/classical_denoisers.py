@@ -92,18 +92,29 @@ def tune(denoise: Denoiser, grid: Sequence[float], noisy, clean) -> tuple[float,
     return grid[int(np.argmax(scores))], scores
 
 
+def noisy(clean: np.ndarray, sigma: float, seed: int = TEST_SEED) -> np.ndarray:
+    return corrupt(clean, "gaussian", sigma, np.random.default_rng(seed))
+
+
+def scored(predict: Callable[[np.ndarray], np.ndarray], test, sigmas) -> list[dict]:
+    """A model's row of the sweep, {sigma, psnr, ssim}: `predict` of the test images noised
+    as the denoisers' are."""
+    rows = []
+    for sigma in sigmas:
+        m = image_metrics(predict(noisy(test, sigma)), test)
+        rows.append({"sigma": sigma, "psnr": m["psnr"], "ssim": m["ssim"]})
+    return rows
+
+
 def sweep(heldout: np.ndarray, test: np.ndarray, sigmas: Sequence[float], names=None, log=print):
     """{name: [{sigma, psnr, ssim, parameter, edge}]} for the noisy input and each denoiser
     of `names` (default all): tuned on `heldout`, scored on `test`, clean images [N, H, W, 1]
     in [0, 1]. `edge`: the tuned parameter is the grid's first or last (the optimum may lie
     beyond it)."""
     names = list(DENOISERS) if names is None else names
-    out: dict[str, list[dict]] = {"noisy input": [], **{n: [] for n in names}}
-    for sigma in sigmas:
-        noisy_h = corrupt(heldout, "gaussian", sigma, np.random.default_rng(HELDOUT_SEED))
-        noisy_t = corrupt(test, "gaussian", sigma, np.random.default_rng(TEST_SEED))
-        m = image_metrics(noisy_t, test)
-        out["noisy input"].append({"sigma": sigma, "psnr": m["psnr"], "ssim": m["ssim"]})
+    out = {"noisy input": scored(lambda x: x, test, sigmas), **{n: [] for n in names}}
+    for sigma in sigmas if names else []:
+        noisy_h, noisy_t = noisy(heldout, sigma, HELDOUT_SEED), noisy(test, sigma)
         for name in names:
             denoise, _, grid_at = DENOISERS[name]
             grid = list(grid_at(sigma))
@@ -128,9 +139,9 @@ def table(results: dict[str, list[dict]]) -> list[str]:
     lines += [
         f"{n:<24}" + "".join(f"{r['ssim']:8.3f}" for r in rows) for n, rows in results.items()
     ]
-    lines += ["", f"{'tuned parameter':<24}" + head[24:]]
-    for name, rows in results.items():
-        if name in DENOISERS:
-            cells = "".join(f"{r['parameter']:7.3g}{'*' if r['edge'] else ' '}" for r in rows)
-            lines.append(f"{name + ' ' + DENOISERS[name][1]:<24}" + cells)
+    tuned = [(n, rows) for n, rows in results.items() if n in DENOISERS and rows]
+    lines += ["", f"{'tuned parameter':<24}" + head[24:]] if tuned else []
+    for name, rows in tuned:
+        cells = "".join(f"{r['parameter']:7.3g}{'*' if r['edge'] else ' '}" for r in rows)
+        lines.append(f"{name + ' ' + DENOISERS[name][1]:<24}" + cells)
     return lines

@@ -12,10 +12,11 @@ bound VAE papers report, `neg_elbo_clean_input`). The data are the prepared TFDS
 and every model trains as the pipeline's trainer does (with `train.fresh_noise`, new noise
 on the training images each epoch).
 
-With the model `classical` (in the default list), it then prints the classical denoisers'
-sweep (bench/classical_denoisers.py): the noisy input, a 3x3 median, total variation,
-non-local means and BM3D at each gaussian level of the config's evaluate.sweep, each
-parameter tuned for each level on held-out train images; `--models classical` alone.
+Then the sweep table: PSNR and SSIM at each gaussian level of the config's evaluate.sweep on
+the first --sweep-images test images, for the noisy input, the trained denoisers and, with
+the model `classical` (in the default list), the classical denoisers of
+bench/classical_denoisers.py (a 3x3 median, total variation, non-local means, BM3D, each
+parameter tuned for each level on held-out train images); `--models classical` alone.
 
     .venv/bin/python bench/quality.py [--quick] [--epochs 20] [--batch-size 64] [--models ...]
                                       [--datasets mnist fashion_mnist] [--json results.json]
@@ -98,10 +99,11 @@ def tuned_hyperparameters(cfg, families, data, moments, work: Path, beta):
 
 
 def train_and_score(
-    name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0, sigma=SIGMA
+    name, family, hp, data, moments, cfg, epochs, work: Path, beta=1.0, sigma=SIGMA, sweep=None
 ):
     """Fit on the whole training split for `epochs` (EarlyStopping as the pipeline's), score
-    the deployable model on the test split. `sigma` 0: the data are clean in, clean out."""
+    the deployable model on the test split, and, for a denoiser, `sweep(model)` its row of the
+    sweep. `sigma` 0: the data are clean in, clean out."""
     import keras
 
     from dae.components import evaluate, train, vae
@@ -140,6 +142,8 @@ def train_and_score(
         "train_seconds": round(seconds, 1),
         "hyperparameters": hp.values,
     }
+    if sweep is not None and sigma:
+        row["sweep"] = sweep(served)
     if vae.parts(served) is not None:
         row["neg_elbo"] = vae.elbo(served, noisy, clean)["neg_elbo"]
         row["neg_elbo_clean"] = vae.elbo(served, clean, clean)["neg_elbo"]
@@ -147,10 +151,18 @@ def train_and_score(
 
 
 def bench_dataset(dataset, args, cfg) -> list[dict]:
+    import classical_denoisers as cd
+
     from dae.components import evaluate
     from dae.components.models import FAMILIES, VAES, hyperparameters
 
     data = load(dataset, cfg.data.data_dir, args.limit, args.test_limit, SIGMA)
+    sweep_test = data["test"][1][: args.sweep_images]
+
+    def sweep(model):
+        predict = partial(model.predict, batch_size=512, verbose=0)
+        return cd.scored(predict, sweep_test, sweep_levels(cfg))
+
     clean = data["train"][1]
     moments = {"shape": clean.shape[1:], "mean": float(clean.mean()), "std": float(clean.std())}
     noisy = evaluate.image_metrics(data["test"][0], data["test"][1])
@@ -161,7 +173,15 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
         for seed in (s for s in SEEDS if s in args.models):
             rows.append(
                 train_and_score(
-                    seed, seed, hyperparameters(), data, moments, cfg, args.epochs, work
+                    seed,
+                    seed,
+                    hyperparameters(),
+                    data,
+                    moments,
+                    cfg,
+                    args.epochs,
+                    work,
+                    sweep=sweep,
                 )
             )
             print(_line(dataset, rows[-1]), flush=True)
@@ -183,18 +203,25 @@ def bench_dataset(dataset, args, cfg) -> list[dict]:
             hp = tuned_hyperparameters(cfg, families, d, moments, work / name, beta)
             tune_s = round(time.perf_counter() - start, 1)
             row = train_and_score(
-                name, families, hp, d, moments, cfg, args.epochs, work, beta, sigma
+                name, families, hp, d, moments, cfg, args.epochs, work, beta, sigma, sweep
             )
             rows.append(row | {"tune_seconds": tune_s, "sigma": sigma})
             print(_line(dataset, rows[-1]), flush=True)
     return [r | {"dataset": dataset} for r in rows]
 
 
-def classical_sweep(dataset, args, cfg) -> list[dict]:
-    """The classical denoisers' sweep table (bench/classical_denoisers.py), one row each."""
+def sweep_levels(cfg) -> list[float]:
+    """The gaussian levels of the evaluator's sweep (evaluate.sweep)."""
+    return next((s.levels for s in cfg.evaluate.sweep if s.kind == "gaussian"), [SIGMA])
+
+
+def sweep_table(dataset, args, cfg, models: list[dict]) -> list[dict]:
+    """The sweep table: the noisy input, the classical denoisers (bench/classical_denoisers.py)
+    if `classical` is in --models, and the trained `models`' sweep rows; a row for each of the
+    first two."""
     import classical_denoisers as cd
 
-    sigmas = next((s.levels for s in cfg.evaluate.sweep if s.kind == "gaussian"), [SIGMA])
+    names = list(cd.DENOISERS) if "classical" in args.models else []
     heldout, _ = tfds_split(dataset, cfg.data.data_dir, f"train[:{args.heldout_images}]")
     test, _ = tfds_split(dataset, cfg.data.data_dir, f"test[:{args.sweep_images}]")
     print(
@@ -203,9 +230,10 @@ def classical_sweep(dataset, args, cfg) -> list[dict]:
         flush=True,
     )
     start = time.perf_counter()
-    results = cd.sweep(heldout, test, sigmas, log=lambda line: print(line, flush=True))
+    log = partial(print, flush=True)
+    results = cd.sweep(heldout, test, sweep_levels(cfg), names=names, log=log)
     print(f"({time.perf_counter() - start:.0f} s)\n")
-    print("\n".join(cd.table(results)), flush=True)
+    print("\n".join(cd.table(results | {r["model"]: r["sweep"] for r in models})), flush=True)
     return [
         {"dataset": dataset, "model": n, "family": "classical", "sweep": r}
         for n, r in results.items()
@@ -312,9 +340,9 @@ def main(argv=None) -> int:
         print()
         for line in verdicts(rows):
             print(line)
-    if "classical" in args.models:
-        for dataset in args.datasets:
-            rows += classical_sweep(dataset, args, cfg)
+    for dataset in args.datasets:
+        models = [r for r in rows if r["dataset"] == dataset and "sweep" in r]
+        rows += sweep_table(dataset, args, cfg, models)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
     return 0
