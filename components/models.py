@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 FAMILIES = ("dense", "conv", "vae", "conv_vae")
@@ -23,7 +24,7 @@ BASELINES = ("seed_mlp", "seed_conv", "seed_vae", "seed_vae_128")
 VAES = ("vae", "conv_vae", "seed_vae", "seed_vae_128")
 OBJECTIVE = "val_mse"  # what every family reports alike, so one search can span families
 REFINE_FILTERS = 16  # the conv family's full-resolution layer
-INPUT_EPS = 1e-3  # a residual output's 0 and 1 pass through as 0.001 and 0.999 (60 dB)
+GATE_BIAS = 4.0  # the gated output's initial gate, sigmoid(4) = 0.98: near the input
 
 
 def _layers():
@@ -90,11 +91,11 @@ def _depth_to_space(x, c: int):
 
 
 def _conv_ae(hp, x, shape, images):
-    """`_conv_features` then the output: residual (`_residual_output`, `residual` True) or
-    the sigmoid of a convolution of the features."""
+    """`_conv_features` then the output: gated (`_gated_output`) or direct, the sigmoid of
+    a convolution of the features (the family before issue 25)."""
     features = _conv_features(hp, x, shape)
-    if hp.Fixed("residual", False):
-        return _residual_output(features, images)
+    if hp.Fixed("output", "direct") == "gated":
+        return _gated_output(features, images)
     return _float32_output(_layers().Conv2D(shape[2], 3, padding="same", dtype="float32")(features))
 
 
@@ -121,23 +122,20 @@ def _conv_features(hp, x, shape):
     return _conv(L.Concatenate()([x, standardized]), refine, activation=act)
 
 
-def _residual_output(features, images):
-    """Residual learning: the output's logits are the input's own plus a correction, from a
-    last convolution that starts at zero, so an untrained model returns its input and
-    training learns only what to change (a lightly noisy image needs little). In logits
-    rather than pixels, so the output stays in [0, 1] and the loss keeps its gradient."""
-    correction = _layers().Conv2D(
-        images.shape[-1], 3, padding="same", dtype="float32", kernel_initializer="zeros"
-    )(features)
-    return _float32_output(_layers().Add(dtype="float32")([correction, _logit(images)]))
-
-
-def _logit(images, eps: float = INPUT_EPS):
-    """The logit of pixels in [0, 1], clipped to [eps, 1 - eps] (0 and 1 have none)."""
+def _gated_output(features, images):
+    """g * input + (1 - g) * reconstruction, with a per-pixel gate g and both maps from
+    float32 convolutions of the features. The gate starts open (GATE_BIAS) and the
+    reconstruction at 0.5, so an untrained model returns nearly its input: a lightly noisy
+    image need not be learned back, and under heavy noise the gate closes."""
     import keras
 
-    p = keras.ops.clip(images, eps, 1.0 - eps)
-    return keras.ops.log(p / (1.0 - p))
+    L, c = _layers(), images.shape[-1]
+    head = partial(L.Conv2D, c, 3, padding="same", dtype="float32", kernel_initializer="zeros")
+    gate = keras.ops.sigmoid(
+        head(bias_initializer=keras.initializers.Constant(GATE_BIAS))(features)
+    )
+    reconstruction = keras.ops.sigmoid(head()(features))
+    return gate * images + (1.0 - gate) * reconstruction
 
 
 def _float32_output(logits):
