@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from dae import compat
 from dae.classical import median_filter
 from dae.imaging import corrupt, image_metrics, psnr
 
@@ -54,7 +55,7 @@ def bm3d(noisy: np.ndarray, sigma_psd: float) -> np.ndarray:
 
     profile = bm3d_lib.BM3DProfile()
     profile.num_threads = 1
-    volume_profile = bm3d_lib._convert_profile(profile)  # bm3d's own mapping to a bm4d profile
+    volume_profile = compat.bm3d_volume_profile(profile)  # bm3d's own mapping to a bm4d one
     volume_profile.search_window_ht = (*volume_profile.search_window_ht[:2], 0)
     images = np.asarray(noisy[..., 0], np.float32)
     spans = images.max(axis=(1, 2)) - images.min(axis=(1, 2))

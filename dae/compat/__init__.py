@@ -18,6 +18,7 @@ the assignment did nothing and was removed; asyncio's own handlers still see the
 """
 
 from dae.compat.beam import beam_fn_api_runner
+from dae.compat.bm3d import bm3d_volume_profile
 from dae.compat.checks import (
     DISTRIBUTIONS,
     MARK,
@@ -46,6 +47,7 @@ __all__ = [
     "CompatError",
     "atomic_tuner_state",
     "beam_fn_api_runner",
+    "bm3d_volume_profile",
     "chief_waits_for_workers",
     "hyperband_trials",
     "keras_multi_worker_fit",

@@ -14,6 +14,7 @@ DISTRIBUTIONS = {
     "keras": "keras",
     "keras_tuner": "keras-tuner",
     "apache_beam": "apache-beam",
+    "bm3d": "bm3d",
 }
 
 

@@ -498,3 +498,16 @@ def test_numpy_array_reconstructor_is_what_array_pickles_name(monkeypatch):
     monkeypatch.delattr(multiarray, "_reconstruct")
     with pytest.raises(CompatError, match=r"numpy \S+: .*multiarray._reconstruct is gone"):
         compat.numpy_array_reconstructor()
+
+
+def test_bm3d_volume_profile_is_the_profile_bm3d_runs_with(monkeypatch):
+    bm3d = pytest.importorskip("bm3d")  # a bench-only dependency (requirements-dev.lock)
+    import bm4d
+
+    profile = bm3d.BM3DProfile()
+    profile.num_threads = 1
+    volume = compat.bm3d_volume_profile(profile)
+    assert isinstance(volume, bm4d.BM4DProfile) and volume.num_threads == 1
+    monkeypatch.delattr(bm3d, "_convert_profile")
+    with pytest.raises(CompatError, match=r"bm3d \S+: bm3d._convert_profile is gone"):
+        compat.bm3d_volume_profile(profile)
