@@ -117,6 +117,11 @@ def versions(module: Path = MODULE) -> dict[str, str]:
     return found
 
 
+def argo_version(module: Path = MODULE) -> str:
+    """The Argo release the build pins: its controller, executor image and CRDs agree."""
+    return versions(module)[KEY_MODULES["argo"]]
+
+
 def key(module: Path = MODULE) -> str:
     """`k8s-v1.34.4-etcd-v3.6.16-...-<hash>`: the versions, and a hash of the whole recipe."""
     pins = versions(module)

@@ -178,6 +178,13 @@ def postgres(img: Image, key: str, tmp: Path) -> None:
     commit(img.name, key, "scratch", adds, [*env, *config, "--stop-signal=SIGINT"])
 
 
+def containers(of: tuple[str, ...]) -> list[str]:
+    """The ids of buildah's working containers of these images."""
+    listed = run("buildah", "containers", "--format", "{{.ContainerID}} {{.ImageName}}")
+    rows = [line.split(maxsplit=1) for line in listed.splitlines() if line.strip()]
+    return [row[0] for row in rows if len(row) == 2 and row[1] in of]
+
+
 def dockerfile_build(repo: Path, log: Path, img: Image, key: str, tmp: Path) -> None:
     """The repository's Dockerfile, as is, with its ARG defaults; the layer cache kept.
     The RUN steps see this machine's CA bundle (the network's proxy may re-sign TLS; Debian's
@@ -197,8 +204,16 @@ def dockerfile_build(repo: Path, log: Path, img: Image, key: str, tmp: Path) -> 
         "--volume=/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro",
         *[f"--build-arg={a}" for a in args],
     ]
-    with open(log, "w") as out:
-        done = subprocess.run(["nice", "-n", "5", *cmd, repo], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        with open(log, "w") as out:
+            done = subprocess.run(
+                ["nice", "-n", "5", *cmd, repo], stdout=out, stderr=subprocess.STDOUT
+            )
+    finally:
+        # buildah 1.28 leaves a (mounted) working container of each base a stage copies
+        # from, one more set per build: removed, earlier builds' too.
+        for ctr in containers(of=img.bases):
+            subprocess.run(["buildah", "rm", ctr], capture_output=True)
     if done.returncode != 0:
         tail = [ln for ln in log.read_text().splitlines() if ln.strip()][-1:] or ["no output"]
         raise ImageError(f"buildah bud of {file} failed: {tail[0]} (all of it in {log})")

@@ -24,6 +24,7 @@ import time
 from functools import cache, partial
 from pathlib import Path
 
+import build  # beside this file: the script's folder is on sys.path, as under pytest
 from image_inputs import context_inputs, flink_job_server_jar
 from image_recipes import (
     DEBIAN,
@@ -47,7 +48,8 @@ from image_recipes import (
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = 2  # bump when a build function changes what it makes
 TOOLS = ("mmdebstrap", "buildah", "skopeo", "runc")
-ARGO_VERSION = "v3.7.18"  # the controller's default executor image is argoexec:<its version>
+# The controller's default executor image is argoexec:<its version>.
+ARGO_VERSION = build.argo_version()
 # containerd 1.6's default sandbox_image, and kubelet 1.34's (kubeadm's) pause: both names.
 PAUSE_NAMES = ("registry.k8s.io/pause:3.10.1", "registry.k8s.io/pause:3.6")
 
@@ -87,8 +89,6 @@ def manifest_image(path: Path, pattern: str) -> str:
 
 def binary(name: str) -> Path:
     """One of the cluster's Go binaries (tests/cluster/build.py builds what is missing)."""
-    import build  # beside this file: the script's folder is on sys.path, as under pytest
-
     try:
         return build.binaries() / name
     except build.BuildError as e:

@@ -119,8 +119,10 @@ def invalid_run(cluster, namespace):
         workloads.get(cluster, NAMESPACE, "configmap", "dae-workflow-config")["data"]["config.yaml"]
     )
     config["validate"].update(expected_mean=0.9, mean_tolerance=0.01)
-    # A data size no earlier run ingested: ingest's cache key is new, so it really runs.
-    config["data"]["max_train_examples"] = 700 + secrets.randbelow(100)
+    # A data size no earlier run ingested: ingest's cache key is new, so it really runs; the
+    # whole training split, so it runs long enough to be deleted mid-step (the smoke size's
+    # ingest could end between the poll that saw it run and the deletion).
+    config["data"].update(max_train_examples=None, max_test_examples=150 + secrets.randbelow(100))
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
