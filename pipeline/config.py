@@ -179,7 +179,7 @@ class EvaluateConfig(_Section):
     # The sweep: each corruption at each level, made from (the first sweep_examples of) the
     # clean test images, scored for the noisy input, the model and a 3x3 median filter.
     sweep: list[SweepSpec] = Field(default_factory=_default_sweep)
-    sweep_examples: int | None = Field(2000, ge=1)
+    sweep_examples: int | None = Field(1000, ge=1)
     # Blessed only if, at every level of the sweep, the model's PSNR is at least this far
     # above the noisy input's (null: no such rule; negative: a tolerated loss) ...
     min_sweep_gain_db: float | None = None
