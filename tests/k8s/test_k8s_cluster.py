@@ -11,6 +11,7 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pod_fields
 import pytest
 import yaml
 from k8s_support import (
@@ -48,10 +49,6 @@ KUBE_DNS = {
     "labels": {"k8s-app": "kube-dns"},
     "namespace": {"kubernetes.io/metadata.name": "kube-system"},
 }
-
-
-def _env(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
 
 
 def _pipeline_commands(container: dict) -> list[str]:
@@ -137,7 +134,7 @@ def test_every_pipeline_pod_reads_the_store_url_from_the_secret(rendered, varian
     seen = 0
     for name, pod in pod_templates(rendered[variant]):
         for c in containers(pod):
-            env = _env(c).get("DAE_METADATA_URL")
+            env = pod_fields.env(c).get("DAE_METADATA_URL")
             if _runs_pipeline(c) or c["name"] == "wait-for-metadata":
                 seen += 1
                 assert env, f"{name} {c['name']}: no DAE_METADATA_URL"
@@ -174,7 +171,7 @@ def test_the_readme_secret_matches_the_database(rendered, overlay):
     assert url.scheme == "postgresql+psycopg"
     sts = find(objects, "StatefulSet", "dae-postgres")
     (db,) = pod_template(sts)["spec"]["containers"]
-    env = {k: e.get("value") for k, e in _env(db).items()}
+    env = {k: e.get("value") for k, e in pod_fields.env(db).items()}
     service = find(objects, "Service", sts["spec"]["serviceName"])
     assert (url.hostname, url.port) == (
         service["metadata"]["name"],
@@ -195,7 +192,7 @@ def test_postgres_is_hardened_and_keeps_its_data(rendered, overlay):
     sc = pod["spec"]["securityContext"]
     assert (sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (999, 999, 999)
     assert sts["spec"]["replicas"] == 1
-    env = _env(db)
+    env = pod_fields.env(db)
     assert "POSTGRES_PASSWORD" not in env, "the password is read from a file"
     mounts = {m["mountPath"]: m for m in db["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["spec"]["volumes"]}

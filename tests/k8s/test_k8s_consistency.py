@@ -1,19 +1,16 @@
 """The manifests agree with each other and with the pipeline: serving reads what the pusher
 writes, Services / probes / HPA / PDB / NetworkPolicies point at what exists, every dae
-container runs a command the CLI accepts on a config the pipeline accepts, the workflow's
-scaled-out steps are wired the way Keras Tuner and TF_CONFIG expect, and every Pod is
-hardened."""
+container runs a command the CLI accepts on a config the pipeline accepts, and every Pod is
+hardened (the workflow's scaled-out steps: test_k8s_workflow.py)."""
 
 from __future__ import annotations
 
 import importlib
-import json
-import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
+import pod_fields
 import pytest
 import yaml
 from k8s_support import (
@@ -24,7 +21,6 @@ from k8s_support import (
     VARIANTS,
     by_kind,
     containers,
-    embedded_job,
     find,
     is_dae,
     labels_match,
@@ -46,22 +42,6 @@ SECRET_KEYS = {("dae-metadata", "url"), ("dae-metadata", "password")}
 POSTGRES_UID = 999
 
 
-def _args(container: dict) -> list[str]:
-    return container.get("command", []) + container.get("args", [])
-
-
-def _env(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
-def _value(container: dict, name: str) -> str:
-    return _env(container)[name]["value"]
-
-
-def _mounts(container: dict) -> dict[str, dict]:
-    return {m["mountPath"]: m for m in container.get("volumeMounts", [])}
-
-
 def _volume(pod: dict, name: str) -> dict:
     volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
     assert name in volumes, f"no volume {name}"
@@ -79,17 +59,6 @@ def _serving(objects):
     pod = pod_template(deployment)
     (container,) = [c for c in pod["spec"]["containers"] if c["name"] == "tf-serving"]
     return deployment, pod, container
-
-
-def _ports(pod: dict) -> dict:
-    """containerPort by name and by number, over all containers of a Pod."""
-    ports = {}
-    for c in containers(pod):
-        for p in c.get("ports", []):
-            ports[p["containerPort"]] = p["containerPort"]
-            if "name" in p:
-                ports[p["name"]] = p["containerPort"]
-    return ports
 
 
 def _config_path_in_repo(objects) -> Path:
@@ -119,22 +88,22 @@ def test_serving_reads_what_the_pipeline_pushes(rendered, overlay):
     config = load_config(_config_path_in_repo(objects), "default", [])
     model = config.push.model_name
     _, pod, container = _serving(objects)
-    args = _args(container)
+    args = pod_fields.args(container)
     assert container["image"].startswith("tensorflow/serving:")
     assert args[0] == "tensorflow_model_server"
     assert _flag(args, "--model_name") == model
     base = _flag(args, "--model_base_path")
     assert base == f"{ROOT}/serving/{model}", "TF Serving must poll the pusher's target"
     # ... on the same claim, mounted at the pipeline's root (read-only: serving never writes).
-    mount = _mounts(container)[ROOT]
+    mount = pod_fields.mounts(container)[ROOT]
     assert mount.get("readOnly") is True
     assert _volume(pod, mount["name"])["persistentVolumeClaim"]["claimName"] == CLAIM
     assert _flag(args, "--enable_batching") == "true"
     assert int(_flag(args, "--file_system_poll_wait_seconds")) > 0
     # The first push is awaited before the server starts.
     (wait,) = pod["spec"]["initContainers"]
-    assert f"{base}/[0-9]*" in " ".join(_args(wait))
-    assert _mounts(wait)[ROOT]["name"] == mount["name"]
+    assert f"{base}/[0-9]*" in " ".join(pod_fields.args(wait))
+    assert pod_fields.mounts(wait)[ROOT]["name"] == mount["name"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -143,8 +112,8 @@ def test_batching_parameters_parse_and_are_mounted(rendered, overlay):
 
     objects = rendered[overlay]
     _, pod, container = _serving(objects)
-    path = Path(_flag(_args(container), "--batching_parameters_file"))
-    mount = _mounts(container)[str(path.parent)]
+    path = Path(_flag(pod_fields.args(container), "--batching_parameters_file"))
+    mount = pod_fields.mounts(container)[str(path.parent)]
     cm_name = _volume(pod, mount["name"])["configMap"]["name"]
     text = find(objects, "ConfigMap", cm_name)["data"][path.name]
     params = parse_batching_parameters(text)
@@ -155,10 +124,10 @@ def test_batching_parameters_parse_and_are_mounted(rendered, overlay):
 def test_probes_ports_and_service_line_up(rendered, overlay):
     objects = rendered[overlay]
     deployment, pod, container = _serving(objects)
-    model = _flag(_args(container), "--model_name")
-    ports = _ports(pod)
-    rest = int(_flag(_args(container), "--rest_api_port"))
-    grpc = int(_flag(_args(container), "--port"))
+    model = _flag(pod_fields.args(container), "--model_name")
+    ports = pod_fields.ports(pod)
+    rest = int(_flag(pod_fields.args(container), "--rest_api_port"))
+    grpc = int(_flag(pod_fields.args(container), "--port"))
     assert {ports["http"], ports["grpc"]} == {rest, grpc} and ports["http"] == rest
     for probe in ("startupProbe", "readinessProbe"):
         get = container[probe]["httpGet"]
@@ -213,7 +182,7 @@ def test_every_service_selects_pods_on_declared_ports(rendered, variant):
         ]
         assert selected, f"Service {name} selects no Pod"
         for pod in selected:
-            ports = _ports(pod)
+            ports = pod_fields.ports(pod)
             for port in service["spec"]["ports"]:
                 assert port.get("targetPort", port["port"]) in ports, (name, port)
 
@@ -293,7 +262,7 @@ def test_every_pod_is_hardened(rendered, variant):
             if c["name"] != "flink-main-container":  # the operator sets the Flink resources
                 assert _resources_ok(c), f"{where}: needs cpu and memory requests and limits"
             if not c["name"].startswith("wait-for-"):  # init containers that only wait
-                tmp = _mounts(c).get("/tmp")
+                tmp = pod_fields.mounts(c).get("/tmp")
                 assert tmp and tmp["name"] in writable, f"{where}: /tmp must be a writable volume"
             for image in [c.get("image")] if c.get("image") else []:
                 tag = image.rsplit(":", 1)[-1] if ":" in image.split("/")[-1] else ""
@@ -369,14 +338,14 @@ def test_every_dae_container_runs_a_dae_command_the_cli_accepts(rendered, varian
                 assert argv and argv[0] in SUBCOMMANDS, (
                     f"{name}: `dae {argv[:1]}` is no dae subcommand"
                 )
-                argv = _substitute(argv, _env(c))
+                argv = _substitute(argv, pod_fields.env(c))
                 try:
                     args = _parser().parse_args(argv)
                 except SystemExit:
                     pytest.fail(f"{name}: `dae {shlex.join(argv)}` is refused by dae's CLI")
                 seen.add(argv[0] if argv[0] != "stage" else f"stage {argv[1]}")
                 assert args.root == ROOT, name
-                mounts = _mounts(c)
+                mounts = pod_fields.mounts(c)
                 volume = _volume(pod, mounts[ROOT]["name"])
                 assert volume["persistentVolumeClaim"]["claimName"] == CLAIM, name
                 assert not mounts[ROOT].get("readOnly"), f"{name}: the pipeline writes its root"
@@ -419,172 +388,11 @@ def test_cronjob_and_one_off_job(rendered):
         assert job["backoffLimit"] >= 0 and job["activeDeadlineSeconds"] > 0
         once = find(objects, "Job", "dae-run-once")["spec"]
         assert once["backoffLimit"] >= 0 and once["activeDeadlineSeconds"] > 0
-        assert _args(pod_template(cron)["spec"]["containers"][0]) == _args(
+        assert pod_fields.args(pod_template(cron)["spec"]["containers"][0]) == pod_fields.args(
             once["template"]["spec"]["containers"][0]
         ), "the one-off Job runs what the schedule runs"
     assert find(rendered["dev"], "CronJob", "dae-retrain")["spec"]["suspend"] is True
     assert not by_kind(rendered["prod"], "CronJob") and not by_kind(rendered["prod"], "Job")
-
-
-# ---- the workflow's scaled-out stages ---------------------------------------------------------
-
-
-def _step(objects, name: str) -> dict:
-    template = find(objects, "WorkflowTemplate", "dae-pipeline")
-    (step,) = [t for t in template["spec"]["templates"] if t["name"] == name]
-    return step
-
-
-def _step_pod(objects, name: str) -> dict:
-    (pod,) = [p for n, p in pod_templates(objects) if n == f"WorkflowTemplate/dae-pipeline {name}"]
-    return pod
-
-
-def test_keras_tuner_chief_and_workers_are_wired(rendered):
-    objects = rendered["prod"]
-    chief_pod, worker_pod = _step_pod(objects, "tune-chief"), _step_pod(objects, "tune-worker")
-    service = find(objects, "Service", "dae-tune-chief")
-    (chief,) = chief_pod["spec"]["containers"]
-    (worker,) = worker_pod["spec"]["containers"]
-    port = int(_value(chief, "KERASTUNER_ORACLE_PORT"))
-    assert _value(chief, "KERASTUNER_TUNER_ID") == "chief"
-    assert _value(chief, "KERASTUNER_ORACLE_IP") == "0.0.0.0"
-    assert _ports(chief_pod)[port] == port
-    assert labels_match(service["spec"]["selector"], chief_pod["metadata"]["labels"])
-    assert not labels_match(service["spec"]["selector"], worker_pod["metadata"]["labels"])
-    (svc_port,) = service["spec"]["ports"]
-    assert svc_port["port"] == port and _ports(chief_pod)[svc_port["targetPort"]] == port
-    assert _value(worker, "KERASTUNER_ORACLE_IP") == service["metadata"]["name"]
-    assert int(_value(worker, "KERASTUNER_ORACLE_PORT")) == port
-    # Worker ids follow the task's index (withSequence): tuner0, tuner1, ...
-    assert _value(worker, "KERASTUNER_TUNER_ID") == "tuner{{inputs.parameters.index}}"
-    template = find(objects, "WorkflowTemplate", "dae-pipeline")
-    (task,) = [
-        t for t in template["spec"]["templates"][0]["dag"]["tasks"] if t["name"] == "tune-workers"
-    ]
-    assert task["withSequence"] == {"count": "{{workflow.parameters.tune-workers}}"}
-    assert task["arguments"]["parameters"] == [{"name": "index", "value": "{{item}}"}]
-    assert _args(chief)[:3] == _args(worker)[:3] == ["dae", "stage", "tune"]
-    # Only the workers reach the oracle.
-    policy = find(objects, "NetworkPolicy", "dae-tune-chief")
-    assert labels_match(policy["spec"]["podSelector"], chief_pod["metadata"]["labels"])
-    (rule,) = policy["spec"]["ingress"]
-    (source,) = rule["from"]
-    assert labels_match(source["podSelector"], worker_pod["metadata"]["labels"])
-    assert [p["port"] for p in rule["ports"]] == [port]
-
-
-def _tf_configs(container: dict, workers: int, job_name: str) -> list[dict]:
-    """Run the training container's script under /bin/sh with a stand-in `dae` that prints
-    the TF_CONFIG and argv it was started with, once per completion index."""
-    script = container["command"][2]
-    out = []
-    with_env = {n: e["value"] for n, e in _env(container).items() if "value" in e}
-    for index in range(workers):
-        env = {
-            **with_env,
-            "WORKER_INDEX": str(index),
-            "JOB_NAME": job_name,
-            "PATH": f"{FAKE_DAE_DIR}:{os.environ['PATH']}",
-        }
-        proc = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
-        assert proc.returncode == 0, proc.stderr
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return out
-
-
-FAKE_DAE_DIR = None
-
-
-@pytest.fixture
-def fake_dae(tmp_path):
-    global FAKE_DAE_DIR
-    script = tmp_path / "dae"
-    script.write_text(
-        '#!/bin/sh\nprintf \'{"tf_config": %s, "argv": "%s"}\\n\' "$TF_CONFIG" "$*"\n'
-    )
-    script.chmod(0o755)
-    FAKE_DAE_DIR = tmp_path
-    yield
-    FAKE_DAE_DIR = None
-
-
-def test_training_workers_build_tf_config_from_the_completion_index(rendered, fake_dae):
-    objects = rendered["prod"]
-    template = find(objects, "WorkflowTemplate", "dae-pipeline")
-    job = embedded_job(template, _step(objects, "train"))
-    pod = job["spec"]["template"]
-    (container,) = pod["spec"]["containers"]
-    spec = job["spec"]
-    workers = int(_value(container, "NUM_WORKERS"))
-    assert spec["completionMode"] == "Indexed"
-    assert spec["completions"] == spec["parallelism"] == workers == 4, "prod: 4 workers"
-    assert spec["backoffLimit"] == 0, "a collective cannot lose a member: all fail, all retry"
-    field = _env(container)["WORKER_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert field == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
-    field = _env(container)["JOB_NAME"]["valueFrom"]["fieldRef"]["fieldPath"]
-    assert field == "metadata.labels['batch.kubernetes.io/job-name']"
-    service = find(objects, "Service", "dae-train")
-    assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"]
-    assert pod["spec"]["subdomain"] == service["metadata"]["name"]
-    assert labels_match(service["spec"]["selector"], pod["metadata"]["labels"])
-    port = int(_value(container, "TF_PORT"))
-    assert _ports(pod)["collective"] == port == service["spec"]["ports"][0]["port"]
-    # Indexed Job Pods are named <job>-<index>; the headless Service makes that resolvable.
-    job_name = job["metadata"]["generateName"] + "x7k2p"
-    configs = _tf_configs(container, workers, job_name)
-    hosts = [f"{job_name}-{i}.{service['metadata']['name']}:{port}" for i in range(workers)]
-    for index, seen in enumerate(configs):
-        assert seen["tf_config"] == {
-            "cluster": {"worker": hosts},
-            "task": {"type": "worker", "index": index},
-        }
-        assert seen["argv"] == f"stage train --run {SAMPLE_RUN_ID} --root {ROOT}"
-    policy = find(objects, "NetworkPolicy", "dae-train")
-    assert labels_match(policy["spec"]["podSelector"], pod["metadata"]["labels"])
-    assert [p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]] == [port]
-
-
-# ---- Flink ------------------------------------------------------------------------------------
-
-
-def _beam_options(args: list[str]) -> dict[str, str]:
-    sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
-    (options,) = [s for s in sets if s.startswith("beam.options=")]
-    parsed = yaml.safe_load(options.split("=", 1)[1])
-    return dict((o.split("=", 1) + [""])[:2] for o in parsed)
-
-
-def test_the_workflow_transforms_on_the_session_cluster(rendered):
-    objects = rendered["prod"]
-    flink = find(objects, "FlinkDeployment", "dae-flink")
-    args = _step(objects, "transform")["container"]["args"]
-    assert args[:2] == ["stage", "transform"] and "beam.runner=FlinkRunner" in args
-    options = _beam_options(args)
-    # The operator's REST Service of a FlinkDeployment is <name>-rest on 8081.
-    assert options["--flink_master"] == f"http://{flink['metadata']['name']}-rest:8081"
-    assert options["--flink_version"] == flink["spec"]["flinkVersion"][1:].replace("_", ".")
-    assert "--flink_submit_uber_jar" in options
-    assert options["--environment_type"] == "EXTERNAL"
-    # The worker pool sidecar listens where the TaskManager looks for it.
-    tm = flink["spec"]["taskManager"]
-    (pool,) = [
-        c for c in tm["podTemplate"]["spec"]["containers"] if c["name"] == "beam-worker-pool"
-    ]
-    host, port = options["--environment_config"].split(":")
-    assert host == "localhost" and [p["containerPort"] for p in pool["ports"]] == [int(port)]
-    assert is_dae(pool) and pool["command"] == ["/opt/apache/beam/boot"]
-    assert pool["args"] == ["--worker_pool"]
-    # The SDK workers read and write the run on the same volume, at the same path.
-    mount = _mounts(pool)[ROOT]
-    volumes = {v["name"]: v for v in tm["podTemplate"]["spec"]["volumes"]}
-    assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == CLAIM
-    slots = int(flink["spec"]["flinkConfiguration"]["taskmanager.numberOfTaskSlots"])
-    assert int(options["--parallelism"]) <= tm["replicas"] * slots
-    # No other step is patched.
-    template = find(objects, "WorkflowTemplate", "dae-pipeline")
-    patched = [t["name"] for t in template["spec"]["templates"] if "FlinkRunner" in json.dumps(t)]
-    assert patched == ["transform"]
 
 
 def test_kserve_serves_the_same_versions(rendered):

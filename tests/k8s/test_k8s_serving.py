@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+import pod_fields
 import pytest
 import yaml
 from k8s_support import (
@@ -25,11 +26,6 @@ from k8s_support import (
     pod_templates,
     render,
 )
-
-
-def _env(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
-
 
 # ---- TF Serving (the Deployment, or KServe's predictor) ------------------------------------------
 
@@ -55,7 +51,7 @@ def _resolve(container: dict, arg: str) -> str:
     divisor), whose divisor for cpu the API server accepts only as 1 or 1m."""
 
     def value(m):
-        env = _env(container)[m.group(1)]
+        env = pod_fields.env(container)[m.group(1)]
         if "value" in env:
             return env["value"]
         ref = env["valueFrom"]["resourceFieldRef"]
