@@ -28,9 +28,14 @@ class ModelServerProcess:
     Bound to `host` (default loopback; None: dae serve's own default, every address)."""
 
     def __init__(
-        self, base: Path, *extra: str, name: str = "denoiser", host: str | None = "127.0.0.1"
+        self,
+        base: Path,
+        *extra: str,
+        name: str = "denoiser",
+        host: str | None = "127.0.0.1",
+        ready_seconds: float = 60,
     ):
-        self.base, self.name, self.host = base, name, host
+        self.base, self.name, self.host, self.ready_seconds = base, name, host, ready_seconds
         for _attempt in range(3):  # a free port can be taken by another process before we bind
             if self._start(extra):
                 return
@@ -63,11 +68,11 @@ class ModelServerProcess:
         self.http = httpx.Client(base_url=self.rest, timeout=30)
         return self._wait_ready()
 
-    def _wait_ready(self, seconds: float = 60) -> bool:
+    def _wait_ready(self) -> bool:
         """Ready when our own process says it serves on our ports (not when something on
         the port answers: that could be another server)."""
         ready = f"REST {self.host or '0.0.0.0'}:{self.rest_port}"
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + self.ready_seconds
         while time.monotonic() < deadline:
             text = self.log.read_text()
             if self.proc.poll() is not None:
@@ -78,6 +83,7 @@ class ModelServerProcess:
             if ready in text:
                 return True
             time.sleep(0.1)
+        self.stop()  # not left running behind the caller's back: it has no handle yet
         raise TimeoutError(f"dae serve not ready: {self.log.read_text()[-2000:]}")
 
     def alive(self) -> bool:

@@ -181,3 +181,27 @@ def test_like_tf_serving_it_listens_on_every_address(tmp_path, model_dir):
         assert answer.json()["model_version_status"][0]["state"] == "AVAILABLE"
     finally:
         server.stop()
+
+
+def test_a_server_that_never_gets_ready_is_not_left_running(tmp_path, model_dir):
+    """The test and bench harness: a server that times out is stopped, not orphaned."""
+    import pytest
+    from support import Server
+
+    from dae.serving.model_server.process import copy_version
+
+    base = tmp_path / "denoiser"
+    base.mkdir()
+    copy_version(model_dir, base, 1)
+    before = {p.pid for p in _dae_serves()}
+    # A later --host wins: it serves, but never on the address the harness waits for.
+    with pytest.raises(TimeoutError, match="not ready"):
+        Server(base, "--host", "0.0.0.0", ready_seconds=3)
+    assert {p.pid for p in _dae_serves()} <= before
+
+
+def _dae_serves():
+    import psutil
+
+    processes = psutil.process_iter(["cmdline"])
+    return [p for p in processes if "serve" in (p.info["cmdline"] or [])[1:3]]
