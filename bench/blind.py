@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 SIGMAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 DEFAULT_POINT = {  # the default run's tuned point (docs/benchmarks.md, "The default run")
     "filters_1": 32,
+    "filters_2": 96,
     "depth": 2,
     "bottleneck": 2,
     "learning_rate": 0.00254,
@@ -83,12 +84,12 @@ def logit_residual(hp, x, shape, images, eps: float = 1e-3):
     return models._float32_output(r + keras.ops.log(p / (1.0 - p)))
 
 
-def build(head: str, mean: float, std: float):
-    """A compiled conv denoiser at the default point with `head`."""
+def build(head: str, mean: float, std: float, point: dict):
+    """A compiled conv denoiser at `point` (hyperparameter values) with `head`."""
     from dae.components import models
 
     hp = models.hyperparameters()
-    for name, value in DEFAULT_POINT.items():
+    for name, value in point.items():
         hp.Fixed(name, value)
     hp.Fixed("output", "direct" if head == "residual" else head)
     builders = {"conv": logit_residual} if head == "residual" else {}
@@ -107,7 +108,7 @@ def train_and_sweep(spec: str, data, args, work: Path) -> dict:
     policy = models.precision("auto")
     keras.utils.set_random_seed(args.seed)
     clean = data["train"][1]
-    rebuild = partial(build, head, float(clean.mean()), float(clean.std()))
+    rebuild = partial(build, head, float(clean.mean()), float(clean.std()), args.point)
     with models.dtype_policy(policy):
         model = rebuild()
     corrupt = partial(blind_corrupt, levels=levels)
@@ -171,8 +172,15 @@ def main(argv=None) -> int:
     p.add_argument("--sweep-examples", type=int, default=2000, help="test images scored")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--data-dir", default="~/tensorflow_datasets")
+    p.add_argument("--hp", nargs="*", default=[], help="name=value: off the default point")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args(argv)
+    args.point = dict(DEFAULT_POINT)
+    for item in args.hp:
+        name, _, value = item.partition("=")
+        if name not in DEFAULT_POINT or not value:
+            p.error(f"--hp {item!r}: expected name=value, name one of {', '.join(DEFAULT_POINT)}")
+        args.point[name] = type(DEFAULT_POINT[name])(value)
     for spec in args.candidates:
         head, _, levels = spec.partition(":")
         if head not in ("direct", "residual", "gated") or not levels:
@@ -188,7 +196,9 @@ def main(argv=None) -> int:
     from dae.imaging import image_metrics
 
     rows = [{"candidate": "noisy input"} | {s: image_metrics(*v) for s, v in data["sweep"].items()}]
-    print(f"{len(data['train'][1])} training images, {args.epochs} epochs", flush=True)
+    print(
+        f"{len(data['train'][1])} training images, {args.epochs} epochs, {args.point}", flush=True
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.candidates:
             rows.append(train_and_sweep(spec, data, args, Path(tmp)))
